@@ -1,0 +1,5 @@
+import sys
+
+from zswapfs.cli import main
+
+sys.exit(main())

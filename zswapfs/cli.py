@@ -1,0 +1,253 @@
+"""Command line: zswapfs mount | umount | stats.
+
+User-facing failures are one line on stderr and a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from typing import Any
+
+from zswapfs import config as cfgmod
+from zswapfs.config import ConfigError, MountConfig
+
+log = logging.getLogger("zswapfs")
+
+#: how long `mount` waits for a background daemon to report the mount live
+START_TIMEOUT = 30.0
+#: how long `umount` waits for the daemon to exit after the unmount
+STOP_TIMEOUT = 30.0
+
+
+class CliError(Exception):
+    pass
+
+
+def _setup_logging(verbose: bool, logfile: str | None = None) -> None:
+    handler: logging.Handler = (
+        logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
+    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+# -- mount ---------------------------------------------------------------------------------------
+def _mount_config(args: argparse.Namespace) -> MountConfig:
+    cfg = MountConfig()
+    if args.config:
+        cfg = cfgmod.from_mapping(cfgmod.load_toml(args.config), cfg, where=f"{args.config}: ")
+    overrides: dict[str, Any] = {}
+    if args.size is not None:
+        overrides["size"] = cfgmod.parse_size(args.size, "--size")
+    for key in ("codec", "pool", "name", "max_chain"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    return dataclasses.replace(cfg, **overrides).check()
+
+
+def _usage_lines(image: str) -> str:
+    return (
+        f"image: {image}\n"
+        "use it as swap:\n"
+        f"  dev=$(losetup --direct-io=on -f --show {image})\n"
+        '  mkswap "$dev" && swapon -p 100 "$dev"\n'
+        "and undo it:\n"
+        f'  swapoff "$dev"; losetup -d "$dev"; zswapfs umount {os.path.dirname(image)}\n'
+    )
+
+
+def _default_log(mountpoint: str) -> str:
+    tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.abspath(mountpoint)).strip("_") or "root"
+    return f"/tmp/zswapfs-{tag}.log"
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from zswapfs import daemon
+
+    cfg = _mount_config(args)
+    mountpoint = os.path.abspath(args.mountpoint)
+    try:
+        daemon.check_mountpoint(mountpoint)
+    except daemon.MountError as exc:
+        raise CliError(str(exc)) from None
+    image = os.path.join(mountpoint, cfg.name)
+    if args.foreground:
+        _setup_logging(args.verbose, args.log)
+        if args.ready_fd is None:
+            print(_usage_lines(image) + "Ctrl-C unmounts.", flush=True)
+        try:
+            daemon.run(mountpoint, cfg, ready_fd=args.ready_fd)
+        except daemon.MountError as exc:
+            if args.ready_fd is not None:
+                os.write(args.ready_fd, f"ERROR {exc}\n".encode())
+            raise CliError(str(exc)) from None
+        return 0
+    return _spawn(args, cfg, mountpoint, image)
+
+
+def _spawn(args: argparse.Namespace, cfg: MountConfig, mountpoint: str, image: str) -> int:
+    """Start the daemon in its own session and return once it reports the mount live."""
+    logfile = args.log or _default_log(mountpoint)
+    read_end, write_end = os.pipe()
+    cmd = [
+        sys.executable, "-m", "zswapfs", "mount", mountpoint, "--foreground",
+        "--ready-fd", str(write_end), "--log", logfile,
+        "--size", str(cfg.size), "--codec", cfg.codec, "--pool", cfg.pool,
+        "--name", cfg.name, "--max-chain", str(cfg.max_chain),
+    ]  # fmt: skip
+    if args.verbose:
+        cmd.append("--verbose")
+    try:
+        out = open(logfile, "ab")
+    except OSError as exc:
+        raise CliError(f"cannot open log file {logfile}: {exc.strerror}") from None
+    with out:
+        proc = subprocess.Popen(
+            cmd,
+            pass_fds=(write_end,),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as ready:
+        msg = ready.read().decode(errors="replace").strip()  # EOF: ready, or the daemon died
+    if msg == "READY":
+        print(_usage_lines(image) + f"daemon pid {proc.pid}, log {logfile}")
+        return 0
+    try:
+        status = proc.wait(timeout=START_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        status = proc.wait()
+    reason = msg.removeprefix("ERROR ").strip() or f"daemon exited with status {status}"
+    raise CliError(f"mount failed: {reason} (log: {logfile})")
+
+
+# -- umount, stats -------------------------------------------------------------------------------
+def read_stats(mountpoint: str) -> dict[str, Any]:
+    path = os.path.join(mountpoint, "stats")
+    if not os.path.ismount(mountpoint):
+        raise CliError(f"{mountpoint} is not mounted")
+    try:
+        with open(path) as f:
+            return dict(json.load(f))
+    except OSError as exc:
+        raise CliError(f"{mountpoint} is not a zswapfs mount ({path}: {exc.strerror})") from None
+    except json.JSONDecodeError:
+        raise CliError(f"{path} does not hold zswapfs stats") from None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    mountpoint = os.path.abspath(args.mountpoint)
+    pid = int(read_stats(mountpoint)["pid"])
+    res = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise CliError(f"cannot unmount {mountpoint}: {res.stderr.strip() or 'fusermount3 failed'}")
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            raise CliError(f"unmounted {mountpoint}, but daemon {pid} has not exited")
+        time.sleep(0.05)
+    return 0
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def format_stats(st: dict[str, Any]) -> str:
+    lines = [f"{st.get('image', '')}  codec {st['codec']}  pool {st['pool']}  pid {st.get('pid')}"]
+    sizes = ("disksize", "orig_data_size", "compr_data_size", "mem_used_total", "mem_used_max",
+             "mem_limit", "metadata_bytes")  # fmt: skip
+    for key in sizes:
+        lines.append(f"  {key:<18} {st[key]:>14}  ({_human(st[key])})")
+    for key in ("stored_pages", "same_pages", "huge_pages", "pages_compacted",
+                "failed_reads", "failed_writes", "invalid_io"):  # fmt: skip
+        lines.append(f"  {key:<18} {st[key]:>14}")
+    if st["mem_used_total"]:
+        lines.append(f"  {'ratio':<18} {st['orig_data_size'] / st['mem_used_total']:>14.2f}")
+    pool = st.get("pool_stats", {})
+    classes = pool.get("classes") or []
+    if classes:
+        cols = list(classes[0])
+        lines.append("  " + " ".join(f"{c:>16}" for c in cols))
+        for row in classes:
+            lines.append("  " + " ".join(f"{row[c]:>16}" for c in cols))
+    return "\n".join(lines)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    st = read_stats(os.path.abspath(args.mountpoint))
+    print(json.dumps(st, indent=1) if args.json else format_stats(st))
+    return 0
+
+
+# -- entry ---------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="zswapfs", description="compressed swap image on FUSE")
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    m = sub.add_parser("mount", help="mount an image (returns once the mount is live)")
+    m.add_argument("mountpoint")
+    m.add_argument("--size", help="image size, e.g. 1G (default 1G)")
+    m.add_argument("--codec", help="lz4 (default), zstd[:LEVEL] or none")
+    m.add_argument("--pool", help="pool strategy (default zsmalloc)")
+    m.add_argument("--name", help="image file name (default swap.img)")
+    m.add_argument("--max-chain", type=int, help="longest zspage, in pages (default 8)")
+    m.add_argument("--config", help="TOML file with the same keys")
+    m.add_argument("--foreground", "-f", action="store_true", help="serve in this process")
+    m.add_argument("--log", help="log file (default: stderr in the foreground, /tmp otherwise)")
+    m.add_argument("--verbose", "-v", action="store_true")
+    m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    m.set_defaults(func=cmd_mount)
+
+    u = sub.add_parser("umount", help="unmount and wait for the daemon to exit")
+    u.add_argument("mountpoint")
+    u.set_defaults(func=cmd_umount)
+
+    s = sub.add_parser("stats", help="zram-style figures of a mount")
+    s.add_argument("mountpoint")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_stats)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (CliError, ConfigError) as exc:
+        print(f"zswapfs: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,120 @@
+"""Mount configuration: built-in defaults, a TOML file, and command-line overrides, checked once.
+
+Every problem is a ConfigError naming the key or option, so the CLI can print one clear line.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from zswapfs.codec import PAGE_SIZE, CodecError, make_codec
+from zswapfs.pools import POOL_NAMES
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+#: largest image: page numbers must fit the index and 2**32 pool pages
+MAX_SIZE = 1 << 44
+
+
+class ConfigError(Exception):
+    pass
+
+
+def parse_size(text: str | int, what: str = "size") -> int:
+    """'1G', '512M', '4096', '64KiB' -> bytes (binary units)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        m = _SIZE_RE.match(str(text))
+        if not m:
+            raise ConfigError(f"{what}: cannot read {text!r} as a size (examples: 1G, 512M, 4096)")
+        value = int(m.group(1)) * _UNITS[m.group(2).upper()]
+    return value
+
+
+@dataclass(frozen=True)
+class MountConfig:
+    size: int = 1 << 30
+    codec: str = "lz4"
+    pool: str = "zsmalloc"
+    name: str = "swap.img"
+    max_chain: int = 8
+    direct_io: bool = True
+
+    def check(self) -> MountConfig:
+        if self.size <= 0 or self.size % PAGE_SIZE:
+            raise ConfigError(f"size: {self.size} bytes is not a positive multiple of {PAGE_SIZE}")
+        if self.size > MAX_SIZE:
+            raise ConfigError(f"size: {self.size} bytes is larger than the limit of {MAX_SIZE}")
+        try:
+            make_codec(self.codec)
+        except CodecError as exc:
+            raise ConfigError(f"codec: {exc}") from None
+        if self.pool not in POOL_NAMES:
+            raise ConfigError(
+                f"pool: unknown pool {self.pool!r} (expected {', '.join(POOL_NAMES)})"
+            )
+        if not self.name or "/" in self.name or self.name in (".", "..", "stats"):
+            raise ConfigError(f"name: {self.name!r} is not a usable file name")
+        if not 1 <= self.max_chain <= 16:
+            raise ConfigError(f"max-chain: {self.max_chain} out of range 1..16")
+        return self
+
+    @property
+    def npages(self) -> int:
+        return self.size // PAGE_SIZE
+
+
+#: TOML key -> field; keys follow zram-generator's spelling where one exists
+_KEYS = {
+    "size": "size",
+    "zram-size": "size",
+    "codec": "codec",
+    "compression-algorithm": "codec",
+    "pool": "pool",
+    "name": "name",
+    "max-chain": "max_chain",
+    "direct-io": "direct_io",
+}
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    return data
+
+
+def from_mapping(
+    data: dict[str, Any], base: MountConfig | None = None, where: str = ""
+) -> MountConfig:
+    """Apply TOML-style keys onto *base*; unknown keys and wrong types are errors."""
+    cfg = base or MountConfig()
+    types = {f.name: f.type for f in fields(MountConfig)}
+    changes: dict[str, Any] = {}
+    for key, value in data.items():
+        field = _KEYS.get(key)
+        if field is None:
+            raise ConfigError(f"{where}unknown key {key!r} (known: {', '.join(sorted(_KEYS))})")
+        if field == "size":
+            value = parse_size(value, f"{where}{key}")
+        elif types[field] in ("int", int) and (
+            not isinstance(value, int) or isinstance(value, bool)
+        ):
+            raise ConfigError(f"{where}{key}: expected an integer, got {value!r}")
+        elif types[field] in ("bool", bool) and not isinstance(value, bool):
+            raise ConfigError(f"{where}{key}: expected true or false, got {value!r}")
+        elif types[field] in ("str", str) and not isinstance(value, str):
+            raise ConfigError(f"{where}{key}: expected a string, got {value!r}")
+        changes[field] = value
+    return replace(cfg, **changes)

@@ -1,0 +1,96 @@
+"""The daemon: builds codec, pool, store and FUSE operations, mounts, serves, unmounts.
+
+Lifetime: pyfuse3.init mounts (the mount is live from then on); the ready pipe, when given, is
+told so the launching `zswapfs mount` can return; trio serves requests until SIGTERM, SIGINT or
+SIGHUP (or an external unmount) ends pyfuse3.main; pyfuse3.close unmounts. The finally clause
+runs on every path, so a started daemon never leaves a dead mount behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from typing import Any
+
+import pyfuse3
+import trio
+
+from zswapfs.codec import make_codec
+from zswapfs.config import MountConfig
+from zswapfs.fs import ZswapOperations
+from zswapfs.pools import make_pool
+from zswapfs.store import PageStore
+
+log = logging.getLogger(__name__)
+
+#: concurrent request tasks; writes to the image are serialised by the kernel anyway
+MAX_TASKS = 64
+
+
+class MountError(Exception):
+    pass
+
+
+def check_mountpoint(mountpoint: str) -> None:
+    if not os.path.exists(mountpoint):
+        raise MountError(f"mountpoint {mountpoint} does not exist")
+    if not os.path.isdir(mountpoint):
+        raise MountError(f"mountpoint {mountpoint} is not a directory")
+    if os.path.ismount(mountpoint):
+        raise MountError(f"mountpoint {mountpoint} is busy: something is already mounted there")
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("/dev/fuse is missing: load the fuse module (modprobe fuse)")
+
+
+def build(cfg: MountConfig) -> PageStore:
+    codec = make_codec(cfg.codec)
+    pool = make_pool(cfg.pool, cfg.npages, max_chain=cfg.max_chain)
+    return PageStore(cfg.npages, codec, pool)
+
+
+async def _serve() -> None:
+    async with trio.open_nursery() as nursery:
+
+        async def stop_on_signal() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+                async for signum in sigs:
+                    log.info("signal %s: unmounting", signal.Signals(signum).name)
+                    pyfuse3.terminate()
+                    return
+
+        nursery.start_soon(stop_on_signal)
+        await pyfuse3.main(max_tasks=MAX_TASKS)
+        nursery.cancel_scope.cancel()
+
+
+def run(mountpoint: str, cfg: MountConfig, ready_fd: int | None = None) -> None:
+    """Mount and serve until told to stop. Raises MountError if the mount cannot be made."""
+    mountpoint = os.path.abspath(mountpoint)
+    check_mountpoint(mountpoint)
+    store = build(cfg)
+    image = os.path.join(mountpoint, cfg.name)
+
+    def stats() -> dict[str, Any]:
+        out = store.stats()
+        out.update(pid=os.getpid(), mountpoint=mountpoint, image=image)
+        return out
+
+    ops = ZswapOperations(store, cfg.name, stats_source=stats, direct_io=cfg.direct_io)
+    options = set(pyfuse3.default_options) | {"fsname=zswapfs", "subtype=zswapfs"}
+    if os.getuid() == 0:
+        options.add("allow_other")
+    try:
+        pyfuse3.init(ops, mountpoint, options)
+    except RuntimeError as exc:
+        raise MountError(f"cannot mount on {mountpoint}: {exc}") from None
+    log.info("mounted %s: %d bytes, codec %s, pool %s", image, cfg.size, store.codec.name, cfg.pool)
+    try:
+        if ready_fd is not None:
+            os.write(ready_fd, b"READY\n")
+            os.close(ready_fd)
+        trio.run(_serve)
+    finally:
+        pyfuse3.close(unmount=True)
+        store.pool.close()
+        log.info("unmounted %s", mountpoint)

@@ -1,0 +1,174 @@
+"""Pools own placement: where a compressed object lives inside the arena's pages.
+
+Every pool strategy (zsmalloc now; zbud and z3fold are peers behind the same interface) hands out
+*handles*. A handle is a small integer the store keeps in its page index; it never changes while
+the object lives, even if the pool moves the object (compaction, page migration). This is the
+indirect handle of the zbud migration seed ("use indirect zbud handle and radix tree"): the
+handle indexes a table of 64-bit *locations*, and moving an object rewrites one table entry.
+
+Handle encoding
+  handle 0 is never handed out (the store uses 0 for "no object").
+  table[handle] for a live handle is the pool's location word, always < 2**63:
+      zsmalloc: zspage_id << 24 | obj_idx << 13 | length      (length 1..4096, obj_idx < 2048)
+  table[handle] for a free handle is FREE_TAG | next free handle (a free list through the table).
+
+Two indexes, as the seed thread proposes:
+  page number -> handle     the store's page index (store.py)
+  pool page   -> objects    the pool's reverse map: each pool page knows its zspage, and each
+                            allocated object carries its handle in a 4-byte header, so a scan of a
+                            zspage finds every handle that points into it (compaction, migration).
+
+Lock order (written once here and in store.py): store lock -> pool lock. A pool method takes the
+pool lock for its own duration only; it never calls back into the store.
+"""
+
+from __future__ import annotations
+
+import threading
+from array import array
+from typing import Any
+
+from zswapfs.arena import PAGE_SIZE, Arena
+
+#: tag bit of a free handle-table entry; locations never set it
+FREE_TAG = 1 << 63
+#: largest object a pool stores: one page, raw
+MAX_OBJECT = PAGE_SIZE
+
+
+class PoolFull(Exception):
+    """The pool cannot place another object (arena exhausted)."""
+
+
+class HandleTable:
+    """handle -> location, in one array of unsigned 64-bit words (8 bytes a live object).
+
+    Freed handles are chained through their own entries, so the table never holds a Python object
+    per handle and a freed handle is reused before the table grows.
+    """
+
+    def __init__(self) -> None:
+        self.table = array("Q", [FREE_TAG])  # entry 0: reserved, never handed out
+        self._free_head = 0  # 0: no free handle
+        self.live = 0
+
+    def new(self, location: int) -> int:
+        head = self._free_head
+        if head:
+            self._free_head = self.table[head] & ~FREE_TAG
+            self.table[head] = location
+            handle = head
+        else:
+            handle = len(self.table)
+            self.table.append(location)
+        self.live += 1
+        return handle
+
+    def get(self, handle: int) -> int:
+        loc = self.table[handle]
+        if loc & FREE_TAG:
+            raise KeyError(f"handle {handle} is not live")
+        return loc
+
+    def set(self, handle: int, location: int) -> None:
+        self.table[handle] = location
+
+    def release(self, handle: int) -> None:
+        self.table[handle] = FREE_TAG | self._free_head
+        self._free_head = handle
+        self.live -= 1
+
+    @property
+    def nbytes(self) -> int:
+        return self.table.itemsize * self.table.buffer_info()[1]
+
+
+class Pool:
+    """The interface every pool strategy implements.
+
+    alloc(size) reserves room for an object of *size* bytes and returns its handle; write(handle,
+    data) fills it; read(handle) copies it out (under the pool lock, so it cannot move while being
+    copied); free(handle) releases it. compact() moves objects to free whole pool pages and returns
+    how many pages it freed. Sizes are 1..4096.
+    """
+
+    name = "pool"
+
+    def __init__(self, max_pages: int) -> None:
+        self.arena = Arena(max_pages)
+        self.handles = HandleTable()
+        self.lock = threading.Lock()
+        self.bytes_stored = 0
+        self.pages_compacted = 0
+
+    # -- the interface -------------------------------------------------------------------------
+    def alloc(self, size: int) -> int:
+        raise NotImplementedError
+
+    def write(self, handle: int, data: bytes) -> None:
+        raise NotImplementedError
+
+    def read(self, handle: int) -> bytes:
+        raise NotImplementedError
+
+    def free(self, handle: int) -> None:
+        raise NotImplementedError
+
+    def compact(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def raw_threshold(self) -> int:
+        """Compressed payloads this long or longer cost a whole page: the store keeps them raw."""
+        return PAGE_SIZE
+
+    def size(self, handle: int) -> int:
+        """The length the object was allocated with."""
+        with self.lock:
+            return self.handles.get(handle) & 0x1FFF
+
+    def store(self, data: bytes) -> int:
+        """alloc + write in one call: the common case for the page store."""
+        handle = self.alloc(len(data))
+        self.write(handle, data)
+        return handle
+
+    # -- figures -------------------------------------------------------------------------------
+    @property
+    def pages_used(self) -> int:
+        return self.arena.pages_used
+
+    @property
+    def objects(self) -> int:
+        return self.handles.live
+
+    def metadata_bytes(self) -> int:
+        """Bytes of bookkeeping outside the arena (tables, lists), not counting the arena."""
+        return self.handles.nbytes
+
+    def stats(self) -> dict[str, Any]:
+        used = self.pages_used * PAGE_SIZE
+        return {
+            "pool_pages": self.pages_used,
+            "pool_pages_max": self.arena.pages_max,
+            "objects": self.objects,
+            "bytes_stored": self.bytes_stored,
+            "internal_fragmentation": used - self.bytes_stored,
+            "metadata_bytes": self.metadata_bytes(),
+            "pages_compacted": self.pages_compacted,
+        }
+
+    def close(self) -> None:
+        self.arena.close()
+
+
+POOL_NAMES = ("zsmalloc",)
+
+
+def make_pool(name: str, max_pages: int, **options: Any) -> Pool:
+    """Build the pool strategy *name* with an arena of at most *max_pages* pages."""
+    if name == "zsmalloc":
+        from zswapfs.pools.zsmalloc import ZsPool
+
+        return ZsPool(max_pages, **options)
+    raise ValueError(f"unknown pool {name!r}: expected one of {', '.join(POOL_NAMES)}")
