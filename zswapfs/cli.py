@@ -149,7 +149,7 @@ def read_stats(mountpoint: str) -> dict[str, Any]:
         raise CliError(f"{path} does not hold zswapfs stats") from None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -170,7 +170,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
     if res.returncode != 0:
         raise CliError(f"cannot unmount {mountpoint}: {res.stderr.strip() or 'fusermount3 failed'}")
     deadline = time.monotonic() + STOP_TIMEOUT
-    while _alive(pid):
+    while process_alive(pid):
         if time.monotonic() > deadline:
             raise CliError(f"unmounted {mountpoint}, but daemon {pid} has not exited")
         time.sleep(0.05)

@@ -82,7 +82,7 @@ class ZswapOperations(pyfuse3.Operations):
             attr.st_mode = stat.S_IFREG | 0o600
             attr.st_size = self.size
             # what the image occupies in memory, so du shows the compressed footprint
-            attr.st_blocks = self.store.pool.pages_used * (PAGE_SIZE // 512)
+            attr.st_blocks = self.store.mem_used_pages() * (PAGE_SIZE // 512)
             attr.entry_timeout = attr.attr_timeout = 300
         elif inode == STATS_INODE:
             attr.st_mode = stat.S_IFREG | 0o444

@@ -1,12 +1,14 @@
 """The page store: the page index and the accounting.
 
-The index maps page number -> entry in two numpy arrays sized for the whole image (np.zeros is
-calloc'd, so pages of the index that were never written cost no memory):
-    kind[pn]  uint8   EMPTY (never written: reads as zeros) | SAME (same-filled) |
-                      COMP (compressed object in the pool)   | RAW (a huge page stored as is)
-    value[pn] uint64  the fill word for SAME, the pool handle for COMP and RAW
-That is 9 bytes of index a page; the pool adds 8 bytes of handle table a live object plus its
-per-zspage and per-pool-page tables (see pools/). zram keeps a comparable ~16 bytes + handle.
+The index is one numpy uint32 a page, sized for the whole image (np.zeros is calloc'd, so parts
+of the index never written cost no memory):
+    index[pn] == EMPTY (0)   never written, or discarded: reads as zeros
+    index[pn] == SAME (1)    same-filled: the fill word is 0, or is kept in `fill` (pn -> word),
+                             a dict because non-zero same-filled pages are rare (0xff.. pages)
+    index[pn] >= 2           a pool handle. An object of exactly PAGE_SIZE bytes is the raw page
+                             (incompressible, "huge"); anything shorter is compressed.
+So the index costs 4 bytes a page; the pool adds its handle table (8 bytes a live object) and its
+per-page tables (see pools/). zram keeps ~16 bytes a slot plus the 8-byte zsmalloc handle.
 
 Lock order: store.lock -> pool.lock. The store lock guards the index and the counters. A reader
 copies the object out while holding the store lock (so no writer can free the handle under it)
@@ -30,7 +32,7 @@ from zswapfs.pools import Pool, PoolFull
 
 log = logging.getLogger(__name__)
 
-EMPTY, SAME, COMP, RAW = 0, 1, 2, 3
+EMPTY, SAME = 0, 1
 ZERO_PAGE = bytes(PAGE_SIZE)
 
 
@@ -54,8 +56,8 @@ class PageStore:
         self.codec = codec
         self.pool = pool
         self.lock = threading.Lock()
-        self.kind = np.zeros(npages, dtype=np.uint8)
-        self.value = np.zeros(npages, dtype=np.uint64)
+        self.index = np.zeros(npages, dtype=np.uint32)
+        self.fill: dict[int, int] = {}
         self.stored_pages = 0
         self.same_pages = 0
         self.huge_pages = 0
@@ -67,19 +69,20 @@ class PageStore:
     # -- writing -------------------------------------------------------------------------------
     def write_page(self, pn: int, page: bytes) -> None:
         """Store one whole page. On failure the page keeps its previous contents."""
-        fill = same_filled_value(page)
-        if fill is not None:
+        word = same_filled_value(page)
+        if word is not None:
             with self.lock:
-                self._swap(pn, SAME, fill, 0)
+                self._swap(pn, SAME, 0)
+                if word:
+                    self.fill[pn] = word
             return
         try:
             payload = self.codec.compress(page)
         except Exception as exc:
             self.failed_writes += 1
             raise StorageFailure(f"compressing page {pn}: {exc}") from exc
-        kind = COMP
         if len(payload) >= self.pool.raw_threshold:
-            kind, payload = RAW, page
+            payload = page
         try:
             handle = self.pool.store(payload)
         except PoolFull as exc:
@@ -89,7 +92,7 @@ class PageStore:
             self.failed_writes += 1
             raise StorageFailure(f"placing page {pn}: {exc}") from exc
         with self.lock:
-            self._swap(pn, kind, handle, len(payload))
+            self._swap(pn, handle, len(payload))
 
     def write_pages(self, pn: int, data: bytes) -> None:
         """Store len(data) // PAGE_SIZE whole pages starting at page *pn*."""
@@ -102,47 +105,43 @@ class PageStore:
         old = self.read_page(pn)
         self.write_page(pn, old[:offset] + data + old[offset + len(data) :])
 
-    def _swap(self, pn: int, kind: int, value: int, size: int) -> None:
-        """Point entry *pn* at a new object and release the old one (store lock held)."""
-        old_kind = self.kind.item(pn)
-        if old_kind == EMPTY:
+    def _swap(self, pn: int, entry: int, size: int) -> None:
+        """Point page *pn* at a new entry and release the old one (store lock held)."""
+        old = self.index.item(pn)
+        if old == EMPTY:
             self.stored_pages += 1
+        elif old == SAME:
+            self.same_pages -= 1
+            self.fill.pop(pn, None)
         else:
-            self._release(pn, old_kind)
-        self.kind[pn] = kind
-        self.value[pn] = value
-        if kind == SAME:
+            old_size = self.pool.size(old)
+            self.compr_data_size -= old_size
+            if old_size == PAGE_SIZE:
+                self.huge_pages -= 1
+            self.pool.free(old)
+        self.index[pn] = entry
+        if entry == SAME:
             self.same_pages += 1
         else:
             self.compr_data_size += size
-            if kind == RAW:
+            if size == PAGE_SIZE:
                 self.huge_pages += 1
-
-    def _release(self, pn: int, kind: int) -> None:
-        if kind == SAME:
-            self.same_pages -= 1
-            return
-        handle = self.value.item(pn)
-        self.compr_data_size -= self.pool.size(handle)
-        self.pool.free(handle)
-        if kind == RAW:
-            self.huge_pages -= 1
 
     # -- reading -------------------------------------------------------------------------------
     def read_page(self, pn: int) -> bytes:
         with self.lock:
-            kind = self.kind.item(pn)
-            if kind == EMPTY:
+            entry = self.index.item(pn)
+            if entry == EMPTY:
                 return ZERO_PAGE
-            value = self.value.item(pn)
-            if kind == SAME:
-                return ZERO_PAGE if value == 0 else fill_page(value)
+            if entry == SAME:
+                word = self.fill.get(pn)
+                return ZERO_PAGE if word is None else fill_page(word)
             try:
-                payload = self.pool.read(value)
+                payload = self.pool.read(entry)
             except Exception as exc:
                 self.failed_reads += 1
                 raise StorageFailure(f"reading page {pn} from the pool: {exc}") from exc
-        if kind == RAW:
+        if len(payload) == PAGE_SIZE:
             return payload
         try:
             return self.codec.decompress(payload)
@@ -156,17 +155,20 @@ class PageStore:
         return b"".join([self.read_page(pn + i) for i in range(count)])
 
     # -- figures -------------------------------------------------------------------------------
+    def mem_used_pages(self) -> int:
+        return self.pool.pages_used
+
     def note_invalid_io(self) -> None:
         self.invalid_io += 1
 
-    def index_bytes(self) -> int:
-        return int(self.kind.nbytes + self.value.nbytes)
+    def metadata_bytes(self) -> int:
+        """Index and tables outside the pool's arena (the index counted whole, as allocated)."""
+        return int(self.index.nbytes) + self.pool.metadata_bytes()
 
     def stats(self) -> dict[str, Any]:
         """zram's mm_stat/io_stat names, plus what zswapfs adds."""
         with self.lock:
             pool = self.pool
-            pool_stats = pool.stats()
             return {
                 "disksize": self.npages * PAGE_SIZE,
                 "orig_data_size": self.stored_pages * PAGE_SIZE,
@@ -183,6 +185,6 @@ class PageStore:
                 "invalid_io": self.invalid_io,
                 "codec": self.codec.name,
                 "pool": pool.name,
-                "metadata_bytes": pool_stats["metadata_bytes"] + self.index_bytes(),
-                "pool_stats": pool_stats,
+                "metadata_bytes": self.metadata_bytes(),
+                "pool_stats": pool.stats(),
             }

@@ -7,9 +7,11 @@ indirect handle of the zbud migration seed ("use indirect zbud handle and radix 
 handle indexes a table of 64-bit *locations*, and moving an object rewrites one table entry.
 
 Handle encoding
-  handle 0 is never handed out (the store uses 0 for "no object").
+  handles 0 and 1 are never handed out (the store's index uses them for "empty" and "same-filled"),
+  and every handle is below 2**31 (slot headers keep it shifted left by one).
   table[handle] for a live handle is the pool's location word, always < 2**63:
       zsmalloc: zspage_id << 24 | obj_idx << 13 | length      (length 1..4096, obj_idx < 2048)
+                HUGE_LOC | pool_page << 13 | length            (a huge object: a page of its own)
   table[handle] for a free handle is FREE_TAG | next free handle (a free list through the table).
 
 Two indexes, as the seed thread proposes:
@@ -34,6 +36,8 @@ from zswapfs.arena import PAGE_SIZE, Arena
 FREE_TAG = 1 << 63
 #: largest object a pool stores: one page, raw
 MAX_OBJECT = PAGE_SIZE
+#: handles live in 31 bits (an allocated zsmalloc slot header is handle << 1 | 1 in 32 bits)
+MAX_HANDLES = 1 << 31
 
 
 class PoolFull(Exception):
@@ -48,7 +52,7 @@ class HandleTable:
     """
 
     def __init__(self) -> None:
-        self.table = array("Q", [FREE_TAG])  # entry 0: reserved, never handed out
+        self.table = array("Q", [FREE_TAG, FREE_TAG])  # entries 0 and 1: never handed out
         self._free_head = 0  # 0: no free handle
         self.live = 0
 
@@ -60,6 +64,8 @@ class HandleTable:
             handle = head
         else:
             handle = len(self.table)
+            if handle >= MAX_HANDLES:
+                raise PoolFull(f"all {MAX_HANDLES} handles are in use")
             self.table.append(location)
         self.live += 1
         return handle
@@ -165,10 +171,11 @@ class Pool:
 POOL_NAMES = ("zsmalloc",)
 
 
-def make_pool(name: str, max_pages: int, **options: Any) -> Pool:
-    """Build the pool strategy *name* with an arena of at most *max_pages* pages."""
+def make_pool(name: str, image_pages: int, **options: Any) -> Pool:
+    """Build the pool strategy *name* for an image of *image_pages* pages: its arena holds every
+    page stored raw plus the pool's own worst-case slack (partly filled zspages)."""
     if name == "zsmalloc":
         from zswapfs.pools.zsmalloc import ZsPool
 
-        return ZsPool(max_pages, **options)
+        return ZsPool(image_pages + ZsPool.headroom(options.get("max_chain")), **options)
     raise ValueError(f"unknown pool {name!r}: expected one of {', '.join(POOL_NAMES)}")

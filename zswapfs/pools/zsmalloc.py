@@ -3,9 +3,9 @@
 Layout
   Objects are grouped by size into classes 16 bytes apart, from 32 to 4096 bytes (255 classes).
   A class keeps its objects in *zspages*: chains of 1..max_chain pool pages, the chain length
-  chosen to waste the least of the zspage (the kernel's get_pages_per_zspage). Worked example:
-  class 208 with one page holds 19 objects and wastes 144 of 4096 bytes (96% used); with 8 pages
-  it holds 157 objects wasting 176 of 32768 bytes (99%), so the class uses zspages of 8 pages.
+  chosen to use the largest whole percentage of the zspage, the shortest chain on a tie (the
+  kernel's get_pages_per_zspage). Worked example: class 3072 in one page holds 1 object and uses
+  75%; in 2 pages, 2 objects, 75%; in 3 pages, 4 objects and 100%, so its zspages are 3 pages.
   Neighbouring classes whose zspages have the same (pages, objects) geometry are merged into the
   larger one: they would waste nothing more by sharing, and fewer classes mean fewer half-full
   zspages. Objects may span the boundary between two pages of a zspage.
@@ -16,9 +16,11 @@ Layout
   read. Sizes are multiples of 16, so a header never straddles two pages.
 
   The *huge* class: every class whose best geometry is one object in one page merges into the
-  4096-byte class. Its objects (incompressible pages stored raw) carry no header; the zspage's
-  free-list field holds the handle instead. huge_class_size is the smallest slot size that lands
-  there; the store stores any page whose payload would land there uncompressed.
+  4096-byte class. Its objects (incompressible pages stored raw) get a pool page of their own and
+  no zspage record: the location word names the page directly (HUGE_LOC) and page_owner[pn] holds
+  HUGE_OWNER | handle, so a huge page costs 4 bytes of tables beyond its handle. huge_class_size
+  is the smallest slot size that lands there; the store keeps any page whose payload would land
+  there uncompressed.
 
 Fullness groups
   A zspage is in group 0 (empty: transient, empty zspages are freed at once), 11 (full) or 1..10
@@ -26,8 +28,9 @@ Fullness groups
   partly used zspages fill before new ones are made. Compaction moves objects from the emptiest
   zspage into the fullest, as the kernel's __zs_compact does, and frees the emptied zspage.
 
-Location word (see pools/__init__.py): zspage_id << 24 | obj_idx << 13 | length.
-Pool page -> objects: page_zspage[pn] names the zspage; the slot headers name the handles.
+Location word (see pools/__init__.py): zspage_id << 24 | obj_idx << 13 | length, or
+HUGE_LOC | pn << 13 | length. Pool page -> objects: page_owner[pn] names the zspage (or, for a
+huge page, the handle); the slot headers name the handles.
 
 What may move an object: only compact(), under the pool lock, one source zspage per lock hold.
 """
@@ -52,6 +55,10 @@ DEFAULT_CHAIN = 8
 NGROUPS = 12
 GROUP_FULL = 11
 _NONE = -1
+#: location tag of a huge object, and page-owner tag of a huge page
+HUGE_LOC = 1 << 62
+HUGE_OWNER = 1 << 31
+_PN_MASK = 0xFFFFFFFF
 _LEN_MASK = 0x1FFF
 _IDX_MASK = 0x7FF
 
@@ -106,8 +113,7 @@ class ZsPool(Pool):
     def __init__(self, max_pages: int, max_chain: int = DEFAULT_CHAIN) -> None:
         if not 1 <= max_chain <= 16:
             raise ValueError(f"zsmalloc chain length {max_chain} out of range 1..16")
-        # room for every partly filled zspage of every class on top of the pages themselves
-        super().__init__(max_pages + 256 * max_chain)
+        super().__init__(max_pages)
         self.max_chain = max_chain
         self.classes, self._lookup, self.huge_class_size = build_classes(max_chain)
         self._heads = array("i", [_NONE]) * (NGROUPS * len(self.classes))
@@ -115,7 +121,7 @@ class ZsPool(Pool):
         self._zs_class = array("H")
         self._zs_inuse = array("H")
         self._zs_bump = array("H")
-        self._zs_free = array("i")  # free-slot head; the handle for a huge zspage
+        self._zs_free = array("i")  # free-slot head
         self._zs_first = array("I")
         self._zs_prev = array("i")
         self._zs_next = array("i")
@@ -123,7 +129,14 @@ class ZsPool(Pool):
         self._zs_unused = array("I")  # stack of released zspage ids
         # per pool page
         self._page_next = array("I")
-        self._page_zspage = array("I")
+        self._page_owner = array("I")
+
+    @staticmethod
+    def headroom(max_chain: int | None) -> int:
+        """Pages beyond the image's own that a full image may need: one partly filled zspage
+        per class."""
+        chain = max_chain or DEFAULT_CHAIN
+        return len(build_classes(chain)[0]) * chain
 
     # -- geometry ------------------------------------------------------------------------------
     @property
@@ -214,17 +227,21 @@ class ZsPool(Pool):
             self._zs_prev.append(_NONE)
             self._zs_next.append(_NONE)
             self._zs_group.append(0)
-        need = self.arena.high_water - len(self._page_next)
-        if need > 0:
-            grow = max(need, len(self._page_next) // 2, 64)
-            self._page_next.extend(array("I", bytes(4 * grow)))
-            self._page_zspage.extend(array("I", bytes(4 * grow)))
+        self._track_pages()
         for i, pn in enumerate(pages):
-            self._page_zspage[pn] = z
+            self._page_owner[pn] = z
             self._page_next[pn] = pages[i + 1] if i + 1 < len(pages) else 0
         self._link(z, cls.index, 0)
         cls.zspages += 1
         return z
+
+    def _track_pages(self) -> None:
+        """Grow the per-pool-page tables to cover every page the arena has handed out."""
+        need = self.arena.high_water - len(self._page_next)
+        if need > 0:
+            grow = max(need, len(self._page_next) // 8, 64)
+            self._page_next.extend(array("I", bytes(4 * grow)))
+            self._page_owner.extend(array("I", bytes(4 * grow)))
 
     def _release_zspage(self, z: int, cls: SizeClass) -> None:
         self._unlink(z)
@@ -273,15 +290,12 @@ class ZsPool(Pool):
 
     # -- slot allocation (pool lock held) ------------------------------------------------------
     def _take_slot(self, cls: SizeClass, z: int) -> int:
-        if cls.huge:
-            idx = 0
+        idx = self._zs_free[z]
+        if idx != _NONE:
+            self._zs_free[z] = (self._header(z, idx * cls.size) >> 1) - 1
         else:
-            idx = self._zs_free[z]
-            if idx != _NONE:
-                self._zs_free[z] = (self._header(z, idx * cls.size) >> 1) - 1
-            else:
-                idx = self._zs_bump[z]
-                self._zs_bump[z] = idx + 1
+            idx = self._zs_bump[z]
+            self._zs_bump[z] = idx + 1
         self._zs_inuse[z] += 1
         cls.inuse += 1
         self._regroup(z, cls)
@@ -300,10 +314,7 @@ class ZsPool(Pool):
 
     def _place(self, cls: SizeClass, z: int, handle: int, size: int) -> int:
         idx = self._take_slot(cls, z)
-        if cls.huge:
-            self._zs_free[z] = handle
-        else:
-            self._set_header(z, idx * cls.size, handle << 1 | 1)
+        self._set_header(z, idx * cls.size, handle << 1 | 1)
         return z << 24 | idx << 13 | size
 
     # -- the interface -------------------------------------------------------------------------
@@ -312,37 +323,74 @@ class ZsPool(Pool):
             raise ValueError(f"object size {size} out of range 1..{MAX_OBJECT}")
         cls = self.class_for(size)
         with self.lock:
+            if cls.huge:
+                return self._alloc_huge(cls, size)
+            handle = self.handles.new(0)
             z = self._fullest(cls)
             if z == _NONE:
-                z = self._new_zspage(cls)
-            handle = self.handles.new(0)
+                try:
+                    z = self._new_zspage(cls)
+                except PoolFull:
+                    self.handles.release(handle)
+                    raise
             self.handles.set(handle, self._place(cls, z, handle, size))
             self.bytes_stored += size
             return handle
 
+    def _alloc_huge(self, cls: SizeClass, size: int) -> int:
+        try:
+            pn = self.arena.alloc_page()
+        except ArenaFull as exc:
+            raise PoolFull(str(exc)) from exc
+        try:
+            handle = self.handles.new(HUGE_LOC | pn << 13 | size)
+        except PoolFull:
+            self.arena.free_page(pn)
+            raise
+        self._track_pages()
+        self._page_owner[pn] = HUGE_OWNER | handle
+        cls.zspages += 1
+        cls.inuse += 1
+        self.bytes_stored += size
+        return handle
+
     def _start(self, loc: int) -> tuple[int, int, int, SizeClass]:
+        """Zspage, byte offset of the payload in it, length and class of a non-huge object."""
         z = loc >> 24
         cls = self.classes[self._zs_class[z]]
-        idx = (loc >> 13) & _IDX_MASK
-        return z, (0 if cls.huge else idx * cls.size + HDR), loc & _LEN_MASK, cls
+        return z, ((loc >> 13) & _IDX_MASK) * cls.size + HDR, loc & _LEN_MASK, cls
 
     def write(self, handle: int, data: bytes) -> None:
         with self.lock:
-            z, start, length, _ = self._start(self.handles.get(handle))
-            if len(data) != length:
-                raise ValueError(f"handle {handle} holds {length} bytes, not {len(data)}")
+            loc = self.handles.get(handle)
+            if len(data) != loc & _LEN_MASK:
+                raise ValueError(f"handle {handle} holds {loc & _LEN_MASK} bytes, not {len(data)}")
+            if loc & HUGE_LOC:
+                self.arena.write(((loc >> 13) & _PN_MASK) * PAGE_SIZE, data)
+                return
+            z, start, _, _ = self._start(loc)
             self._copy_in(z, start, data)
 
     def read(self, handle: int) -> bytes:
         with self.lock:
-            z, start, length, _ = self._start(self.handles.get(handle))
+            loc = self.handles.get(handle)
+            if loc & HUGE_LOC:
+                return self.arena.read(((loc >> 13) & _PN_MASK) * PAGE_SIZE, loc & _LEN_MASK)
+            z, start, length, _ = self._start(loc)
             return self._copy_out(z, start, length)
 
     def free(self, handle: int) -> None:
         with self.lock:
             loc = self.handles.get(handle)
-            z, _, length, cls = self._start(loc)
-            self._drop_slot(cls, z, (loc >> 13) & _IDX_MASK)
+            length = loc & _LEN_MASK
+            if loc & HUGE_LOC:
+                cls = self.classes[0]
+                self.arena.free_page((loc >> 13) & _PN_MASK)
+                cls.zspages -= 1
+                cls.inuse -= 1
+            else:
+                z, _, _, cls = self._start(loc)
+                self._drop_slot(cls, z, (loc >> 13) & _IDX_MASK)
             self.handles.release(handle)
             self.bytes_stored -= length
 
@@ -398,7 +446,7 @@ class ZsPool(Pool):
         tables = (
             self._heads, self._zs_class, self._zs_inuse, self._zs_bump, self._zs_free,
             self._zs_first, self._zs_prev, self._zs_next, self._zs_group, self._zs_unused,
-            self._page_next, self._page_zspage,
+            self._page_next, self._page_owner,
         )  # fmt: skip
         return super().metadata_bytes() + sum(t.itemsize * len(t) for t in tables)
 

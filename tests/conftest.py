@@ -1,0 +1,123 @@
+"""Shared fixtures. Tier 3 tests start the real daemon as a subprocess on a temp mount and always
+tear it down (fusermount3 -u -z, then terminate, then kill), even when the test fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def mount_unavailable() -> str | None:
+    """Why a real FUSE mount cannot be made here, or None if it can."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing (no FUSE in this kernel or container)"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed (apt-get install fuse3)"
+    if os.geteuid() != 0:
+        return "not root: the mount tests use allow_other, loop devices and O_DIRECT as root"
+    return None
+
+
+needs_mount = pytest.mark.skipif(mount_unavailable() is not None, reason=str(mount_unavailable()))
+needs_fio = pytest.mark.skipif(shutil.which("fio") is None, reason="fio is not installed")
+
+
+@dataclass
+class Mounted:
+    mountpoint: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+    name: str = "swap.img"
+    expect_errors: list[str] = field(default_factory=list)
+
+    @property
+    def image(self) -> Path:
+        return self.mountpoint / self.name
+
+    def stats(self) -> dict[str, Any]:
+        with open(self.mountpoint / "stats") as f:
+            return dict(json.load(f))
+
+    def log_text(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+
+def zswapfs_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "zswapfs", *args]
+
+
+def start_daemon(mountpoint: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    with open(log.with_suffix(".stderr"), "wb") as err:
+        proc = subprocess.Popen(
+            zswapfs_cmd("mount", str(mountpoint), "--foreground", "--log", str(log), *args),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    deadline = time.monotonic() + 20
+    while not os.path.ismount(mountpoint):
+        if proc.poll() is not None:
+            err = log.with_suffix(".stderr").read_text()
+            raise RuntimeError(f"daemon exited with {proc.returncode}: {err}{log_tail(log)}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("daemon did not mount within 20 s" + log_tail(log))
+        time.sleep(0.02)
+    return proc
+
+
+def log_tail(log: Path) -> str:
+    return "\n" + log.read_text()[-2000:] if log.exists() else ""
+
+
+def stop_daemon(mountpoint: Path, proc: subprocess.Popen[bytes] | None) -> None:
+    """Unmount and reap, whatever state things are in."""
+    if os.path.ismount(mountpoint):
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
+    if proc is None:
+        return
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def mount(tmp_path: Path) -> Iterator[Callable[..., Mounted]]:
+    """Factory: mount(*cli_args) -> Mounted. Every daemon started is torn down afterwards, and a
+    daemon log with a traceback or an unexpected ERROR line fails the test."""
+    started: list[Mounted] = []
+
+    def _mount(*args: str, name: str = "swap.img") -> Mounted:
+        mp = tmp_path / f"mnt{len(started)}"
+        mp.mkdir()
+        log = tmp_path / f"daemon{len(started)}.log"
+        m = Mounted(mp, start_daemon(mp, log, "--name", name, *args), log, name)
+        started.append(m)
+        return m
+
+    yield _mount
+    problems = []
+    for m in started:
+        stop_daemon(m.mountpoint, m.proc)
+        text = m.log_text()
+        if "Traceback" in text:
+            problems.append(f"traceback in daemon log {m.log}:{log_tail(m.log)}")
+        for line in text.splitlines():
+            if " ERROR " in line and not any(e in line for e in m.expect_errors):
+                problems.append(f"unexpected error in daemon log: {line}")
+    assert not problems, "\n".join(problems)

@@ -1,0 +1,181 @@
+"""Model-based tests of every pool: random alloc/free/read/compact against a dict model."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    invariant,
+    precondition,
+    rule,
+)
+
+from zswapfs.arena import PAGE_SIZE
+from zswapfs.pools import POOL_NAMES, Pool, PoolFull, make_pool
+from zswapfs.pools import zsmalloc as zs
+
+CLASSES, _, HUGE_CLASS_SIZE = zs.build_classes(zs.DEFAULT_CHAIN)
+#: sizes at and around every class edge (payload = slot - header), plus the page itself
+EDGES = sorted(
+    {
+        s
+        for c in CLASSES
+        for s in (c.size - zs.HDR - 1, c.size - zs.HDR, c.size - zs.HDR + 1)
+        if 1 <= s <= PAGE_SIZE
+    }
+    | {1, 2, 64, 128, HUGE_CLASS_SIZE - zs.HDR, PAGE_SIZE - 1, PAGE_SIZE}
+)
+sizes = st.one_of(st.integers(1, PAGE_SIZE), st.sampled_from(EDGES), st.integers(1, 300))
+
+
+def check_zsmalloc(pool: zs.ZsPool, model: dict[int, bytes]) -> None:
+    inuse: dict[int, int] = {}
+    for handle, data in model.items():
+        loc = pool.handles.get(handle)
+        assert loc & 0x1FFF == len(data)
+        cls = pool.class_for(len(data))
+        if loc & zs.HUGE_LOC:
+            assert cls.huge
+            pn = (loc >> 13) & 0xFFFFFFFF
+            assert pool._page_owner[pn] == zs.HUGE_OWNER | handle
+        else:
+            z = loc >> 24
+            assert pool._zs_class[z] == cls.index, "object left its size class"
+            assert len(data) + zs.HDR <= cls.size
+            assert ((loc >> 13) & 0x7FF) < cls.objs
+            inuse[z] = inuse.get(z, 0) + 1
+    for z, n in inuse.items():
+        assert pool._zs_inuse[z] == n
+    for cls in pool.classes:
+        if not cls.huge:
+            assert cls.inuse == sum(n for z, n in inuse.items() if pool._zs_class[z] == cls.index)
+    # every pool page in use belongs to a zspage or a huge object
+    owned = sum(c.zspages * c.pages for c in pool.classes)
+    assert owned == pool.pages_used
+
+
+CHECKS = {"zsmalloc": check_zsmalloc}
+
+
+class PoolMachine(RuleBasedStateMachine):
+    pool_name = "zsmalloc"
+    handles = Bundle("handles")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool: Pool = make_pool(self.pool_name, 4096)
+        self.model: dict[int, bytes] = {}
+        self.rnd = random.Random(0)
+
+    def payload(self, size: int) -> bytes:
+        return self.rnd.randbytes(size)
+
+    @rule(target=handles, size=sizes)
+    def alloc(self, size: int) -> int:
+        data = self.payload(size)
+        handle = self.pool.store(data)
+        assert handle not in self.model and handle >= 2
+        self.model[handle] = data
+        return handle
+
+    @rule(handle=consumes(handles))
+    def free(self, handle: int) -> None:
+        self.pool.free(handle)
+        del self.model[handle]
+
+    @rule(handle=handles)
+    def read(self, handle: int) -> None:
+        assert self.pool.read(handle) == self.model[handle]
+
+    @precondition(lambda self: bool(self.model))
+    @rule()
+    def compact(self) -> None:
+        before = self.pool.pages_used
+        freed = self.pool.compact()
+        assert self.pool.pages_used == before - freed
+        for handle, data in self.model.items():
+            assert self.pool.read(handle) == data
+
+    @invariant()
+    def accounting(self) -> None:
+        assert self.pool.objects == len(self.model)
+        stored = sum(len(d) for d in self.model.values())
+        assert self.pool.bytes_stored == stored
+        assert self.pool.pages_used * PAGE_SIZE >= stored
+        CHECKS[self.pool_name](self.pool, self.model)  # type: ignore[operator]
+
+    def teardown(self) -> None:
+        for handle in list(self.model):
+            self.pool.free(handle)
+        assert self.pool.pages_used == 0, "freeing everything must return every page"
+        self.pool.close()
+
+
+for _name in POOL_NAMES:
+    _cls = type(f"Test{_name.title()}Machine", (PoolMachine,), {"pool_name": _name})
+    _cls.TestCase.settings = settings(max_examples=60, stateful_step_count=60, deadline=None)
+    globals()[f"Test{_name.title()}Machine"] = _cls.TestCase
+
+
+@pytest.mark.parametrize("name", POOL_NAMES)
+def test_churn_then_compact_returns_memory(name: str) -> None:
+    """Fill, free a random 70%, compact: pages fall and every survivor reads back."""
+    pool = make_pool(name, 20000)
+    rnd = random.Random(7)
+    model = {}
+    for _ in range(6000):
+        data = rnd.randbytes(rnd.randint(200, 1500))
+        model[pool.store(data)] = data
+    for handle in rnd.sample(sorted(model), k=4200):
+        pool.free(handle)
+        del model[handle]
+    before = pool.pages_used
+    freed = pool.compact()
+    assert freed > 0 and pool.pages_used == before - freed
+    stored = sum(len(d) for d in model.values())
+    # after compaction no class wastes a whole zspage: usage is close to the bytes stored
+    assert pool.pages_used * PAGE_SIZE < stored * 1.25 + 64 * 8 * PAGE_SIZE
+    for handle, data in model.items():
+        assert pool.read(handle) == data
+    pool.close()
+
+
+@pytest.mark.parametrize("name", POOL_NAMES)
+def test_pool_full_is_clean(name: str) -> None:
+    pool = make_pool(name, 16, max_chain=1)  # 16 pages and the pool's headroom
+    handles = []
+    with pytest.raises(PoolFull):
+        for _ in range(10000):
+            handles.append(pool.store(os.urandom(PAGE_SIZE)))
+    assert pool.objects == len(handles)
+    for h in handles:
+        pool.free(h)
+    assert pool.pages_used == 0
+
+
+def test_bad_sizes_rejected() -> None:
+    pool = make_pool("zsmalloc", 16)
+    for size in (0, PAGE_SIZE + 1):
+        with pytest.raises(ValueError):
+            pool.alloc(size)
+
+
+def test_class_geometry_matches_kernel_rules() -> None:
+    sizes = [c.size for c in CLASSES]
+    assert max(sizes) == PAGE_SIZE and min(sizes) == zs.MIN_SIZE
+    assert all(s % zs.DELTA == 0 for s in sizes)
+    for c in CLASSES:
+        assert 1 <= c.pages <= zs.DEFAULT_CHAIN
+        assert c.objs == c.pages * PAGE_SIZE // c.size
+    # neighbouring classes with the same geometry were merged (the kernel merges neighbours only)
+    ordered = sorted(CLASSES, key=lambda c: c.size)
+    for a, b in zip(ordered, ordered[1:], strict=False):
+        assert (a.pages, a.objs) != (b.pages, b.objs)
+    assert zs.best_pages_per_zspage(3072, 8) == 3  # the worked example in the module header

@@ -1,0 +1,144 @@
+"""Model-based tests of the page store (codec + pool + index) against a dict of pages."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from zswapfs.codec import PAGE_SIZE, fill_page, make_codec, same_filled_value
+from zswapfs.pools import POOL_NAMES, make_pool
+from zswapfs.pools.zsmalloc import ZsPool
+from zswapfs.store import PageStore, StorageFailure, StoreFull
+
+NPAGES = 64
+KINDS = ["zero", "fill", "random", "half", "text", "sparse"]
+
+
+def make_page(kind: str, rnd: random.Random) -> bytes:
+    if kind == "zero":
+        return bytes(PAGE_SIZE)
+    if kind == "fill":
+        return fill_page(rnd.getrandbits(64) | 1)
+    if kind == "random":
+        return rnd.randbytes(PAGE_SIZE)
+    if kind == "half":
+        return rnd.randbytes(PAGE_SIZE // 2) + bytes(PAGE_SIZE // 2)
+    if kind == "text":
+        words = [b"swap", b"page", b"zram", b"pool", b"class", b"handle", b" ", b"\n"]
+        return b"".join(rnd.choice(words) for _ in range(1500))[:PAGE_SIZE].ljust(PAGE_SIZE, b"#")
+    page = bytearray(PAGE_SIZE)
+    for _ in range(rnd.randint(1, 30)):
+        page[rnd.randrange(PAGE_SIZE)] = rnd.randrange(1, 256)
+    return bytes(page)
+
+
+class StoreMachine(RuleBasedStateMachine):
+    pool_name = "zsmalloc"
+    codec_spec = "lz4"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.store = PageStore(
+            NPAGES, make_codec(self.codec_spec), make_pool(self.pool_name, NPAGES)
+        )
+        self.model: dict[int, bytes] = {}
+        self.rnd = random.Random(1)
+
+    @rule(pn=st.integers(0, NPAGES - 1), kind=st.sampled_from(KINDS))
+    def write(self, pn: int, kind: str) -> None:
+        page = make_page(kind, self.rnd)
+        self.store.write_page(pn, page)
+        self.model[pn] = page
+
+    @rule(pn=st.integers(0, NPAGES - 1), off=st.integers(0, PAGE_SIZE - 1), n=st.integers(1, 600))
+    def write_partial(self, pn: int, off: int, n: int) -> None:
+        n = min(n, PAGE_SIZE - off)
+        data = self.rnd.randbytes(n)
+        self.store.write_partial(pn, off, data)
+        old = self.model.get(pn, bytes(PAGE_SIZE))
+        self.model[pn] = old[:off] + data + old[off + n :]
+
+    @rule(pn=st.integers(0, NPAGES - 1), count=st.integers(1, 8))
+    def read(self, pn: int, count: int) -> None:
+        count = min(count, NPAGES - pn)
+        want = b"".join(self.model.get(pn + i, bytes(PAGE_SIZE)) for i in range(count))
+        assert self.store.read_pages(pn, count) == want
+
+    @invariant()
+    def accounting(self) -> None:
+        s = self.store
+        assert s.stored_pages == len(self.model)
+        same = sum(1 for p in self.model.values() if same_filled_value(p) is not None)
+        assert s.same_pages == same
+        assert s.compr_data_size <= (len(self.model) - same) * PAGE_SIZE
+        assert s.pool.objects == len(self.model) - same
+        assert s.huge_pages <= s.pool.objects
+
+    def teardown(self) -> None:
+        for pn, page in self.model.items():
+            assert self.store.read_page(pn) == page
+        self.store.pool.close()
+
+
+for _pool in POOL_NAMES:
+    for _codec in ("lz4", "zstd:3", "none"):
+        _name = f"Test{_pool.title()}{_codec.replace(':', '').title()}Store"
+        _cls = type(_name, (StoreMachine,), {"pool_name": _pool, "codec_spec": _codec})
+        _cls.TestCase.settings = settings(max_examples=40, stateful_step_count=50, deadline=None)
+        globals()[_name] = _cls.TestCase
+
+
+def test_figures_of_a_known_mix() -> None:
+    store = PageStore(100, make_codec("lz4"), make_pool("zsmalloc", 100))
+    rnd = random.Random(3)
+    for pn in range(10):
+        store.write_page(pn, bytes(PAGE_SIZE))
+    for pn in range(10, 20):
+        store.write_page(pn, rnd.randbytes(PAGE_SIZE))
+    for pn in range(20, 40):
+        store.write_page(pn, make_page("text", rnd))
+    assert store.stored_pages == 40
+    assert store.same_pages == 10
+    assert store.huge_pages == 10
+    st_ = store.stats()
+    assert st_["orig_data_size"] == 40 * PAGE_SIZE
+    assert st_["compr_data_size"] < 30 * PAGE_SIZE
+    assert st_["mem_used_total"] < 30 * PAGE_SIZE
+    # overwriting a huge page with zeros gives its memory back
+    before = store.pool.pages_used
+    store.write_page(10, bytes(PAGE_SIZE))
+    assert store.pool.pages_used == before - 1 and store.huge_pages == 9
+
+
+def test_pool_full_keeps_old_contents() -> None:
+    store = PageStore(64, make_codec("none"), ZsPool(8))  # an arena of 8 pages
+    pages = {}
+    with pytest.raises(StoreFull):
+        for pn in range(64):
+            page = os.urandom(PAGE_SIZE)
+            store.write_page(pn, page)
+            pages[pn] = page
+    assert store.failed_writes == 1
+    full_at = len(pages)
+    store_pages = dict(pages)
+    with pytest.raises(StoreFull):
+        store.write_page(0, os.urandom(PAGE_SIZE))  # a pool with no room: the old page stays
+    for pn, page in store_pages.items():
+        assert store.read_page(pn) == page
+    assert store.read_page(full_at) == bytes(PAGE_SIZE)
+
+
+def test_corrupt_object_is_storage_failure() -> None:
+    store = PageStore(4, make_codec("lz4"), make_pool("zsmalloc", 4))
+    store.write_page(0, make_page("text", random.Random(1)))
+    handle = store.index.item(0)
+    garbage = b"\xff" * store.pool.size(handle)
+    store.pool.write(handle, garbage)
+    with pytest.raises(StorageFailure):
+        store.read_page(0)
+    assert store.failed_reads == 1
