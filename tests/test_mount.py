@@ -108,9 +108,13 @@ def test_bad_input_gets_errno(mount: Callable[..., Mounted]) -> None:
 
 
 @needs_fio
-@pytest.mark.parametrize("codec", ["lz4", "zstd:1"])
-def test_fio_verify_randrw(mount: Callable[..., Mounted], tmp_path: Path, codec: str) -> None:
-    m = mount("--size", str(SIZE), "--codec", codec)
+@pytest.mark.parametrize(
+    "pool, codec", [("zsmalloc", "lz4"), ("zsmalloc", "zstd:1"), ("zbud", "lz4"), ("z3fold", "lz4")]
+)
+def test_fio_verify_randrw(
+    mount: Callable[..., Mounted], tmp_path: Path, pool: str, codec: str
+) -> None:
+    m = mount("--size", str(SIZE), "--codec", codec, "--pool", pool)
     job = Path(__file__).parent.parent / "bench" / "fio" / "verify-randrw.fio"
     out = tmp_path / "fio.json"
     res = subprocess.run(
@@ -123,9 +127,11 @@ def test_fio_verify_randrw(mount: Callable[..., Mounted], tmp_path: Path, codec:
     assert job_out["error"] == 0
     assert job_out["write"]["io_bytes"] > 0 and job_out["read"]["io_bytes"] > 0
     st = m.stats()
+    assert st["pool"] == pool and st["codec"] == codec
     assert st["failed_reads"] == st["failed_writes"] == 0
     assert st["stored_pages"] > 0
     assert st["orig_data_size"] > st["compr_data_size"]
+    assert st["pool_stats"]["objects"] == st["stored_pages"] - st["same_pages"]
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

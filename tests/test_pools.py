@@ -18,7 +18,7 @@ from hypothesis.stateful import (
 )
 
 from zswapfs.arena import PAGE_SIZE
-from zswapfs.pools import POOL_NAMES, Pool, PoolFull, make_pool
+from zswapfs.pools import POOL_NAMES, Pool, PoolFull, buddy, make_pool
 from zswapfs.pools import zsmalloc as zs
 
 CLASSES, _, HUGE_CLASS_SIZE = zs.build_classes(zs.DEFAULT_CHAIN)
@@ -61,7 +61,29 @@ def check_zsmalloc(pool: zs.ZsPool, model: dict[int, bytes]) -> None:
     assert owned == pool.pages_used
 
 
-CHECKS = {"zsmalloc": check_zsmalloc}
+def check_buddy(pool: buddy.BuddyPool, model: dict[int, bytes]) -> None:
+    per_page: dict[int, list[tuple[int, int]]] = {}
+    for handle, data in model.items():
+        loc = pool.handles.get(handle)
+        pn, bud = loc >> 15, (loc >> 13) & 3
+        assert loc & 0x1FFF == len(data)
+        assert pool._handle[bud][pn] == handle, "reverse map disagrees with the handle"
+        n = pool._chunks[bud][pn]
+        assert n == buddy.chunks_for(len(data))
+        start = pool._start(pn, bud)
+        per_page.setdefault(pn, []).append((start, start + n))
+    limit = 3 if pool.three else 2
+    for spans in per_page.values():
+        assert len(spans) <= limit, f"{len(spans)} objects in one {pool.name} page"
+        spans.sort()
+        for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+            assert end <= start, "buddies overlap"
+        assert spans[-1][1] <= buddy.NCHUNKS
+    assert len(per_page) == pool.pages_used, "a pool page holds no object"
+    assert sorted(pool.lru_pages()) == sorted(per_page)
+
+
+CHECKS = {"zsmalloc": check_zsmalloc, "zbud": check_buddy, "z3fold": check_buddy}
 
 
 class PoolMachine(RuleBasedStateMachine):
@@ -140,8 +162,13 @@ def test_churn_then_compact_returns_memory(name: str) -> None:
     freed = pool.compact()
     assert freed > 0 and pool.pages_used == before - freed
     stored = sum(len(d) for d in model.values())
-    # after compaction no class wastes a whole zspage: usage is close to the bytes stored
-    assert pool.pages_used * PAGE_SIZE < stored * 1.25 + 64 * 8 * PAGE_SIZE
+    if name == "zsmalloc":
+        # after compaction no class wastes a whole zspage: usage is close to the bytes stored
+        assert pool.pages_used * PAGE_SIZE < stored * 1.25 + 64 * 8 * PAGE_SIZE
+    else:
+        # objects of 4..24 chunks: compaction packs pages to their object limit
+        per_page = 3 if name == "z3fold" else 2
+        assert pool.pages_used <= len(model) / per_page * 1.1 + 2
     for handle, data in model.items():
         assert pool.read(handle) == data
     pool.close()

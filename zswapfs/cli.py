@@ -197,6 +197,10 @@ def format_stats(st: dict[str, Any]) -> str:
     if st["mem_used_total"]:
         lines.append(f"  {'ratio':<18} {st['orig_data_size'] / st['mem_used_total']:>14.2f}")
     pool = st.get("pool_stats", {})
+    lines.append(f"  pool {st['pool']}:")
+    for key, value in pool.items():
+        if not isinstance(value, list):
+            lines.append(f"    {key:<24} {value:>12}")
     classes = pool.get("classes") or []
     if classes:
         cols = list(classes[0])
@@ -221,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("mountpoint")
     m.add_argument("--size", help="image size, e.g. 1G (default 1G)")
     m.add_argument("--codec", help="lz4 (default), zstd[:LEVEL] or none")
-    m.add_argument("--pool", help="pool strategy (default zsmalloc)")
+    m.add_argument("--pool", help="zsmalloc (default), zbud or z3fold")
     m.add_argument("--name", help="image file name (default swap.img)")
     m.add_argument("--max-chain", type=int, help="longest zspage, in pages (default 8)")
     m.add_argument("--config", help="TOML file with the same keys")

@@ -1,6 +1,6 @@
 """Pools own placement: where a compressed object lives inside the arena's pages.
 
-Every pool strategy (zsmalloc now; zbud and z3fold are peers behind the same interface) hands out
+Every pool strategy (zsmalloc, zbud, z3fold: peers behind the same interface) hands out
 *handles*. A handle is a small integer the store keeps in its page index; it never changes while
 the object lives, even if the pool moves the object (compaction, page migration). This is the
 indirect handle of the zbud migration seed ("use indirect zbud handle and radix tree"): the
@@ -12,6 +12,7 @@ Handle encoding
   table[handle] for a live handle is the pool's location word, always < 2**63:
       zsmalloc: zspage_id << 24 | obj_idx << 13 | length      (length 1..4096, obj_idx < 2048)
                 HUGE_LOC | pool_page << 13 | length            (a huge object: a page of its own)
+      zbud, z3fold: pool_page << 15 | buddy << 13 | length     (buddy 0 first, 1 middle, 2 last)
   table[handle] for a free handle is FREE_TAG | next free handle (a free list through the table).
 
 Two indexes, as the seed thread proposes:
@@ -168,7 +169,7 @@ class Pool:
         self.arena.close()
 
 
-POOL_NAMES = ("zsmalloc",)
+POOL_NAMES = ("zsmalloc", "zbud", "z3fold")
 
 
 def make_pool(name: str, image_pages: int, **options: Any) -> Pool:
@@ -178,4 +179,8 @@ def make_pool(name: str, image_pages: int, **options: Any) -> Pool:
         from zswapfs.pools.zsmalloc import ZsPool
 
         return ZsPool(image_pages + ZsPool.headroom(options.get("max_chain")), **options)
+    if name in ("zbud", "z3fold"):
+        from zswapfs.pools.buddy import Z3foldPool, ZbudPool
+
+        return (ZbudPool if name == "zbud" else Z3foldPool)(image_pages)
     raise ValueError(f"unknown pool {name!r}: expected one of {', '.join(POOL_NAMES)}")
