@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from zswapfs import config as cfgmod
@@ -216,6 +217,53 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_capture(args: argparse.Namespace) -> int:
+    from zswapfs import capture
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if (args.pid is None) == (not command):
+        raise CliError("capture needs exactly one of --pid PID or -- COMMAND ...")
+    try:
+        if args.pid is not None:
+            with open(args.out, "wb") as out:
+                res = capture.capture_pid(args.pid, out)
+        else:
+            delay = None if args.on_signal else (args.delay if args.delay is not None else 5.0)
+            res = capture.capture_command(command, Path(args.out), delay)
+    except capture.CaptureError as exc:
+        raise CliError(f"capture: {exc}") from None
+    except OSError as exc:
+        raise CliError(f"capture: {args.out}: {exc.strerror}") from None
+    print(
+        f"captured {res.pages} pages ({res.pages * 4096 >> 20} MiB) from {res.regions} anonymous"
+        f" regions of process {res.pid} into {args.out}"
+    )
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from zswapfs import bench
+
+    def progress(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    try:
+        result = bench.run(
+            args.corpus or ["builtin:py_dicts:64"],
+            [p.strip() for p in args.pools.split(",") if p.strip()],
+            [c.strip() for c in args.codecs.split(",") if c.strip()],
+            with_zram=not args.no_zram,
+            churn=args.churn,
+            progress=progress,
+        )
+    except (bench.BenchError, ValueError) as exc:
+        raise CliError(f"bench: {exc}") from None
+    print(bench.format_table(result))
+    for path in bench.write_outputs(result, Path(args.out)):
+        print(f"wrote {path}")
+    return 0
+
+
 # -- entry ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zswapfs", description="compressed swap image on FUSE")
@@ -243,6 +291,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("mountpoint")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_stats)
+
+    c = sub.add_parser(
+        "capture",
+        help="snapshot a process's private anonymous memory into a page corpus",
+        description="Snapshot the resident private anonymous memory (heap, anonymous mappings,"
+        " stack) of a running process (--pid) or of a command started here: when the command"
+        " sends SIGUSR1 to its parent, or after --delay seconds (default 5) at the latest;"
+        " --on-signal waits for the signal alone.",
+    )
+    c.add_argument("--pid", type=int)
+    c.add_argument("--out", required=True, help="corpus file: raw 4 KiB pages")
+    c.add_argument("--delay", type=float, help="seconds to let the command run first")
+    c.add_argument("--on-signal", action="store_true", help="snapshot on SIGUSR1 from the command")
+    c.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ...")
+    c.set_defaults(func=cmd_capture)
+
+    b = sub.add_parser("bench", help="compare pools and codecs on real corpora, beside zram")
+    b.add_argument("--pools", default="zbud,z3fold,zsmalloc")
+    b.add_argument("--codecs", default="lz4,zstd:1,zstd:3")
+    b.add_argument(
+        "--corpus",
+        action="append",
+        help="FILE, capture:'COMMAND', builtin:NAME[:MiB] or synthetic:PAGES (repeatable;"
+        " default builtin:py_dicts:64)",
+    )
+    b.add_argument("--out", default="bench/results", help="directory for bench.json and tables")
+    b.add_argument("--no-zram", action="store_true", help="leave /dev/zram0 alone")
+    b.add_argument("--churn", type=float, default=0.3, help="share of pages rewritten (0..1)")
+    b.set_defaults(func=cmd_bench)
     return p
 
 
