@@ -104,7 +104,7 @@ def test_bad_input_gets_errno(mount: Callable[..., Mounted]) -> None:
     assert os.stat(m.image).st_size == SIZE
     st = m.stats()
     assert st["invalid_io"] >= 1 and st["failed_writes"] == 0
-    assert sorted(os.listdir(mp)) == ["stats", "swap.img"]
+    assert sorted(os.listdir(mp)) == ["control", "stats", "swap.img"]
 
 
 @needs_fio

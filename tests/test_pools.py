@@ -125,6 +125,29 @@ class PoolMachine(RuleBasedStateMachine):
         for handle, data in self.model.items():
             assert self.pool.read(handle) == data
 
+    @rule(budget=st.integers(1, 5))
+    def compact_step(self, budget: int) -> None:
+        before = self.pool.pages_used
+        step = self.pool.compact_step(budget)
+        assert step >= -1
+        assert self.pool.pages_used == before - max(step, 0)
+
+    @rule(down=st.integers(0, 3))
+    def migrate(self, down: int) -> None:
+        """Move a page near the top of the arena into a hole below, if there is one."""
+        arena = self.pool.arena
+        pn = arena.high_water - 1 - down
+        if pn < 0 or arena.is_free(pn):
+            assert not self.pool.migrate_page(max(pn, 0)) or pn < 0
+            return
+        used = arena.pages_used
+        had_hole = arena._lowest_free(pn) >= 0
+        moved = self.pool.migrate_page(pn)
+        assert moved == had_hole
+        assert arena.pages_used == used
+        if moved:
+            assert arena.is_free(pn)
+
     @invariant()
     def accounting(self) -> None:
         assert self.pool.objects == len(self.model)
@@ -172,6 +195,33 @@ def test_churn_then_compact_returns_memory(name: str) -> None:
     for handle, data in model.items():
         assert pool.read(handle) == data
     pool.close()
+
+
+@pytest.mark.parametrize("name", POOL_NAMES)
+def test_migration_empties_top_segments(name: str) -> None:
+    """Free the lower half of the objects: migrating the top pages down lets whole segments go."""
+    from zswapfs.arena import SEG_PAGES
+
+    pool = make_pool(name, 20000)
+    rnd = random.Random(3)
+    handles = [(pool.store(d), d) for d in (rnd.randbytes(rnd.randint(1000, 4096))
+                                            for _ in range(3000))]  # fmt: skip
+    for h, _ in handles[:1500]:
+        pool.free(h)
+    pool.compact()
+    arena = pool.arena
+    mapped_before, hw_before = arena.segments_mapped, arena.high_water
+    moved = 0
+    while arena.holes and pool.migrate_page(arena.high_water - 1):
+        moved += 1
+    assert moved > 0 and arena.holes == 0
+    assert arena.high_water == arena.pages_used < hw_before
+    released = arena.release_empty_segments()
+    assert released >= (hw_before - arena.high_water) // SEG_PAGES - 1 and released > 0
+    assert arena.segments_mapped == mapped_before - released
+    for h, d in handles[1500:]:
+        assert pool.read(h) == d
+    assert pool.stats()["migrated_pages"] == moved
 
 
 @pytest.mark.parametrize("name", POOL_NAMES)

@@ -1,13 +1,15 @@
-"""Arena: the memory that pools place objects in.
+"""Arena: the memory pools place objects in, in 4 KiB pool pages grouped into segments.
 
-One anonymous mapping is reserved up front with MAP_NORESERVE for the most pool pages the image
-can ever need; reserving costs address space, not memory. A pool page is 4 KiB and is named by its
-number (pn) in the arena. Memory becomes resident only when a page is first written, and goes back
-to the kernel with madvise(MADV_DONTNEED) when the page is freed, so resident pool memory follows
-`pages_used`.
+A pool page is named by its number pn. Pages live in *segments* of SEG_PAGES pages, each its
+own anonymous mapping, created when a page in it is first handed out. Memory becomes resident
+only when a page is written, and goes back to the kernel with madvise(MADV_DONTNEED) as soon as
+the page is freed, so resident pool memory follows `pages_used`. A segment whose pages are all
+free can be unmapped as a whole (release_empty_segments), which also returns its page tables;
+the background thread does that, never a foreground request.
 
-Free pages are tracked in a byte map (one byte per possible page) and handed out lowest number
-first. Keeping live pages low is what later lets migration empty the top of the arena.
+Free pages are tracked in a byte map (one byte a possible page) and handed out lowest number
+first, so live pages gather at the bottom; page migration (pools' migrate_page) moves pages
+from the top into holes lower down so the top segments empty and can be released.
 
 Locking: the arena has no lock of its own. Its owner (a pool) calls it under the pool lock.
 """
@@ -19,10 +21,16 @@ import mmap
 import numpy as np
 
 PAGE_SIZE = 4096
+#: pages a segment: 1 MiB, small enough that churn empties whole segments, large enough that a
+#: 1 GiB pool is ~1,000 mappings
+SEG_SHIFT = 8
+SEG_PAGES = 1 << SEG_SHIFT
+_SEG_MASK = SEG_PAGES - 1
+_FLAGS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
 
 
 class ArenaFull(Exception):
-    """Every page of the reservation is in use."""
+    """Every page the arena may hand out is in use."""
 
 
 class Arena:
@@ -30,33 +38,61 @@ class Arena:
         if max_pages <= 0:
             raise ValueError("an arena needs at least one page")
         self.max_pages = max_pages
-        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
-        self.mm = mmap.mmap(-1, max_pages * PAGE_SIZE, flags=flags)
-        #: 1 where a page below the high-water mark is free (madvised away)
+        nseg = (max_pages + SEG_PAGES - 1) >> SEG_SHIFT
+        self.segments: list[mmap.mmap | None] = [None] * nseg
+        self._seg_used = np.zeros(nseg, dtype=np.uint16)
+        #: 1 where a page below the high-water mark is free
         self._free = np.zeros(max_pages, dtype=np.uint8)
         self._nfree = 0
-        #: no free page has a number below this (a search hint, kept exact or low)
+        #: no free page has a number below this (a search hint)
         self._hint = 0
-        #: pages at or above this number have never been handed out
+        #: pages at or above this number are free and were never handed out or were folded back
         self.high_water = 0
         self.pages_max = 0
+        self.segments_released = 0
 
     @property
     def pages_used(self) -> int:
         return self.high_water - self._nfree
 
-    def alloc_page(self) -> int:
-        """Hand out the lowest free page number."""
-        if self._nfree:
-            pn = self._hint + int(np.argmax(self._free[self._hint : self.high_water]))
+    @property
+    def holes(self) -> int:
+        """Free pages below the high-water mark: what migration could close."""
+        return self._nfree
+
+    @property
+    def segments_mapped(self) -> int:
+        return sum(1 for s in self.segments if s is not None)
+
+    def _lowest_free(self, below: int) -> int:
+        """Lowest free page number under *below* (and under the high-water mark), or -1."""
+        end = min(below, self.high_water)
+        if not self._nfree or self._hint >= end:
+            return -1
+        window = self._free[self._hint : end]
+        i = int(np.argmax(window))
+        if not window[i]:
+            return -1
+        return self._hint + i
+
+    def alloc_page(self, below: int | None = None) -> int:
+        """Hand out the lowest free page; with *below*, only a page numbered lower (or -1)."""
+        pn = self._lowest_free(self.high_water if below is None else below)
+        if pn >= 0:
             self._free[pn] = 0
             self._nfree -= 1
             self._hint = pn + 1
+        elif below is not None:
+            return -1
         elif self.high_water < self.max_pages:
             pn = self.high_water
             self.high_water += 1
         else:
             raise ArenaFull(f"arena of {self.max_pages} pages is full")
+        seg = pn >> SEG_SHIFT
+        if self.segments[seg] is None:
+            self.segments[seg] = mmap.mmap(-1, SEG_PAGES * PAGE_SIZE, flags=_FLAGS)
+        self._seg_used[seg] += 1
         used = self.pages_used
         if used > self.pages_max:
             self.pages_max = used
@@ -64,7 +100,11 @@ class Arena:
 
     def free_page(self, pn: int) -> None:
         """Return page *pn*'s memory to the kernel and make the number reusable."""
-        self.mm.madvise(mmap.MADV_DONTNEED, pn * PAGE_SIZE, PAGE_SIZE)
+        seg = pn >> SEG_SHIFT
+        mm = self.segments[seg]
+        assert mm is not None, f"page {pn} is not mapped"
+        mm.madvise(mmap.MADV_DONTNEED, (pn & _SEG_MASK) * PAGE_SIZE, PAGE_SIZE)
+        self._seg_used[seg] -= 1
         if pn == self.high_water - 1:
             self.high_water -= 1
             # fold free pages that now sit at the top back into never-used space
@@ -80,14 +120,34 @@ class Arena:
         if self._hint > self.high_water:
             self._hint = self.high_water
 
+    def release_empty_segments(self) -> int:
+        """Unmap every mapped segment that holds no live page; returns how many."""
+        released = 0
+        for seg, mm in enumerate(self.segments):
+            if mm is not None and self._seg_used[seg] == 0:
+                mm.close()
+                self.segments[seg] = None
+                released += 1
+        self.segments_released += released
+        return released
+
     def is_free(self, pn: int) -> bool:
         return pn >= self.high_water or bool(self._free[pn])
 
-    def read(self, offset: int, length: int) -> bytes:
-        return self.mm[offset : offset + length]
+    def read(self, pn: int, offset: int, length: int) -> bytes:
+        """*length* bytes at *offset* in page *pn* (offset + length <= PAGE_SIZE)."""
+        start = (pn & _SEG_MASK) * PAGE_SIZE + offset
+        return self.segments[pn >> SEG_SHIFT][start : start + length]  # type: ignore[index]
 
-    def write(self, offset: int, data: bytes) -> None:
-        self.mm[offset : offset + len(data)] = data
+    def write(self, pn: int, offset: int, data: bytes) -> None:
+        start = (pn & _SEG_MASK) * PAGE_SIZE + offset
+        self.segments[pn >> SEG_SHIFT][start : start + len(data)] = data  # type: ignore[index]
+
+    def copy_page(self, src: int, dst: int) -> None:
+        self.write(dst, 0, self.read(src, 0, PAGE_SIZE))
 
     def close(self) -> None:
-        self.mm.close()
+        for mm in self.segments:
+            if mm is not None:
+                mm.close()
+        self.segments = [None] * len(self.segments)

@@ -50,7 +50,9 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
     overrides: dict[str, Any] = {}
     if args.size is not None:
         overrides["size"] = cfgmod.parse_size(args.size, "--size")
-    for key in ("codec", "pool", "name", "max_chain"):
+    if args.aggressive_maintenance:
+        overrides["aggressive_maintenance"] = True
+    for key in ("codec", "pool", "name", "max_chain", "maintenance_interval"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     return dataclasses.replace(cfg, **overrides).check()
@@ -105,7 +107,10 @@ def _spawn(args: argparse.Namespace, cfg: MountConfig, mountpoint: str, image: s
         "--ready-fd", str(write_end), "--log", logfile,
         "--size", str(cfg.size), "--codec", cfg.codec, "--pool", cfg.pool,
         "--name", cfg.name, "--max-chain", str(cfg.max_chain),
+        "--maintenance-interval", str(cfg.maintenance_interval),
     ]  # fmt: skip
+    if cfg.aggressive_maintenance:
+        cmd.append("--aggressive-maintenance")
     if args.verbose:
         cmd.append("--verbose")
     try:
@@ -217,6 +222,28 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compact(args: argparse.Namespace) -> int:
+    mountpoint = os.path.abspath(args.mountpoint)
+    before = read_stats(mountpoint)
+    try:
+        with open(os.path.join(mountpoint, "control"), "w") as control:
+            control.write("compact\n")
+    except OSError as exc:
+        raise CliError(f"compact on {mountpoint} failed: {exc.strerror}") from None
+    after = read_stats(mountpoint)
+    mb = 1 << 20
+    print(
+        f"mem_used_total {before['mem_used_total'] / mb:.1f} MiB -> "
+        f"{after['mem_used_total'] / mb:.1f} MiB; rss {before['rss_bytes'] / mb:.1f} MiB -> "
+        f"{after['rss_bytes'] / mb:.1f} MiB; pages compacted "
+        f"{after['pages_compacted'] - before['pages_compacted']}, migrated "
+        f"{after['pool_stats']['migrated_pages'] - before['pool_stats']['migrated_pages']}, "
+        f"segments released "
+        f"{after['pool_stats']['segments_released'] - before['pool_stats']['segments_released']}"
+    )
+    return 0
+
+
 def cmd_capture(args: argparse.Namespace) -> int:
     from zswapfs import capture
 
@@ -276,6 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--pool", help="zsmalloc (default), zbud or z3fold")
     m.add_argument("--name", help="image file name (default swap.img)")
     m.add_argument("--max-chain", type=int, help="longest zspage, in pages (default 8)")
+    m.add_argument("--maintenance-interval", type=float, help="seconds between checks (1)")
+    m.add_argument(
+        "--aggressive-maintenance",
+        action="store_true",
+        help="compact and migrate on every pass whatever they would gain (a test knob)",
+    )
     m.add_argument("--config", help="TOML file with the same keys")
     m.add_argument("--foreground", "-f", action="store_true", help="serve in this process")
     m.add_argument("--log", help="log file (default: stderr in the foreground, /tmp otherwise)")
@@ -291,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("mountpoint")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_stats)
+
+    k = sub.add_parser("compact", help="compact the pool and release memory now")
+    k.add_argument("mountpoint")
+    k.set_defaults(func=cmd_compact)
 
     c = sub.add_parser(
         "capture",

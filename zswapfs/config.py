@@ -44,6 +44,8 @@ class MountConfig:
     name: str = "swap.img"
     max_chain: int = 8
     direct_io: bool = True
+    maintenance_interval: float = 1.0
+    aggressive_maintenance: bool = False
 
     def check(self) -> MountConfig:
         if self.size <= 0 or self.size % PAGE_SIZE:
@@ -62,6 +64,10 @@ class MountConfig:
             raise ConfigError(f"name: {self.name!r} is not a usable file name")
         if not 1 <= self.max_chain <= 16:
             raise ConfigError(f"max-chain: {self.max_chain} out of range 1..16")
+        if not 0.001 <= self.maintenance_interval <= 3600:
+            raise ConfigError(
+                f"maintenance-interval: {self.maintenance_interval} s out of range 0.001..3600"
+            )
         return self
 
     @property
@@ -79,6 +85,15 @@ _KEYS = {
     "name": "name",
     "max-chain": "max_chain",
     "direct-io": "direct_io",
+    "maintenance-interval": "maintenance_interval",
+}
+
+#: what a TOML value of each field must be, and how to say so
+_EXPECT: dict[str, tuple[tuple[type, ...], str]] = {
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number"),
+    "bool": ((bool,), "true or false"),
+    "str": ((str,), "a string"),
 }
 
 
@@ -108,13 +123,9 @@ def from_mapping(
             raise ConfigError(f"{where}unknown key {key!r} (known: {', '.join(sorted(_KEYS))})")
         if field == "size":
             value = parse_size(value, f"{where}{key}")
-        elif types[field] in ("int", int) and (
-            not isinstance(value, int) or isinstance(value, bool)
-        ):
-            raise ConfigError(f"{where}{key}: expected an integer, got {value!r}")
-        elif types[field] in ("bool", bool) and not isinstance(value, bool):
-            raise ConfigError(f"{where}{key}: expected true or false, got {value!r}")
-        elif types[field] in ("str", str) and not isinstance(value, str):
-            raise ConfigError(f"{where}{key}: expected a string, got {value!r}")
+        else:
+            kinds, what = _EXPECT[str(types[field])]
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise ConfigError(f"{where}{key}: expected {what}, got {value!r}")
         changes[field] = value
     return replace(cfg, **changes)

@@ -16,9 +16,10 @@ from typing import Any
 import pyfuse3
 import trio
 
+from zswapfs.background import Maintenance
 from zswapfs.codec import make_codec
 from zswapfs.config import MountConfig
-from zswapfs.fs import ZswapOperations
+from zswapfs.fs import UnknownCommand, ZswapOperations
 from zswapfs.pools import make_pool
 from zswapfs.store import PageStore
 
@@ -30,6 +31,15 @@ MAX_TASKS = 64
 
 class MountError(Exception):
     pass
+
+
+def rss_bytes() -> int:
+    """This process's resident memory (VmRSS), in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def check_mountpoint(mountpoint: str) -> None:
@@ -70,13 +80,24 @@ def run(mountpoint: str, cfg: MountConfig, ready_fd: int | None = None) -> None:
     check_mountpoint(mountpoint)
     store = build(cfg)
     image = os.path.join(mountpoint, cfg.name)
+    maintenance = Maintenance(store.pool, cfg.maintenance_interval, cfg.aggressive_maintenance)
 
     def stats() -> dict[str, Any]:
         out = store.stats()
-        out.update(pid=os.getpid(), mountpoint=mountpoint, image=image)
+        out.update(pid=os.getpid(), mountpoint=mountpoint, image=image, rss_bytes=rss_bytes())
+        out["maintenance"] = maintenance.stats()
         return out
 
-    ops = ZswapOperations(store, cfg.name, stats_source=stats, direct_io=cfg.direct_io)
+    async def control(command: str) -> None:
+        if command == "compact":
+            done = await trio.to_thread.run_sync(maintenance.compact_now)
+            log.info("compact: %s", done)
+        else:
+            raise UnknownCommand(command)
+
+    ops = ZswapOperations(
+        store, cfg.name, stats_source=stats, direct_io=cfg.direct_io, control=control
+    )
     options = set(pyfuse3.default_options) | {"fsname=zswapfs", "subtype=zswapfs"}
     if os.getuid() == 0:
         options.add("allow_other")
@@ -85,12 +106,14 @@ def run(mountpoint: str, cfg: MountConfig, ready_fd: int | None = None) -> None:
     except RuntimeError as exc:
         raise MountError(f"cannot mount on {mountpoint}: {exc}") from None
     log.info("mounted %s: %d bytes, codec %s, pool %s", image, cfg.size, store.codec.name, cfg.pool)
+    maintenance.start()
     try:
         if ready_fd is not None:
             os.write(ready_fd, b"READY\n")
             os.close(ready_fd)
         trio.run(_serve)
     finally:
+        maintenance.stop()
         pyfuse3.close(unmount=True)
         store.pool.close()
         log.info("unmounted %s", mountpoint)

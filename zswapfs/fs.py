@@ -1,8 +1,10 @@
 """The FUSE layer: translates requests into page-store calls and store errors into errno.
 
-It knows pyfuse3; nothing below it does. The mount holds two files and nothing else:
+It knows pyfuse3; nothing below it does. The mount holds three files and nothing else:
     <name>   the fixed-size image (default swap.img, mode 0600)
     stats    read-only JSON snapshot of the store's figures, taken when it is opened
+    control  write-only (0200): a command a write, e.g. "compact"; the daemon's control callback
+             runs it and the write returns when it is done (EINVAL for an unknown command)
 Requests run as trio tasks on one thread and the handlers never await while touching the store,
 so two requests never interleave inside the store.
 
@@ -20,7 +22,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pyfuse3
@@ -33,7 +35,15 @@ log = logging.getLogger(__name__)
 ROOT_INODE = pyfuse3.ROOT_INODE
 IMAGE_INODE = ROOT_INODE + 1
 STATS_INODE = ROOT_INODE + 2
+CONTROL_INODE = ROOT_INODE + 3
 STATS_NAME = "stats"
+CONTROL_NAME = "control"
+#: the longest command the control file takes
+MAX_COMMAND = 256
+
+
+class UnknownCommand(Exception):
+    pass
 
 
 class ZswapOperations(pyfuse3.Operations):
@@ -47,6 +57,7 @@ class ZswapOperations(pyfuse3.Operations):
         image_name: str = "swap.img",
         stats_source: Callable[[], dict[str, Any]] | None = None,
         direct_io: bool = True,
+        control: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__()
         self.store = store
@@ -54,10 +65,11 @@ class ZswapOperations(pyfuse3.Operations):
         self.size = store.npages * PAGE_SIZE
         self.stats_source = stats_source or store.stats
         self.direct_io = direct_io
+        self.control = control
         self._stats_snapshots: dict[int, bytes] = {}
         self._next_fh = STATS_INODE + 1
         now = time.time_ns()
-        self._times = {IMAGE_INODE: [now, now, now], STATS_INODE: [now, now, now]}
+        self._times = {i: [now, now, now] for i in (IMAGE_INODE, STATS_INODE, CONTROL_INODE)}
         self._root_time = now
 
     # -- names and attributes ------------------------------------------------------------------
@@ -89,6 +101,10 @@ class ZswapOperations(pyfuse3.Operations):
             attr.st_size = 0  # generated on open, served with direct_io
             attr.entry_timeout = 300
             attr.attr_timeout = 0
+        elif inode == CONTROL_INODE:
+            attr.st_mode = stat.S_IFREG | 0o200
+            attr.st_size = 0
+            attr.entry_timeout = attr.attr_timeout = 300
         else:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return attr
@@ -104,6 +120,8 @@ class ZswapOperations(pyfuse3.Operations):
             return self._attr(IMAGE_INODE)
         if name == STATS_NAME.encode():
             return self._attr(STATS_INODE)
+        if name == CONTROL_NAME.encode():
+            return self._attr(CONTROL_INODE)
         raise pyfuse3.FUSEError(errno.ENOENT)
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -139,7 +157,11 @@ class ZswapOperations(pyfuse3.Operations):
         return inode
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        entries = [(self.image_name, IMAGE_INODE), (STATS_NAME.encode(), STATS_INODE)]
+        entries = [
+            (self.image_name, IMAGE_INODE),
+            (STATS_NAME.encode(), STATS_INODE),
+            (CONTROL_NAME.encode(), CONTROL_INODE),
+        ]
         for i in range(start_id, len(entries)):
             name, inode = entries[i]
             if not pyfuse3.readdir_reply(token, name, self._attr(inode), i + 1):
@@ -153,7 +175,7 @@ class ZswapOperations(pyfuse3.Operations):
         sfs.f_bsize = sfs.f_frsize = PAGE_SIZE
         sfs.f_blocks = self.store.npages
         sfs.f_bfree = sfs.f_bavail = 0
-        sfs.f_files = 3
+        sfs.f_files = 4
         sfs.f_ffree = sfs.f_favail = 0
         sfs.f_namemax = 255
         return sfs
@@ -197,6 +219,10 @@ class ZswapOperations(pyfuse3.Operations):
             self._next_fh += 1
             self._stats_snapshots[fh] = self._stats_json()
             return pyfuse3.FileInfo(fh=fh, direct_io=True)
+        if inode == CONTROL_INODE:
+            if flags & os.O_ACCMODE != os.O_WRONLY:
+                raise pyfuse3.FUSEError(errno.EACCES)
+            return pyfuse3.FileInfo(fh=CONTROL_INODE, direct_io=True)
         if inode == ROOT_INODE:
             raise pyfuse3.FUSEError(errno.EISDIR)
         raise pyfuse3.FUSEError(errno.ENOENT)
@@ -233,6 +259,8 @@ class ZswapOperations(pyfuse3.Operations):
         return data[skip : skip + end - off]
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
+        if fh == CONTROL_INODE:
+            return await self._command(buf)
         if fh != IMAGE_INODE:
             raise pyfuse3.FUSEError(errno.EBADF)
         if off < 0:
@@ -274,6 +302,20 @@ class ZswapOperations(pyfuse3.Operations):
             pn += whole // PAGE_SIZE
         if pos < len(buf):
             store.write_partial(pn, 0, buf[pos:])
+
+    async def _command(self, buf: bytes) -> int:
+        if len(buf) > MAX_COMMAND or self.control is None:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        command = buf.decode(errors="replace").strip()
+        try:
+            await self.control(command)
+        except UnknownCommand:
+            log.warning("unknown control command %r", command)
+            raise pyfuse3.FUSEError(errno.EINVAL) from None
+        except Exception:
+            log.exception("control command %r failed", command)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        return len(buf)
 
     async def flush(self, fh: int) -> None:
         return None

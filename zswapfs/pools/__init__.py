@@ -107,6 +107,8 @@ class Pool:
         self.lock = threading.Lock()
         self.bytes_stored = 0
         self.pages_compacted = 0
+        self.objects_moved = 0
+        self.migrated_pages = 0
 
     # -- the interface -------------------------------------------------------------------------
     def alloc(self, size: int) -> int:
@@ -121,8 +123,42 @@ class Pool:
     def free(self, handle: int) -> None:
         raise NotImplementedError
 
-    def compact(self) -> int:
+    def compact_step(self, budget: int = 32) -> int:
+        """One bounded piece of compaction under one hold of the pool lock: move at most *budget*
+        objects. Returns pool pages freed by it (0 means progress without a page freed yet), or
+        -1 when nothing is worth moving."""
         raise NotImplementedError
+
+    def compact(self) -> int:
+        """Compact until nothing is worth moving; returns pool pages freed."""
+        freed = 0
+        # every step moves an object or frees a page, so this ends; the bound is only a guard
+        for _ in range(4 * self.objects + 16):
+            step = self.compact_step()
+            if step < 0:
+                break
+            freed += step
+        return freed
+
+    def freeable_pages(self) -> int:
+        """Pool pages a full compaction would free, estimated (zs_can_compact)."""
+        raise NotImplementedError
+
+    def migrate_page(self, pn: int) -> bool:
+        """Move live pool page *pn* to a free page lower in the arena; False if it cannot."""
+        raise NotImplementedError
+
+    def migrate_top(self) -> bool:
+        """Migrate the highest live pool page into a hole below it, if the arena has one."""
+        arena = self.arena
+        return (
+            bool(arena.holes) and arena.high_water > 0 and self.migrate_page(arena.high_water - 1)
+        )
+
+    def release_segments(self) -> int:
+        """Unmap arena segments that hold no live page."""
+        with self.lock:
+            return self.arena.release_empty_segments()
 
     @property
     def raw_threshold(self) -> int:
@@ -163,6 +199,11 @@ class Pool:
             "internal_fragmentation": used - self.bytes_stored,
             "metadata_bytes": self.metadata_bytes(),
             "pages_compacted": self.pages_compacted,
+            "objects_moved": self.objects_moved,
+            "migrated_pages": self.migrated_pages,
+            "arena_segments": self.arena.segments_mapped,
+            "segments_released": self.arena.segments_released,
+            "arena_holes": self.arena.holes,
         }
 
     def close(self) -> None:

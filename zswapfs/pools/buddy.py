@@ -65,6 +65,9 @@ class BuddyPool(Pool):
         self._heads = array("i", [_NONE]) * (NCHUNKS + 1)
         self._lru_head = _NONE
         self._lru_tail = _NONE
+        # pages on unbuddied lists and the chunks they use, kept as they change (freeable_pages)
+        self._listed_pages = 0
+        self._listed_chunks = 0
 
     @staticmethod
     def headroom(max_chain: int | None = None) -> int:
@@ -131,6 +134,8 @@ class BuddyPool(Pool):
         if nxt != _NONE:
             self._prev[nxt] = prev
         self._free_at[pn] = _NONE
+        self._listed_pages -= 1
+        self._listed_chunks -= NCHUNKS - k
 
     def _list_add(self, pn: int) -> None:
         """(Re)file page *pn* on the unbuddied list of its free chunks, or on none."""
@@ -145,6 +150,8 @@ class BuddyPool(Pool):
             self._prev[head] = pn
         self._heads[k] = pn
         self._free_at[pn] = k
+        self._listed_pages += 1
+        self._listed_chunks += NCHUNKS - k
 
     def _lru_del(self, pn: int) -> None:
         prev, nxt = self._lru_prev[pn], self._lru_next[pn]
@@ -233,21 +240,21 @@ class BuddyPool(Pool):
             self.bytes_stored += size
             return handle
 
-    def _offset(self, loc: int) -> int:
+    def _offset(self, loc: int) -> tuple[int, int]:
         pn, bud = loc >> 15, (loc >> 13) & 3
-        return pn * PAGE_SIZE + self._start(pn, bud) * CHUNK
+        return pn, self._start(pn, bud) * CHUNK
 
     def write(self, handle: int, data: bytes) -> None:
         with self.lock:
             loc = self.handles.get(handle)
             if len(data) != loc & _LEN_MASK:
                 raise ValueError(f"handle {handle} holds {loc & _LEN_MASK} bytes, not {len(data)}")
-            self.arena.write(self._offset(loc), data)
+            self.arena.write(*self._offset(loc), data)
 
     def read(self, handle: int) -> bytes:
         with self.lock:
             loc = self.handles.get(handle)
-            return self.arena.read(self._offset(loc), loc & _LEN_MASK)
+            return self.arena.read(*self._offset(loc), loc & _LEN_MASK)
 
     def free(self, handle: int) -> None:
         with self.lock:
@@ -274,15 +281,15 @@ class BuddyPool(Pool):
         handle = self._handle[MIDDLE][pn]
         loc = self.handles.get(handle)
         size = loc & _LEN_MASK
-        base = pn * PAGE_SIZE
-        data = self.arena.read(base + self._mid_start[pn] * CHUNK, size)
+        data = self.arena.read(pn, self._mid_start[pn] * CHUNK, size)
         self._chunks[MIDDLE][pn] = 0
         self._chunks[to_bud][pn] = n
         self._handle[to_bud][pn] = handle
         if to_bud == MIDDLE:
             self._mid_start[pn] = new_start
-        self.arena.write(base + self._start(pn, to_bud) * CHUNK, data)
+        self.arena.write(pn, self._start(pn, to_bud) * CHUNK, data)
         self.handles.set(handle, pn << 15 | to_bud << 13 | size)
+        self.objects_moved += 1
 
     def _compact_page(self, pn: int) -> None:
         """z3fold's in-page compaction of the middle object (kernel z3fold_compact_page)."""
@@ -298,9 +305,6 @@ class BuddyPool(Pool):
             self._move_middle(pn, NCHUNKS - last - m, MIDDLE)
 
     # -- compaction across pages ---------------------------------------------------------------
-    def _used_chunks(self, pn: int) -> int:
-        return self._chunks[FIRST][pn] + self._chunks[MIDDLE][pn] + self._chunks[LAST][pn]
-
     def _emptiest(self) -> int:
         for k in range(NCHUNKS, 0, -1):
             if self._heads[k] != _NONE:
@@ -308,21 +312,15 @@ class BuddyPool(Pool):
         return _NONE
 
     def freeable_pages(self) -> int:
-        """Pages a perfect repacking of the pages with room would free (cf. zs_can_compact)."""
-        with self.lock:
-            pages = used = 0
-            for k in range(1, NCHUNKS + 1):
-                pn = self._heads[k]
-                while pn != _NONE:
-                    pages += 1
-                    used += self._used_chunks(pn)
-                    pn = self._next[pn]
-            return max(0, pages - (used + NCHUNKS - 1) // NCHUNKS - 1)
+        """Pages a perfect repacking of the pages with room would free (cf. zs_can_compact),
+        from counters kept by the list operations: O(1)."""
+        used = self._listed_chunks
+        return max(0, self._listed_pages - (used + NCHUNKS - 1) // NCHUNKS - 1)
 
-    def compact_step(self) -> int:
-        """Move every object of the emptiest page into other pages with room; one lock hold.
-
-        Returns 1 when a page was freed, -1 when no page can be emptied."""
+    def compact_step(self, budget: int = 3) -> int:
+        """Move every object of the emptiest page (three at most, whatever the budget) into
+        other pages with room; one lock hold. Returns 1 when a page was freed, -1 when no page
+        can be emptied."""
         with self.lock:
             src = self._emptiest()
             if src == _NONE:
@@ -340,25 +338,58 @@ class BuddyPool(Pool):
             for b, dst in homes:
                 handle = self._handle[b][src]
                 size = self.handles.get(handle) & _LEN_MASK
-                data = self.arena.read(self._offset(src << 15 | b << 13), size)
+                data = self.arena.read(*self._offset(src << 15 | b << 13), size)
                 loc = self._put(dst, handle, size)
-                self.arena.write(self._offset(loc), data)
+                self.arena.write(*self._offset(loc), data)
                 self.handles.set(handle, loc)
                 self._chunks[b][src] = 0
+                self.objects_moved += 1
             self._list_del(src)
             self._lru_del(src)
             self.arena.free_page(src)
             self.pages_compacted += 1
             return 1
 
-    def compact(self) -> int:
-        freed = 0
-        # each step frees a page, so this ends; the bound is a guard, not the expected exit
-        for _ in range(self.pages_used):
-            if self.compact_step() < 0:
-                break
-            freed += 1
-        return freed
+    def migrate_page(self, pn: int) -> bool:
+        """Move live pool page *pn* to the lowest free page below it: isolate (the page must
+        be live), migrate (copy the 4 KiB, move the page's records and list links, rewrite its
+        objects' handles), or putback (no lower page: nothing touched)."""
+        with self.lock:
+            arena = self.arena
+            if arena.is_free(pn) or pn >= len(self._mid_start):
+                return False
+            new = arena.alloc_page(below=pn)
+            if new < 0:
+                return False
+            self._track_pages()
+            arena.copy_page(pn, new)
+            for b in (FIRST, MIDDLE, LAST):
+                self._chunks[b][new] = self._chunks[b][pn]
+                self._handle[b][new] = self._handle[b][pn]
+                if self._chunks[b][pn]:
+                    handle = self._handle[b][pn]
+                    size = self.handles.get(handle) & _LEN_MASK
+                    self.handles.set(handle, new << 15 | b << 13 | size)
+            self._mid_start[new] = self._mid_start[pn]
+            self._free_at[new] = _NONE
+            self._list_del(pn)
+            self._list_add(new)
+            # take pn's place in the LRU
+            prev, nxt = self._lru_prev[pn], self._lru_next[pn]
+            self._lru_prev[new], self._lru_next[new] = prev, nxt
+            if prev != _NONE:
+                self._lru_next[prev] = new
+            else:
+                self._lru_head = new
+            if nxt != _NONE:
+                self._lru_prev[nxt] = new
+            else:
+                self._lru_tail = new
+            for b in (FIRST, MIDDLE, LAST):
+                self._chunks[b][pn] = 0
+            arena.free_page(pn)
+            self.migrated_pages += 1
+            return True
 
     # -- figures -------------------------------------------------------------------------------
     def metadata_bytes(self) -> int:

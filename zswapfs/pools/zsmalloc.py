@@ -32,7 +32,9 @@ Location word (see pools/__init__.py): zspage_id << 24 | obj_idx << 13 | length,
 HUGE_LOC | pn << 13 | length. Pool page -> objects: page_owner[pn] names the zspage (or, for a
 huge page, the handle); the slot headers name the handles.
 
-What may move an object: only compact(), under the pool lock, one source zspage per lock hold.
+What may move an object: compaction, under the pool lock, at most COMPACT_BUDGET objects of one
+source zspage per lock hold. What may move a pool page: migrate_page, one page per lock hold; it
+rewires the zspage's page chain (or a huge object's handle), objects keep their locations.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ DEFAULT_CHAIN = 8
 NGROUPS = 12
 GROUP_FULL = 11
 _NONE = -1
+#: objects one compaction step may move under the lock (~10 us each): bounds a foreground wait
+COMPACT_BUDGET = 32
 #: location tag of a huge object, and page-owner tag of a huge page
 HUGE_LOC = 1 << 62
 HUGE_OWNER = 1 << 31
@@ -130,6 +134,7 @@ class ZsPool(Pool):
         # per pool page
         self._page_next = array("I")
         self._page_owner = array("I")
+        self._compact_cursor = 0
 
     @staticmethod
     def headroom(max_chain: int | None) -> int:
@@ -267,9 +272,8 @@ class ZsPool(Pool):
         first = PAGE_SIZE - off
         arena = self.arena
         if length <= first:
-            return arena.read(pn * PAGE_SIZE + off, length)
-        head = arena.read(pn * PAGE_SIZE + off, first)
-        return head + arena.read(self._page_next[pn] * PAGE_SIZE, length - first)
+            return arena.read(pn, off, length)
+        return arena.read(pn, off, first) + arena.read(self._page_next[pn], 0, length - first)
 
     def _copy_in(self, z: int, start: int, data: bytes) -> None:
         pn = self._page_at(z, start >> 12)
@@ -277,10 +281,10 @@ class ZsPool(Pool):
         first = PAGE_SIZE - off
         arena = self.arena
         if len(data) <= first:
-            arena.write(pn * PAGE_SIZE + off, data)
+            arena.write(pn, off, data)
         else:
-            arena.write(pn * PAGE_SIZE + off, data[:first])
-            arena.write(self._page_next[pn] * PAGE_SIZE, data[first:])
+            arena.write(pn, off, data[:first])
+            arena.write(self._page_next[pn], 0, data[first:])
 
     def _header(self, z: int, start: int) -> int:
         return int.from_bytes(self._copy_out(z, start, HDR), "little")
@@ -366,7 +370,7 @@ class ZsPool(Pool):
             if len(data) != loc & _LEN_MASK:
                 raise ValueError(f"handle {handle} holds {loc & _LEN_MASK} bytes, not {len(data)}")
             if loc & HUGE_LOC:
-                self.arena.write(((loc >> 13) & _PN_MASK) * PAGE_SIZE, data)
+                self.arena.write((loc >> 13) & _PN_MASK, 0, data)
                 return
             z, start, _, _ = self._start(loc)
             self._copy_in(z, start, data)
@@ -375,7 +379,7 @@ class ZsPool(Pool):
         with self.lock:
             loc = self.handles.get(handle)
             if loc & HUGE_LOC:
-                return self.arena.read(((loc >> 13) & _PN_MASK) * PAGE_SIZE, loc & _LEN_MASK)
+                return self.arena.read((loc >> 13) & _PN_MASK, 0, loc & _LEN_MASK)
             z, start, length, _ = self._start(loc)
             return self._copy_out(z, start, length)
 
@@ -402,10 +406,10 @@ class ZsPool(Pool):
             return 0
         return (cls.zspages * cls.objs - cls.inuse) // cls.objs
 
-    def compact_step(self, cls: SizeClass) -> int:
-        """Empty the class's emptiest zspage into its fullest ones; one lock hold.
-
-        Returns the pages freed, or -1 when the class has nothing worth moving.
+    def compact_class_step(self, cls: SizeClass, budget: int = COMPACT_BUDGET) -> int:
+        """Move up to *budget* objects from the class's emptiest zspage into its fullest ones;
+        one lock hold. Returns the pages freed (0: progress, the zspage is not empty yet), or -1
+        when the class has nothing worth moving.
         """
         with self.lock:
             if self.freeable_zspages(cls) == 0:
@@ -414,6 +418,8 @@ class ZsPool(Pool):
             if src == _NONE:
                 return -1
             for idx in range(self._zs_bump[src]):
+                if budget == 0:
+                    return 0
                 start = idx * cls.size
                 hdr = self._header(src, start)
                 if not hdr & 1:
@@ -427,6 +433,8 @@ class ZsPool(Pool):
                 loc = self._place(cls, dst, handle, length)
                 self._copy_in(dst, ((loc >> 13) & _IDX_MASK) * cls.size + HDR, data)
                 self.handles.set(handle, loc)
+                self.objects_moved += 1
+                budget -= 1
                 released = self._zs_inuse[src] == 1
                 self._drop_slot(cls, src, idx)
                 if released:
@@ -434,12 +442,60 @@ class ZsPool(Pool):
                     return cls.pages
             return 0
 
-    def compact(self) -> int:
-        freed = 0
-        for cls in self.classes:
-            while (step := self.compact_step(cls)) > 0:
-                freed += step
-        return freed
+    def compact_step(self, budget: int = COMPACT_BUDGET) -> int:
+        """One bounded step on the next class worth compacting (see Pool.compact_step)."""
+        n = len(self.classes)
+        for i in range(n):
+            cls = self.classes[(self._compact_cursor + i) % n]
+            step = self.compact_class_step(cls, budget)
+            if step >= 0:
+                self._compact_cursor = cls.index
+                return step
+        return -1
+
+    def freeable_pages(self) -> int:
+        with self.lock:
+            return sum(self.freeable_zspages(c) * c.pages for c in self.classes)
+
+    # -- page migration ------------------------------------------------------------------------
+    def migrate_page(self, pn: int) -> bool:
+        """Move live pool page *pn* to the lowest free page below it (seed 002's protocol).
+
+        isolate: the page must be live and owned (a huge page or a zspage page);
+        migrate: take a lower free page, copy the 4 KiB, point the owner's chain (or the huge
+                 object's handle) at the copy, free the old page;
+        putback: if there is no lower page, nothing was touched and the page stays where it is.
+        Readers copy objects out under the pool lock, which this holds, so no reader can see a
+        half-moved page and no pin is needed.
+        """
+        with self.lock:
+            arena = self.arena
+            if arena.is_free(pn) or pn >= len(self._page_owner):  # isolate failed
+                return False
+            new = arena.alloc_page(below=pn)
+            if new < 0:  # putback: no hole below
+                return False
+            self._track_pages()
+            arena.copy_page(pn, new)
+            owner = self._page_owner[pn]
+            if owner & HUGE_OWNER:
+                handle = owner & ~HUGE_OWNER
+                length = self.handles.get(handle) & _LEN_MASK
+                self.handles.set(handle, HUGE_LOC | new << 13 | length)
+            else:
+                z = owner
+                if self._zs_first[z] == pn:
+                    self._zs_first[z] = new
+                else:
+                    prev = self._zs_first[z]
+                    while self._page_next[prev] != pn:
+                        prev = self._page_next[prev]
+                    self._page_next[prev] = new
+                self._page_next[new] = self._page_next[pn]
+            self._page_owner[new] = owner
+            arena.free_page(pn)
+            self.migrated_pages += 1
+            return True
 
     # -- figures -------------------------------------------------------------------------------
     def metadata_bytes(self) -> int:
