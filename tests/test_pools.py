@@ -103,7 +103,7 @@ class PoolMachine(RuleBasedStateMachine):
     def alloc(self, size: int) -> int:
         data = self.payload(size)
         handle = self.pool.store(data)
-        assert handle not in self.model and handle >= 2
+        assert handle not in self.model and handle >= 3
         self.model[handle] = data
         return handle
 

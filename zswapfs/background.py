@@ -1,14 +1,22 @@
-"""Background maintenance: one thread that compacts the pool, migrates pool pages down the arena
-and unmaps empty arena segments, in bounded steps, while requests go on.
+"""Background maintenance: one thread that writes cold pages back to the backing file, compacts
+the pool, migrates pool pages down the arena and unmaps empty arena segments, in bounded steps,
+while requests go on.
 
-What a step may touch: the pool only, under the pool lock only, for one compact_step (at most
-COMPACT_BUDGET objects of one source zspage, or one buddy page) or one migrate_page (one pool
-page). It never takes the store lock and never reads or writes the store's index: objects keep
-their handles when they move, pools rewrite only their own handle table. The lock order
-store -> pool is kept because this thread takes just the inner lock. Between steps the thread
-sleeps for SLICE, which also hands the GIL back to the FUSE thread.
+What a step may touch:
+  compaction and migration: the pool only, under the pool lock only, for one compact_step (at
+      most COMPACT_BUDGET objects of one source zspage, or one buddy page) or one migrate_page
+      (one pool page). They never take the store lock nor touch the store's index: objects keep
+      their handles when they move; pools rewrite only their own handle table.
+  writeback: one page at a time through store.writeback_page, which takes the store lock (and
+      the pool lock inside it, keeping the order store -> pool) to read the entry and again to
+      commit it; the backing-file write happens with no lock held.
+Between steps the thread sleeps for SLICE, which also hands the GIL back to the FUSE thread.
 
-When it runs, every `interval` seconds:
+When it runs, every `interval` seconds (and at once when a write finds the pool at its limit):
+  writeback   with a backing file and a memory limit: from the high watermark down to the low
+              one, coldest pages first (incompressible ones first with huge_first), compacting
+              after each batch so freed objects become free pages; and pages idle longer than
+              idle_writeback seconds, whatever the watermarks
   compaction  when pool.freeable_pages() is at least COMPACT_MIN_PAGES and COMPACT_MIN_SHARE of
               the pool (zs_can_compact's estimate of whole pages that moving objects would free)
   migration   when the arena has at least MIGRATE_MIN_HOLES free pages below its top, enough to
@@ -26,6 +34,7 @@ from typing import Any
 
 from zswapfs.arena import SEG_PAGES
 from zswapfs.pools import Pool
+from zswapfs.store import PageStore
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +46,31 @@ COMPACT_MIN_PAGES = 256
 COMPACT_MIN_SHARE = 0.02
 #: migration is worth a pass when the holes could empty a whole segment
 MIGRATE_MIN_HOLES = SEG_PAGES
+#: pages chosen for writeback at a time (one vectorised pick of the coldest)
+WRITEBACK_BATCH = 64
 
 
 class Maintenance:
-    def __init__(self, pool: Pool, interval: float = 1.0, aggressive: bool = False) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        interval: float = 1.0,
+        aggressive: bool = False,
+        store: PageStore | None = None,
+        high_watermark: int = 100,
+        low_watermark: int = 90,
+        huge_first: bool = False,
+        idle_writeback: float = 0.0,
+    ) -> None:
         self.pool = pool
         self.interval = interval
         self.aggressive = aggressive
+        self.store = store
+        self.high_watermark = high_watermark
+        self.low_watermark = low_watermark
+        self.huge_first = huge_first
+        self.idle_writeback = idle_writeback
+        self.written_back = 0
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._pass_lock = threading.Lock()  # one pass at a time: the thread's or compact_now's
@@ -92,6 +119,7 @@ class Maintenance:
             t0 = time.perf_counter()
             self.runs += 1
             pool = self.pool
+            self.writeback()
             if force or self.compact_worth_it():
                 while not self._stopping.is_set():
                     step = pool.compact_step()
@@ -111,6 +139,48 @@ class Maintenance:
                 self.segments_released += pool.release_segments()
             self.seconds += time.perf_counter() - t0
 
+    def writeback(self) -> None:
+        store = self.store
+        if store is None or store.backing is None:
+            return
+        if store.mem_limit:
+            high = store.mem_limit * self.high_watermark // 100
+            if store.pool_bytes >= high:
+                self._writeback_until(store.mem_limit * self.low_watermark // 100)
+        if self.idle_writeback:
+            idle = max(1, int(self.idle_writeback))
+            while not self._stopping.is_set():
+                batch = store.cold_pages(WRITEBACK_BATCH, min_idle=idle)
+                if not batch or not self._write_back(batch):
+                    break
+
+    def _write_back(self, batch: list[int]) -> bool:
+        moved = False
+        for pn in batch:
+            if self._stopping.is_set():
+                break
+            if self.store is not None and self.store.writeback_page(pn):
+                self.written_back += 1
+                moved = True
+        time.sleep(SLICE)
+        return moved
+
+    def _writeback_until(self, low: int) -> None:
+        store = self.store
+        assert store is not None
+        while store.pool_bytes > low and not self._stopping.is_set():
+            batch = store.cold_pages(WRITEBACK_BATCH, huge_first=self.huge_first)
+            if not batch or not self._write_back(batch):
+                break  # nothing left in the pool, or the backing file fails
+            # written-back objects leave holes: compact them into free pages
+            while store.pool_bytes > low and not self._stopping.is_set():
+                step = self.pool.compact_step()
+                if step < 0:
+                    break
+                self.compact_steps += 1
+                self.pages_freed += step
+                time.sleep(SLICE)
+
     def compact_now(self) -> dict[str, int]:
         """Compact, migrate and release to the end (for `zswapfs compact`); returns what it did."""
         before = (self.pages_freed, self.migrated_pages, self.segments_released)
@@ -128,6 +198,7 @@ class Maintenance:
             "pages_freed": self.pages_freed,
             "migrated_pages": self.migrated_pages,
             "segments_released": self.segments_released,
+            "written_back": self.written_back,
             "seconds": round(self.seconds, 3),
             "interval": self.interval,
             "aggressive": self.aggressive,

@@ -50,9 +50,15 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
     overrides: dict[str, Any] = {}
     if args.size is not None:
         overrides["size"] = cfgmod.parse_size(args.size, "--size")
-    if args.aggressive_maintenance:
-        overrides["aggressive_maintenance"] = True
-    for key in ("codec", "pool", "name", "max_chain", "maintenance_interval"):
+    if args.mem_limit is not None:
+        overrides["mem_limit"] = cfgmod.parse_size(args.mem_limit, "--mem-limit")
+    if args.backing is not None:
+        overrides["backing"] = os.path.abspath(args.backing)
+    for flag in ("aggressive_maintenance", "writeback_huge_first"):
+        if getattr(args, flag):
+            overrides[flag] = True
+    for key in ("codec", "pool", "name", "max_chain", "maintenance_interval", "high_watermark",
+                "low_watermark", "mode", "idle_writeback"):  # fmt: skip
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     return dataclasses.replace(cfg, **overrides).check()
@@ -84,6 +90,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     except daemon.MountError as exc:
         raise CliError(str(exc)) from None
     image = os.path.join(mountpoint, cfg.name)
+    if args.resolved_config:
+        cfg = MountConfig(**json.loads(args.resolved_config)).check()
     if args.foreground:
         _setup_logging(args.verbose, args.log)
         if args.ready_fd is None:
@@ -105,12 +113,8 @@ def _spawn(args: argparse.Namespace, cfg: MountConfig, mountpoint: str, image: s
     cmd = [
         sys.executable, "-m", "zswapfs", "mount", mountpoint, "--foreground",
         "--ready-fd", str(write_end), "--log", logfile,
-        "--size", str(cfg.size), "--codec", cfg.codec, "--pool", cfg.pool,
-        "--name", cfg.name, "--max-chain", str(cfg.max_chain),
-        "--maintenance-interval", str(cfg.maintenance_interval),
+        "--resolved-config", json.dumps(dataclasses.asdict(cfg)),
     ]  # fmt: skip
-    if cfg.aggressive_maintenance:
-        cmd.append("--aggressive-maintenance")
     if args.verbose:
         cmd.append("--verbose")
     try:
@@ -314,6 +318,18 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--log", help="log file (default: stderr in the foreground, /tmp otherwise)")
     m.add_argument("--verbose", "-v", action="store_true")
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    m.add_argument("--resolved-config", help=argparse.SUPPRESS)
+    w = m.add_argument_group("writeback and memory limit")
+    w.add_argument("--backing", help="backing file (raw image, page N at N*4096)")
+    w.add_argument("--mem-limit", help="pool memory budget, e.g. 256M (default: none)")
+    w.add_argument("--high-watermark", type=int, help="%% of mem-limit to start writeback (100)")
+    w.add_argument("--low-watermark", type=int, help="%% of mem-limit to stop writeback (90)")
+    w.add_argument("--mode", choices=["swap", "image"], help="swap: backing emptied at start"
+                   " (default); image: persistent, fsync and unmount flush to it")  # fmt: skip
+    w.add_argument("--writeback-huge-first", action="store_true",
+                   help="write back incompressible pages before others")  # fmt: skip
+    w.add_argument("--idle-writeback", type=float,
+                   help="write back pages idle this many seconds (0: off)")  # fmt: skip
     m.set_defaults(func=cmd_mount)
 
     u = sub.add_parser("umount", help="unmount and wait for the daemon to exit")

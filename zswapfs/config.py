@@ -46,6 +46,13 @@ class MountConfig:
     direct_io: bool = True
     maintenance_interval: float = 1.0
     aggressive_maintenance: bool = False
+    backing: str = ""
+    mem_limit: int = 0
+    high_watermark: int = 100
+    low_watermark: int = 90
+    mode: str = "swap"
+    writeback_huge_first: bool = False
+    idle_writeback: float = 0.0
 
     def check(self) -> MountConfig:
         if self.size <= 0 or self.size % PAGE_SIZE:
@@ -64,6 +71,21 @@ class MountConfig:
             raise ConfigError(f"name: {self.name!r} is not a usable file name")
         if not 1 <= self.max_chain <= 16:
             raise ConfigError(f"max-chain: {self.max_chain} out of range 1..16")
+        if self.mode not in ("swap", "image"):
+            raise ConfigError(f"mode: {self.mode!r} is not swap or image")
+        if self.mode == "image" and not self.backing:
+            raise ConfigError("mode: image mode keeps the image in a backing file: give backing")
+        if self.mem_limit < 0 or (self.mem_limit and self.mem_limit < 64 * PAGE_SIZE):
+            raise ConfigError(f"mem-limit: {self.mem_limit} bytes is below the minimum of 256K")
+        if not 1 <= self.low_watermark <= self.high_watermark <= 100:
+            raise ConfigError(
+                f"watermarks: need 1 <= low ({self.low_watermark}) <= high "
+                f"({self.high_watermark}) <= 100 (percent of mem-limit)"
+            )
+        if self.idle_writeback < 0:
+            raise ConfigError(f"idle-writeback: {self.idle_writeback} s is negative")
+        if (self.writeback_huge_first or self.idle_writeback) and not self.backing:
+            raise ConfigError("writeback options need a backing file (backing)")
         if not 0.001 <= self.maintenance_interval <= 3600:
             raise ConfigError(
                 f"maintenance-interval: {self.maintenance_interval} s out of range 0.001..3600"
@@ -86,6 +108,14 @@ _KEYS = {
     "max-chain": "max_chain",
     "direct-io": "direct_io",
     "maintenance-interval": "maintenance_interval",
+    "backing": "backing",
+    "writeback-device": "backing",
+    "mem-limit": "mem_limit",
+    "high-watermark": "high_watermark",
+    "low-watermark": "low_watermark",
+    "mode": "mode",
+    "writeback-huge-first": "writeback_huge_first",
+    "idle-writeback": "idle_writeback",
 }
 
 #: what a TOML value of each field must be, and how to say so
@@ -121,7 +151,7 @@ def from_mapping(
         field = _KEYS.get(key)
         if field is None:
             raise ConfigError(f"{where}unknown key {key!r} (known: {', '.join(sorted(_KEYS))})")
-        if field == "size":
+        if field in ("size", "mem_limit"):
             value = parse_size(value, f"{where}{key}")
         else:
             kinds, what = _EXPECT[str(types[field])]

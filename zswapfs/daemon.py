@@ -17,11 +17,12 @@ import pyfuse3
 import trio
 
 from zswapfs.background import Maintenance
+from zswapfs.backing import BackingError, BackingFile
 from zswapfs.codec import make_codec
 from zswapfs.config import MountConfig
 from zswapfs.fs import UnknownCommand, ZswapOperations
 from zswapfs.pools import make_pool
-from zswapfs.store import PageStore
+from zswapfs.store import PageStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,19 @@ def check_mountpoint(mountpoint: str) -> None:
 
 
 def build(cfg: MountConfig) -> PageStore:
+    """Codec, pool, backing file and store for *cfg*; MountError if the backing file is bad."""
     codec = make_codec(cfg.codec)
+    backing = None
+    if cfg.backing:
+        try:
+            backing = BackingFile(cfg.backing, cfg.npages, persistent=cfg.mode == "image")
+        except BackingError as exc:
+            raise MountError(str(exc)) from None
     pool = make_pool(cfg.pool, cfg.npages, max_chain=cfg.max_chain)
-    return PageStore(cfg.npages, codec, pool)
+    store = PageStore(cfg.npages, codec, pool, backing=backing, mem_limit=cfg.mem_limit,
+                      huge_to_backing=cfg.writeback_huge_first)  # fmt: skip
+    store.low_water = cfg.mem_limit * cfg.low_watermark // 100
+    return store
 
 
 async def _serve() -> None:
@@ -80,7 +91,17 @@ def run(mountpoint: str, cfg: MountConfig, ready_fd: int | None = None) -> None:
     check_mountpoint(mountpoint)
     store = build(cfg)
     image = os.path.join(mountpoint, cfg.name)
-    maintenance = Maintenance(store.pool, cfg.maintenance_interval, cfg.aggressive_maintenance)
+    maintenance = Maintenance(
+        store.pool,
+        cfg.maintenance_interval,
+        cfg.aggressive_maintenance,
+        store=store,
+        high_watermark=cfg.high_watermark,
+        low_watermark=cfg.low_watermark,
+        huge_first=cfg.writeback_huge_first,
+        idle_writeback=cfg.idle_writeback,
+    )
+    store.on_pressure = maintenance.wake
 
     def stats() -> dict[str, Any]:
         out = store.stats()
@@ -104,6 +125,8 @@ def run(mountpoint: str, cfg: MountConfig, ready_fd: int | None = None) -> None:
     try:
         pyfuse3.init(ops, mountpoint, options)
     except RuntimeError as exc:
+        if store.backing is not None:
+            store.backing.close()
         raise MountError(f"cannot mount on {mountpoint}: {exc}") from None
     log.info("mounted %s: %d bytes, codec %s, pool %s", image, cfg.size, store.codec.name, cfg.pool)
     maintenance.start()
@@ -115,5 +138,13 @@ def run(mountpoint: str, cfg: MountConfig, ready_fd: int | None = None) -> None:
     finally:
         maintenance.stop()
         pyfuse3.close(unmount=True)
+        if store.backing is not None:
+            try:
+                written = store.flush()
+                if store.persistent:
+                    log.info("flushed %d pages to %s", written, store.backing.path)
+            except StoreError as exc:
+                log.error("flush at unmount failed: %s", exc)
+            store.backing.close()
         store.pool.close()
         log.info("unmounted %s", mountpoint)

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pyfuse3
+import trio
 
 from zswapfs.codec import PAGE_SIZE
 from zswapfs.store import PageStore, StoreError, StoreFull
@@ -321,7 +322,15 @@ class ZswapOperations(pyfuse3.Operations):
         return None
 
     async def fsync(self, fh: int, datasync: bool) -> None:
-        return None
+        """Image mode: every page newer in memory than in the backing file goes there, and the
+        file is synced; in a worker thread, so other requests go on meanwhile."""
+        if fh != IMAGE_INODE:
+            return
+        try:
+            await trio.to_thread.run_sync(self.store.flush)
+        except StoreError as exc:
+            log.error("fsync failed: %s", exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
 
     async def release(self, fh: int) -> None:
         self._stats_snapshots.pop(fh, None)

@@ -1,20 +1,26 @@
 """The page store: the page index and the accounting.
 
-The index is one numpy uint32 a page, sized for the whole image (np.zeros is calloc'd, so parts
-of the index never written cost no memory):
-    index[pn] == EMPTY (0)   never written, or discarded: reads as zeros
-    index[pn] == SAME (1)    same-filled: the fill word is 0, or is kept in `fill` (pn -> word),
-                             a dict because non-zero same-filled pages are rare (0xff.. pages)
-    index[pn] >= 2           a pool handle. An object of exactly PAGE_SIZE bytes is the raw page
-                             (incompressible, "huge"); anything shorter is compressed.
-So the index costs 4 bytes a page; the pool adds its handle table (8 bytes a live object) and its
-per-page tables (see pools/). zram keeps ~16 bytes a slot plus the 8-byte zsmalloc handle.
+Two numpy arrays sized for the whole image (np.zeros is calloc'd: parts never touched cost no
+memory), 8 bytes a page in all:
+  index[pn] uint32   EMPTY (0)   never written: zeros, or in image mode whatever the backing
+                                 file holds
+                     SAME (1)    same-filled: the fill word is 0, or is kept in `fill` (pn ->
+                                 word), a dict because non-zero same-filled pages are rare
+                     BACKED (2)  written back: the page lives in the backing file only
+                     >= 3        a pool handle. An object of exactly PAGE_SIZE bytes is the raw
+                                 page (incompressible, "huge"); anything shorter is compressed.
+  meta[pn]  uint32   bits 0-30: second (since start, +1) of the last read or write, the age
+                     writeback picks cold pages by; bit 31 (DIRTY): image mode only, the page
+                     is newer here than in the backing file.
+The pool adds its handle table (8 bytes a live object) and its per-page tables (see pools/).
 
-Lock order: store.lock -> pool.lock. The store lock guards the index and the counters. A reader
-copies the object out while holding the store lock (so no writer can free the handle under it)
-and decompresses after letting go. A writer compresses and places the new object before it takes
-the store lock, then swaps the index entry and frees the old object under it. Nothing is held
-across a codec call.
+Lock order: store.lock -> pool.lock. The store lock guards the index, meta and the counters.
+A reader copies the object out while holding the store lock (so no writer can free the handle
+under it) and decompresses after letting go. A writer compresses and places the new object
+before it takes the store lock, then swaps the index entry and frees the old object under it.
+Writeback and flush (background or fsync, other threads) take the store lock to read the entry
+and again to commit, re-checking that the entry is unchanged; file I/O and codec calls happen
+with no lock held.
 
 Errors: the store raises StoreError subclasses, never errno values; fs.py maps them.
 """
@@ -23,16 +29,22 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from zswapfs.backing import BackingError, BackingFile
 from zswapfs.codec import PAGE_SIZE, Codec, CodecError, fill_page, same_filled_value
 from zswapfs.pools import Pool, PoolFull
 
 log = logging.getLogger(__name__)
 
-EMPTY, SAME = 0, 1
+EMPTY, SAME, BACKED = 0, 1, 2
+FIRST_HANDLE = 3
+DIRTY = 1 << 31
+AGE_MASK = DIRTY - 1
 ZERO_PAGE = bytes(PAGE_SIZE)
 
 
@@ -41,7 +53,7 @@ class StoreError(Exception):
 
 
 class StoreFull(StoreError):
-    """No room for the page in the pool (ENOSPC)."""
+    """No room for the page: the pool is full or at its memory limit (ENOSPC)."""
 
 
 class StorageFailure(StoreError):
@@ -49,15 +61,33 @@ class StorageFailure(StoreError):
 
 
 class PageStore:
-    def __init__(self, npages: int, codec: Codec, pool: Pool) -> None:
+    def __init__(
+        self,
+        npages: int,
+        codec: Codec,
+        pool: Pool,
+        backing: BackingFile | None = None,
+        mem_limit: int = 0,
+        huge_to_backing: bool = False,
+    ) -> None:
         if npages <= 0:
             raise ValueError("a store needs at least one page")
         self.npages = npages
         self.codec = codec
         self.pool = pool
+        self.backing = backing
+        self.persistent = backing is not None and backing.persistent
+        self.mem_limit = mem_limit
+        #: with a backing file, incompressible pages skip the pool above this many bytes
+        self.huge_to_backing = huge_to_backing
+        self.low_water = mem_limit
+        #: called (from the writing thread) when a write finds the pool at or over its limit
+        self.on_pressure: Callable[[], None] = lambda: None
         self.lock = threading.Lock()
         self.index = np.zeros(npages, dtype=np.uint32)
+        self.meta = np.zeros(npages, dtype=np.uint32)
         self.fill: dict[int, int] = {}
+        self._t0 = time.monotonic()
         self.stored_pages = 0
         self.same_pages = 0
         self.huge_pages = 0
@@ -65,16 +95,41 @@ class PageStore:
         self.failed_reads = 0
         self.failed_writes = 0
         self.invalid_io = 0
+        self.bd_count = 0
+        self.bd_reads = 0
+        self.bd_writes = 0
+        self.bd_errors = 0
+        self.written_back_pages = 0
+        self.pool_limit_hit = 0
+        self.reject_compress_poor = 0
+
+    def now(self) -> int:
+        """Seconds since the store started, plus one (0 means never touched)."""
+        return min(int(time.monotonic() - self._t0) + 1, AGE_MASK)
+
+    @property
+    def pool_bytes(self) -> int:
+        return self.pool.pages_used * PAGE_SIZE
 
     # -- writing -------------------------------------------------------------------------------
     def write_page(self, pn: int, page: bytes) -> None:
         """Store one whole page. On failure the page keeps its previous contents."""
+        stamp = self.now() | (DIRTY if self.persistent else 0)
         word = same_filled_value(page)
         if word is not None:
             with self.lock:
                 self._swap(pn, SAME, 0)
                 if word:
                     self.fill[pn] = word
+                self.meta[pn] = stamp
+            return
+        if self.mem_limit and self.pool_bytes >= self.mem_limit:
+            self.pool_limit_hit += 1
+            self.on_pressure()
+            if self.backing is None:
+                self.failed_writes += 1
+                raise StoreFull(f"pool at its memory limit ({self.mem_limit} bytes)")
+            self._write_direct(pn, page)
             return
         try:
             payload = self.codec.compress(page)
@@ -82,10 +137,21 @@ class PageStore:
             self.failed_writes += 1
             raise StorageFailure(f"compressing page {pn}: {exc}") from exc
         if len(payload) >= self.pool.raw_threshold:
+            if self.huge_to_backing and self.backing and self.pool_bytes >= self.low_water:
+                self.reject_compress_poor += 1
+                self._write_direct(pn, page)
+                return
             payload = page
+        self._place(pn, payload, stamp, page)
+
+    def _place(self, pn: int, payload: bytes, stamp: int, page: bytes) -> None:
         try:
             handle = self.pool.store(payload)
         except PoolFull as exc:
+            if self.backing is not None:
+                self.pool_limit_hit += 1
+                self._write_direct(pn, page)
+                return
             self.failed_writes += 1
             raise StoreFull(f"pool full writing page {pn}: {exc}") from exc
         except Exception as exc:
@@ -93,6 +159,32 @@ class PageStore:
             raise StorageFailure(f"placing page {pn}: {exc}") from exc
         with self.lock:
             self._swap(pn, handle, len(payload))
+            self.meta[pn] = stamp
+
+    def _write_direct(self, pn: int, page: bytes) -> None:
+        """Write a page straight to the backing file (the pool has no room for it)."""
+        assert self.backing is not None
+        try:
+            self.backing.write_page(pn, page)
+        except BackingError as exc:
+            self.bd_errors += 1
+            log.error("%s: keeping page %d in the pool over its limit", exc, pn)
+            payload = self.codec.compress(page)
+            if len(payload) >= self.pool.raw_threshold:
+                payload = page
+            try:
+                handle = self.pool.store(payload)
+            except PoolFull:
+                self.failed_writes += 1
+                raise StorageFailure(f"page {pn}: no room in the pool and {exc}") from exc
+            with self.lock:
+                self._swap(pn, handle, len(payload))
+                self.meta[pn] = self.now() | (DIRTY if self.persistent else 0)
+            return
+        with self.lock:
+            self.bd_writes += 1
+            self._swap(pn, BACKED, 0)
+            self.meta[pn] = self.now()
 
     def write_pages(self, pn: int, data: bytes) -> None:
         """Store len(data) // PAGE_SIZE whole pages starting at page *pn*."""
@@ -108,18 +200,24 @@ class PageStore:
     def _swap(self, pn: int, entry: int, size: int) -> None:
         """Point page *pn* at a new entry and release the old one (store lock held)."""
         old = self.index.item(pn)
-        if old == EMPTY:
-            self.stored_pages += 1
-        elif old == SAME:
+        if old == SAME:
             self.same_pages -= 1
+            self.stored_pages -= 1
             self.fill.pop(pn, None)
-        else:
+        elif old == BACKED:
+            self.bd_count -= 1
+        elif old >= FIRST_HANDLE:
             old_size = self.pool.size(old)
             self.compr_data_size -= old_size
+            self.stored_pages -= 1
             if old_size == PAGE_SIZE:
                 self.huge_pages -= 1
             self.pool.free(old)
         self.index[pn] = entry
+        if entry == BACKED:
+            self.bd_count += 1
+            return
+        self.stored_pages += 1
         if entry == SAME:
             self.same_pages += 1
         else:
@@ -131,16 +229,21 @@ class PageStore:
     def read_page(self, pn: int) -> bytes:
         with self.lock:
             entry = self.index.item(pn)
-            if entry == EMPTY:
-                return ZERO_PAGE
+            if entry >= FIRST_HANDLE or entry == SAME:
+                self.meta[pn] = (self.meta.item(pn) & DIRTY) | self.now()
             if entry == SAME:
                 word = self.fill.get(pn)
                 return ZERO_PAGE if word is None else fill_page(word)
-            try:
-                payload = self.pool.read(entry)
-            except Exception as exc:
-                self.failed_reads += 1
-                raise StorageFailure(f"reading page {pn} from the pool: {exc}") from exc
+            if entry >= FIRST_HANDLE:
+                try:
+                    payload = self.pool.read(entry)
+                except Exception as exc:
+                    self.failed_reads += 1
+                    raise StorageFailure(f"reading page {pn} from the pool: {exc}") from exc
+        if entry == EMPTY and not self.persistent:
+            return ZERO_PAGE
+        if entry in (EMPTY, BACKED):
+            return self._read_backing(pn)
         if len(payload) == PAGE_SIZE:
             return payload
         try:
@@ -149,10 +252,124 @@ class PageStore:
             self.failed_reads += 1
             raise StorageFailure(f"decoding page {pn}: {exc}") from exc
 
+    def _read_backing(self, pn: int) -> bytes:
+        """A page that lives only in the backing file (the index only moves a page there, so
+        it cannot change under this unlocked read)."""
+        assert self.backing is not None
+        try:
+            page = self.backing.read_page(pn)
+        except BackingError as exc:
+            self.failed_reads += 1
+            self.bd_errors += 1
+            raise StorageFailure(str(exc)) from exc
+        self.bd_reads += 1
+        return page
+
     def read_pages(self, pn: int, count: int) -> bytes:
         if count == 1:
             return self.read_page(pn)
         return b"".join([self.read_page(pn + i) for i in range(count)])
+
+    # -- writeback and flush (other threads) ---------------------------------------------------
+    def _page_of(self, pn: int) -> tuple[int, bytes | None]:
+        """(entry, contents) of a page held in memory, read under the store lock; contents is
+        None for pages not in memory. Decompression happens after the lock is let go."""
+        with self.lock:
+            entry = self.index.item(pn)
+            if entry == SAME:
+                word = self.fill.get(pn, 0)
+                return entry, fill_page(word)
+            if entry < FIRST_HANDLE:
+                return entry, None
+            payload = self.pool.read(entry)
+        if len(payload) != PAGE_SIZE:
+            payload = self.codec.decompress(payload)
+        return entry, payload
+
+    def writeback_page(self, pn: int) -> bool:
+        """Move page *pn* from the pool to the backing file. False when it is not in the pool,
+        was rewritten meanwhile, or the backing file failed (the page then stays in the pool)."""
+        assert self.backing is not None
+        try:
+            entry, page = self._page_of(pn)
+        except (CodecError, KeyError) as exc:
+            log.error("writeback of page %d: cannot read it: %s", pn, exc)
+            return False
+        if entry < FIRST_HANDLE or page is None:
+            return False
+        clean = self.persistent and not self.meta.item(pn) & DIRTY
+        if not clean:
+            try:
+                self.backing.write_page(pn, page)
+            except BackingError as exc:
+                self.bd_errors += 1
+                log.error("writeback: %s; page %d stays in the pool", exc, pn)
+                return False
+        with self.lock:
+            if self.index.item(pn) != entry:
+                return False  # rewritten while we wrote: the pool copy is the newer one
+            self._swap(pn, BACKED, 0)
+            self.meta[pn] = self.meta.item(pn) & AGE_MASK
+            self.written_back_pages += 1
+            if not clean:
+                self.bd_writes += 1
+        return True
+
+    def flush(self) -> int:
+        """Image mode: write every page newer in memory than in the backing file, then fsync
+        the file. Returns the pages written. Raises StorageFailure if the file fails."""
+        if not self.persistent or self.backing is None:
+            return 0
+        written = 0
+        for pn in np.flatnonzero(self.meta & DIRTY).tolist():
+            entry, page = self._page_of(pn)
+            if page is not None:
+                try:
+                    self.backing.write_page(pn, page)
+                except BackingError as exc:
+                    self.bd_errors += 1
+                    raise StorageFailure(f"flush: {exc}") from exc
+                written += 1
+            with self.lock:
+                if self.index.item(pn) == entry:
+                    self.meta[pn] = self.meta.item(pn) & AGE_MASK
+                    if page is not None:
+                        self.bd_writes += 1
+        try:
+            self.backing.sync()
+        except BackingError as exc:
+            self.bd_errors += 1
+            raise StorageFailure(f"flush: {exc}") from exc
+        return written
+
+    def cold_pages(self, count: int, huge_first: bool = False, min_idle: int = 0) -> list[int]:
+        """Up to *count* pool pages, least recently used first (idle at least *min_idle*
+        seconds when given); with *huge_first*, incompressible pages before the others.
+        Read without the lock: a hint, which writeback_page checks again."""
+        candidates = np.flatnonzero(self.index >= FIRST_HANDLE)
+        if min_idle:
+            ages = self.meta[candidates] & AGE_MASK
+            candidates = candidates[ages <= self.now() - min_idle]
+        if not len(candidates):
+            return []
+        want = min(len(candidates), count * (4 if huge_first else 1))
+        ages = self.meta[candidates] & AGE_MASK
+        if want < len(candidates):
+            pick = np.argpartition(ages, want - 1)[:want]
+            candidates, ages = candidates[pick], ages[pick]
+        ordered = candidates[np.argsort(ages, kind="stable")].tolist()
+        if huge_first:
+            huge = [pn for pn in ordered if self._is_huge(pn)]
+            chosen = set(huge)
+            ordered = huge + [pn for pn in ordered if pn not in chosen]
+        return ordered[:count]
+
+    def _is_huge(self, pn: int) -> bool:
+        entry = self.index.item(pn)
+        try:
+            return entry >= FIRST_HANDLE and self.pool.size(entry) == PAGE_SIZE
+        except KeyError:
+            return False
 
     # -- figures -------------------------------------------------------------------------------
     def mem_used_pages(self) -> int:
@@ -163,10 +380,10 @@ class PageStore:
 
     def metadata_bytes(self) -> int:
         """Index and tables outside the pool's arena (the index counted whole, as allocated)."""
-        return int(self.index.nbytes) + self.pool.metadata_bytes()
+        return int(self.index.nbytes + self.meta.nbytes) + self.pool.metadata_bytes()
 
     def stats(self) -> dict[str, Any]:
-        """zram's mm_stat/io_stat names, plus what zswapfs adds."""
+        """zram's mm_stat/io_stat/bd_stat and zswap's names, plus what zswapfs adds."""
         with self.lock:
             pool = self.pool
             return {
@@ -174,7 +391,7 @@ class PageStore:
                 "orig_data_size": self.stored_pages * PAGE_SIZE,
                 "compr_data_size": self.compr_data_size,
                 "mem_used_total": pool.pages_used * PAGE_SIZE,
-                "mem_limit": 0,
+                "mem_limit": self.mem_limit,
                 "mem_used_max": pool.arena.pages_max * PAGE_SIZE,
                 "same_pages": self.same_pages,
                 "pages_compacted": pool.pages_compacted,
@@ -183,8 +400,17 @@ class PageStore:
                 "failed_reads": self.failed_reads,
                 "failed_writes": self.failed_writes,
                 "invalid_io": self.invalid_io,
+                "bd_count": self.bd_count,
+                "bd_reads": self.bd_reads,
+                "bd_writes": self.bd_writes,
+                "bd_errors": self.bd_errors,
+                "written_back_pages": self.written_back_pages,
+                "pool_limit_hit": self.pool_limit_hit,
+                "reject_compress_poor": self.reject_compress_poor,
                 "codec": self.codec.name,
                 "pool": pool.name,
+                "backing": self.backing.path if self.backing else None,
+                "mode": "image" if self.persistent else "swap",
                 "metadata_bytes": self.metadata_bytes(),
                 "pool_stats": pool.stats(),
             }

@@ -7,7 +7,8 @@ indirect handle of the zbud migration seed ("use indirect zbud handle and radix 
 handle indexes a table of 64-bit *locations*, and moving an object rewrites one table entry.
 
 Handle encoding
-  handles 0 and 1 are never handed out (the store's index uses them for "empty" and "same-filled"),
+  handles 0, 1 and 2 are never handed out (the store's index uses them for "empty", "same-filled"
+  and "written back"),
   and every handle is below 2**31 (slot headers keep it shifted left by one).
   table[handle] for a live handle is the pool's location word, always < 2**63:
       zsmalloc: zspage_id << 24 | obj_idx << 13 | length      (length 1..4096, obj_idx < 2048)
@@ -53,7 +54,7 @@ class HandleTable:
     """
 
     def __init__(self) -> None:
-        self.table = array("Q", [FREE_TAG, FREE_TAG])  # entries 0 and 1: never handed out
+        self.table = array("Q", [FREE_TAG] * 3)  # entries 0, 1, 2: never handed out
         self._free_head = 0  # 0: no free handle
         self.live = 0
 

@@ -1,0 +1,277 @@
+"""Writeback to a backing file, the memory limit, and the persistent image mode."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Mounted, needs_fio, needs_mount, stop_daemon
+from zswapfs.background import Maintenance
+from zswapfs.backing import BackingError, BackingFile
+from zswapfs.codec import PAGE_SIZE, make_codec
+from zswapfs.pools import make_pool
+from zswapfs.store import BACKED, DIRTY, PageStore, StorageFailure, StoreFull
+
+
+def text_page(rnd: random.Random, tag: int) -> bytes:
+    return (b"page %d %s " % (tag, rnd.randbytes(8).hex().encode()) * 200)[:PAGE_SIZE]
+
+
+def make_store(tmp_path: Path, npages: int = 512, persistent: bool = False,
+               mem_limit: int = 0) -> PageStore:  # fmt: skip
+    backing = BackingFile(str(tmp_path / "backing.img"), npages, persistent)
+    return PageStore(npages, make_codec("lz4"), make_pool("zsmalloc", npages), backing=backing,
+                     mem_limit=mem_limit)  # fmt: skip
+
+
+# -- in-process -----------------------------------------------------------------------------------
+def test_writeback_moves_pages_and_reads_them_back(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    rnd = random.Random(1)
+    pages = {pn: text_page(rnd, pn) for pn in range(200)}
+    for pn, page in pages.items():
+        store.write_page(pn, page)
+    cold = store.cold_pages(50)
+    assert len(cold) == 50
+    moved = sum(store.writeback_page(pn) for pn in cold)
+    assert moved == 50 and store.bd_count == 50 and store.bd_writes == 50
+    assert store.stored_pages == 150 and store.written_back_pages == 50
+    for pn, page in pages.items():
+        assert store.read_page(pn) == page
+    assert store.bd_reads == 50
+    # the backing file is a plain image: page N at N*4096
+    raw = (tmp_path / "backing.img").read_bytes()
+    for pn in cold:
+        assert raw[pn * PAGE_SIZE : (pn + 1) * PAGE_SIZE] == pages[pn]
+    # overwriting a written-back page brings it back into memory
+    store.write_page(cold[0], bytes(PAGE_SIZE))
+    assert store.bd_count == 49 and store.read_page(cold[0]) == bytes(PAGE_SIZE)
+
+
+def test_cold_pages_oldest_first_and_huge_first(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    rnd = random.Random(2)
+    store.write_page(0, text_page(rnd, 0))
+    store.write_page(1, os.urandom(PAGE_SIZE))  # huge
+    store._t0 -= 100  # a hundred seconds later ...
+    store.meta[0] = 5  # ... page 0 was last touched long ago
+    store.meta[1] = 9
+    store.write_page(2, text_page(rnd, 2))
+    assert store.cold_pages(2)[0] == 0
+    assert store.cold_pages(1, huge_first=True) == [1]
+
+
+def test_memory_limit_without_backing_is_hard() -> None:
+    store = PageStore(4096, make_codec("none"), make_pool("zsmalloc", 4096), mem_limit=64 * 4096)
+    with pytest.raises(StoreFull):
+        for pn in range(4096):
+            store.write_page(pn, os.urandom(PAGE_SIZE))
+    assert store.pool_limit_hit == 1 and store.failed_writes == 1
+    assert store.pool_bytes <= 64 * 4096 + 8 * PAGE_SIZE
+
+
+def test_limit_with_backing_goes_straight_to_the_file(tmp_path: Path) -> None:
+    store = make_store(tmp_path, npages=2048, mem_limit=64 * PAGE_SIZE)
+    pages = [os.urandom(PAGE_SIZE) for _ in range(300)]
+    for pn, page in enumerate(pages):
+        store.write_page(pn, page)
+    assert store.pool_limit_hit > 0 and store.bd_writes > 0
+    assert store.pool_bytes <= 64 * PAGE_SIZE + 8 * PAGE_SIZE
+    for pn, page in enumerate(pages):
+        assert store.read_page(pn) == page
+
+
+def test_background_writeback_between_watermarks(tmp_path: Path) -> None:
+    limit = 128 * PAGE_SIZE
+    store = make_store(tmp_path, npages=4096, mem_limit=limit)
+    maint = Maintenance(store.pool, interval=3600, store=store, high_watermark=80,
+                        low_watermark=50)  # fmt: skip
+    rnd = random.Random(3)
+    pages = {pn: os.urandom(1500) + text_page(rnd, pn)[:2596] for pn in range(1000)}
+    for pn, page in pages.items():
+        store.write_page(pn, page)
+    maint.pass_once()
+    assert store.pool_bytes <= limit * 50 // 100
+    assert maint.written_back > 0 and store.written_back_pages == maint.written_back
+    for pn, page in pages.items():
+        assert store.read_page(pn) == page
+
+
+def test_idle_writeback(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    rnd = random.Random(4)
+    for pn in range(20):
+        store.write_page(pn, text_page(rnd, pn))
+    store.meta[:10] = 1  # idle since the start
+    store._t0 -= 100  # a hundred seconds later
+    store.write_page(15, text_page(rnd, 99))  # just touched
+    maint = Maintenance(store.pool, interval=3600, store=store, idle_writeback=50)
+    maint.pass_once()
+    assert store.bd_count >= 10
+    assert store.index.item(15) != BACKED
+
+
+def test_image_mode_flush_and_reopen(tmp_path: Path) -> None:
+    store = make_store(tmp_path, persistent=True)
+    rnd = random.Random(5)
+    pages = {pn: text_page(rnd, pn) for pn in range(0, 300, 3)}
+    pages[7] = bytes(PAGE_SIZE)
+    pages[8] = b"\xab" * PAGE_SIZE
+    for pn, page in pages.items():
+        store.write_page(pn, page)
+    assert (store.meta & DIRTY).any()
+    assert store.flush() == len(pages)
+    assert not (store.meta & DIRTY).any()
+    assert store.flush() == 0  # nothing newer than the file any more
+    # a clean page is dropped from memory without writing it again
+    before = store.bd_writes
+    assert store.writeback_page(0) and store.bd_writes == before
+    store.backing.close()  # type: ignore[union-attr]
+    again = make_store(tmp_path, persistent=True)
+    for pn in range(300):
+        assert again.read_page(pn) == pages.get(pn, bytes(PAGE_SIZE))
+
+
+def test_backing_file_errors(tmp_path: Path) -> None:
+    path = tmp_path / "b.img"
+    path.write_bytes(b"x" * 8192)
+    with pytest.raises(BackingError, match="refusing to resize"):
+        BackingFile(str(path), 16, persistent=True)
+    assert path.stat().st_size == 8192, "image mode never truncates a wrong-sized file"
+    BackingFile(str(path), 16, persistent=False).close()  # swap mode empties it
+    assert path.stat().st_size == 16 * PAGE_SIZE and path.read_bytes() == bytes(16 * PAGE_SIZE)
+    assert oct(path.stat().st_mode & 0o777) in (oct(0o600), oct(0o644))
+    new = tmp_path / "new.img"
+    BackingFile(str(new), 4, persistent=True).close()
+    assert new.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(BackingError) as info:
+        BackingFile(str(tmp_path / "missing-dir" / "x.img"), 4, persistent=True)
+    assert info.value.errno == errno.ENOENT
+
+
+def test_backing_read_failure_is_eio_for_that_page(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    store.write_page(3, text_page(random.Random(6), 3))
+    assert store.writeback_page(3)
+    os.ftruncate(store.backing.fd, 0)  # type: ignore[union-attr]
+    with pytest.raises(StorageFailure):
+        store.read_page(3)
+    assert store.failed_reads == 1
+    store.write_page(4, bytes(PAGE_SIZE))
+    assert store.read_page(4) == bytes(PAGE_SIZE)
+
+
+# -- mounted ---------------------------------------------------------------------------------
+def vm_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+@needs_mount
+@needs_fio
+def test_fio_4x_mem_limit_with_backing(mount: Callable[..., Mounted], tmp_path: Path) -> None:
+    limit = 32 << 20
+    backing = tmp_path / "backing.img"
+    m = mount("--size", "256M", "--mem-limit", str(limit), "--backing", str(backing))
+    idle_rss = vm_rss(m.stats()["pid"])
+    out = tmp_path / "fio.json"
+    res = subprocess.run(
+        ["fio", "--name=fill", f"--filename={m.image}", "--size=128M", "--rw=randwrite",
+         "--bs=64k", "--direct=1", "--ioengine=psync", "--buffer_compress_percentage=50",
+         "--refill_buffers", "--verify=crc32c", "--verify_fatal=1", "--output-format=json",
+         f"--output={out}"],
+        capture_output=True, text=True, timeout=280,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert json.loads(out.read_text())["jobs"][0]["error"] == 0
+    st = m.stats()
+    assert st["bd_writes"] > 0 and st["bd_count"] > 0
+    assert st["failed_reads"] == st["failed_writes"] == 0
+    assert st["mem_used_max"] <= limit * 1.05 + (1 << 20), st["mem_used_max"]
+    rss = vm_rss(st["pid"])
+    # pool within its limit + metadata + Python's own churn (request buffers, numpy temporaries)
+    assert rss <= idle_rss + limit + st["metadata_bytes"] + (24 << 20), (idle_rss, rss)
+    assert backing.stat().st_size == 256 << 20
+
+
+def write_pattern(image: Path, pages: dict[int, bytes]) -> None:
+    fd = os.open(image, os.O_RDWR)
+    try:
+        for pn, page in pages.items():
+            os.pwrite(fd, page, pn * PAGE_SIZE)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_pages(image: Path, pns: list[int]) -> dict[int, bytes]:
+    with open(image, "rb") as f:
+        out = {}
+        for pn in pns:
+            f.seek(pn * PAGE_SIZE)
+            out[pn] = f.read(PAGE_SIZE)
+        return out
+
+
+@needs_mount
+def test_image_mode_survives_kill_and_remount(
+    mount: Callable[..., Mounted], tmp_path: Path
+) -> None:
+    backing = tmp_path / "image.img"
+    args = ("--size", "32M", "--mode", "image", "--backing", str(backing))
+    rnd = random.Random(8)
+    pages = {pn: (text_page(rnd, pn) if pn % 3 else os.urandom(PAGE_SIZE))
+             for pn in rnd.sample(range(8192), 600)}  # fmt: skip
+    m = mount(*args)
+    write_pattern(m.image, pages)
+    os.kill(m.proc.pid, signal.SIGKILL)  # no unmount, no flush: only the fsync counts
+    m.proc.wait()
+    stop_daemon(m.mountpoint, None)
+    m2 = mount(*args)
+    assert read_pages(m2.image, list(pages)) == pages
+    extra = {pn: text_page(rnd, pn + 100000) for pn in range(8000, 8100)}
+    with open(m2.image, "r+b") as f:  # written without fsync: the clean unmount flushes it
+        for pn, page in extra.items():
+            f.seek(pn * PAGE_SIZE)
+            f.write(page)
+    stop_daemon(m2.mountpoint, m2.proc)
+    assert m2.proc.returncode == 0
+    m3 = mount(*args)
+    assert read_pages(m3.image, list(pages) + list(extra)) == {**pages, **extra}
+    assert m3.stats()["mode"] == "image"
+
+
+@needs_mount
+def test_backing_file_on_a_full_tmpfs(mount: Callable[..., Mounted], tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(small)], check=True)
+    try:
+        m = mount("--size", "64M", "--mem-limit", "1M", "--backing", str(small / "b.img"),
+                  "--maintenance-interval", "0.05")  # fmt: skip
+        m.expect_errors.append("No space left on device")
+        rnd = random.Random(9)
+        pages = {pn: text_page(rnd, pn) if pn % 2 else os.urandom(PAGE_SIZE)
+                 for pn in range(0, 6000, 2)}  # fmt: skip
+        fd = os.open(m.image, os.O_RDWR)
+        try:
+            for pn, page in pages.items():
+                os.pwrite(fd, page, pn * PAGE_SIZE)
+        finally:
+            os.close(fd)
+        assert read_pages(m.image, list(pages)) == pages, "a page was lost"
+        st = m.stats()
+        assert st["bd_errors"] > 0 and st["bd_writes"] > 0
+        assert st["failed_writes"] == 0 and st["failed_reads"] == 0
+        assert m.proc.poll() is None
+    finally:
+        stop_daemon(tmp_path / "mnt0", None)  # the daemon holds the backing file open
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
