@@ -186,7 +186,8 @@ def test_fio_4x_mem_limit_with_backing(mount: Callable[..., Mounted], tmp_path: 
     res = subprocess.run(
         ["fio", "--name=fill", f"--filename={m.image}", "--size=128M", "--rw=randwrite",
          "--bs=64k", "--direct=1", "--ioengine=psync", "--buffer_compress_percentage=50",
-         "--refill_buffers", "--verify=crc32c", "--verify_fatal=1", "--output-format=json",
+         "--refill_buffers", "--verify=crc32c", "--verify_fatal=1", "--verify_state_save=0",
+         "--output-format=json",
          f"--output={out}"],
         capture_output=True, text=True, timeout=280,
     )  # fmt: skip
