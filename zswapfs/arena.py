@@ -1,11 +1,13 @@
 """Arena: the memory pools place objects in, in 4 KiB pool pages grouped into segments.
 
-A pool page is named by its number pn. Pages live in *segments* of SEG_PAGES pages, each its
-own anonymous mapping, created when a page in it is first handed out. Memory becomes resident
-only when a page is written, and goes back to the kernel with madvise(MADV_DONTNEED) as soon as
-the page is freed, so resident pool memory follows `pages_used`. A segment whose pages are all
-free can be unmapped as a whole (release_empty_segments), which also returns its page tables;
-the background thread does that, never a foreground request.
+A pool page is named by its number pn. Pages live in *segments* of SEG_PAGES pages, each a
+memfd mapped shared, created when a page in it is first handed out. Memory becomes resident only
+when a page is written, and goes back to the kernel as soon as the page is freed, by punching a
+hole in the memfd (fallocate PUNCH_HOLE), so resident pool memory follows `pages_used`. A memfd
+rather than anonymous memory because a swap daemon locks its memory (mlockall) and the kernel
+refuses madvise(MADV_DONTNEED) on locked mappings; a punched hole frees locked pages too.
+A segment whose pages are all free can be unmapped as a whole (release_empty_segments), which
+also returns its page tables; the background thread does that, never a foreground request.
 
 Free pages are tracked in a byte map (one byte a possible page) and handed out lowest number
 first, so live pages gather at the bottom; page migration (pools' migrate_page) moves pages
@@ -16,7 +18,10 @@ Locking: the arena has no lock of its own. Its owner (a pool) calls it under the
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import mmap
+import os
 
 import numpy as np
 
@@ -26,7 +31,18 @@ PAGE_SIZE = 4096
 SEG_SHIFT = 8
 SEG_PAGES = 1 << SEG_SHIFT
 _SEG_MASK = SEG_PAGES - 1
-_FLAGS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
+_SEG_BYTES = SEG_PAGES * PAGE_SIZE
+_PUNCH_HOLE = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+_libc = ctypes.CDLL(None, use_errno=True)
+_fallocate = _libc.fallocate
+_fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+_fallocate.restype = ctypes.c_int
+
+
+def _punch(fd: int, offset: int, length: int) -> None:
+    if _fallocate(fd, _PUNCH_HOLE, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"fallocate(PUNCH_HOLE): {os.strerror(err)}")
 
 
 class ArenaFull(Exception):
@@ -40,6 +56,7 @@ class Arena:
         self.max_pages = max_pages
         nseg = (max_pages + SEG_PAGES - 1) >> SEG_SHIFT
         self.segments: list[mmap.mmap | None] = [None] * nseg
+        self._fds = [-1] * nseg
         self._seg_used = np.zeros(nseg, dtype=np.uint16)
         #: 1 where a page below the high-water mark is free
         self._free = np.zeros(max_pages, dtype=np.uint8)
@@ -91,19 +108,32 @@ class Arena:
             raise ArenaFull(f"arena of {self.max_pages} pages is full")
         seg = pn >> SEG_SHIFT
         if self.segments[seg] is None:
-            self.segments[seg] = mmap.mmap(-1, SEG_PAGES * PAGE_SIZE, flags=_FLAGS)
+            self._map(seg)
         self._seg_used[seg] += 1
         used = self.pages_used
         if used > self.pages_max:
             self.pages_max = used
         return pn
 
+    def _map(self, seg: int) -> None:
+        try:
+            fd = os.memfd_create(f"zswapfs-seg{seg}", os.MFD_CLOEXEC)
+        except OSError as exc:
+            raise ArenaFull(f"cannot create a segment: {exc.strerror}") from None
+        try:
+            os.ftruncate(fd, _SEG_BYTES)
+            self.segments[seg] = mmap.mmap(fd, _SEG_BYTES, flags=mmap.MAP_SHARED)
+        except OSError as exc:
+            os.close(fd)
+            err = "out of memory" if exc.errno == errno.ENOMEM else exc.strerror
+            raise ArenaFull(f"cannot map a segment: {err}") from None
+        self._fds[seg] = fd
+
     def free_page(self, pn: int) -> None:
         """Return page *pn*'s memory to the kernel and make the number reusable."""
         seg = pn >> SEG_SHIFT
-        mm = self.segments[seg]
-        assert mm is not None, f"page {pn} is not mapped"
-        mm.madvise(mmap.MADV_DONTNEED, (pn & _SEG_MASK) * PAGE_SIZE, PAGE_SIZE)
+        assert self.segments[seg] is not None, f"page {pn} is not mapped"
+        _punch(self._fds[seg], (pn & _SEG_MASK) * PAGE_SIZE, PAGE_SIZE)
         self._seg_used[seg] -= 1
         if pn == self.high_water - 1:
             self.high_water -= 1
@@ -126,7 +156,9 @@ class Arena:
         for seg, mm in enumerate(self.segments):
             if mm is not None and self._seg_used[seg] == 0:
                 mm.close()
+                os.close(self._fds[seg])
                 self.segments[seg] = None
+                self._fds[seg] = -1
                 released += 1
         self.segments_released += released
         return released
@@ -147,7 +179,9 @@ class Arena:
         self.write(dst, 0, self.read(src, 0, PAGE_SIZE))
 
     def close(self) -> None:
-        for mm in self.segments:
+        for seg, mm in enumerate(self.segments):
             if mm is not None:
                 mm.close()
+                os.close(self._fds[seg])
         self.segments = [None] * len(self.segments)
+        self._fds = [-1] * len(self._fds)
