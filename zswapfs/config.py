@@ -53,6 +53,9 @@ class MountConfig:
     mode: str = "swap"
     writeback_huge_first: bool = False
     idle_writeback: float = 0.0
+    lock_memory: bool = True
+    swap_priority: int = 100
+    mountpoint: str = ""
 
     def check(self) -> MountConfig:
         if self.size <= 0 or self.size % PAGE_SIZE:
@@ -86,6 +89,10 @@ class MountConfig:
             raise ConfigError(f"idle-writeback: {self.idle_writeback} s is negative")
         if (self.writeback_huge_first or self.idle_writeback) and not self.backing:
             raise ConfigError("writeback options need a backing file (backing)")
+        if not -1 <= self.swap_priority <= 32767:
+            raise ConfigError(f"swap-priority: {self.swap_priority} out of range -1..32767")
+        if self.mountpoint and not self.mountpoint.startswith("/"):
+            raise ConfigError(f"mountpoint: {self.mountpoint!r} is not an absolute path")
         if not 0.001 <= self.maintenance_interval <= 3600:
             raise ConfigError(
                 f"maintenance-interval: {self.maintenance_interval} s out of range 0.001..3600"
@@ -116,6 +123,9 @@ _KEYS = {
     "mode": "mode",
     "writeback-huge-first": "writeback_huge_first",
     "idle-writeback": "idle_writeback",
+    "lock-memory": "lock_memory",
+    "swap-priority": "swap_priority",
+    "mountpoint": "mountpoint",
 }
 
 #: what a TOML value of each field must be, and how to say so

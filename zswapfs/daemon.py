@@ -21,6 +21,7 @@ from zswapfs.backing import BackingError, BackingFile
 from zswapfs.codec import make_codec
 from zswapfs.config import MountConfig
 from zswapfs.fs import UnknownCommand, ZswapOperations
+from zswapfs.hardening import harden, sd_notify
 from zswapfs.pools import make_pool
 from zswapfs.store import PageStore, StoreError
 
@@ -89,6 +90,7 @@ def run(mountpoint: str, cfg: MountConfig, ready_fd: int | None = None) -> None:
     """Mount and serve until told to stop. Raises MountError if the mount cannot be made."""
     mountpoint = os.path.abspath(mountpoint)
     check_mountpoint(mountpoint)
+    harden(lock_memory=cfg.lock_memory)
     store = build(cfg)
     image = os.path.join(mountpoint, cfg.name)
     maintenance = Maintenance(
@@ -134,8 +136,10 @@ def run(mountpoint: str, cfg: MountConfig, ready_fd: int | None = None) -> None:
         if ready_fd is not None:
             os.write(ready_fd, b"READY\n")
             os.close(ready_fd)
+        sd_notify(f"READY=1\nSTATUS=serving {image}\nMAINPID={os.getpid()}")
         trio.run(_serve)
     finally:
+        sd_notify("STOPPING=1")
         maintenance.stop()
         pyfuse3.close(unmount=True)
         if store.backing is not None:

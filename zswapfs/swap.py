@@ -1,0 +1,136 @@
+"""`zswapfs swapon` / `zswapfs swapoff`: a zswapfs image as swap, set up and torn down whole.
+
+swapon: mount the image (unless its mount is already live, e.g. run by zswapfs@NAME.service),
+attach a loop device with direct I/O (no page-cache copy of swapped pages), mkswap, swapon with
+the configured priority (default 100, as zram-generator). Any step that fails undoes the ones
+before it. swapoff: swapoff and detach every loop device on the image, then unmount (unless
+--keep-mount), leaving nothing behind.
+
+Configuration: /etc/zswapfs/NAME.toml, or --config FILE (NAME is then the file's stem); the
+mountpoint is the file's `mountpoint` key or /run/zswapfs/NAME.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from zswapfs import config as cfgmod
+from zswapfs.config import MountConfig
+
+CONFIG_DIR = Path("/etc/zswapfs")
+RUN_DIR = Path("/run/zswapfs")
+
+
+class SwapError(Exception):
+    pass
+
+
+@dataclasses.dataclass
+class Target:
+    name: str
+    cfg: MountConfig
+    mountpoint: Path
+    config_path: Path
+
+    @property
+    def image(self) -> Path:
+        return self.mountpoint / self.cfg.name
+
+
+def resolve(name: str | None, config_path: str | None) -> Target:
+    if config_path:
+        path = Path(config_path)
+        name = name or path.stem
+    elif name:
+        if "/" in name or name in (".", ".."):
+            raise SwapError(f"{name!r} is not a swap name (a file name under {CONFIG_DIR})")
+        path = CONFIG_DIR / f"{name}.toml"
+    else:
+        raise SwapError("give a NAME (for /etc/zswapfs/NAME.toml) or --config FILE")
+    cfg = cfgmod.from_mapping(cfgmod.load_toml(path), where=f"{path}: ").check()
+    mountpoint = Path(cfg.mountpoint) if cfg.mountpoint else RUN_DIR / name
+    return Target(name, cfg, mountpoint, path)
+
+
+def need_root(verb: str) -> None:
+    if os.geteuid() != 0:
+        raise SwapError(f"zswapfs {verb} needs root: losetup, mkswap and swapon do")
+
+
+def _run(*cmd: str) -> str:
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    except FileNotFoundError:
+        raise SwapError(f"{cmd[0]} is not installed") from None
+    if res.returncode != 0:
+        raise SwapError(f"{' '.join(cmd)}: {res.stderr.strip() or 'failed'}")
+    return res.stdout.strip()
+
+
+def loop_devices(image: Path) -> list[str]:
+    out = _run("losetup", "-j", str(image))
+    return [line.split(":", 1)[0] for line in out.splitlines() if line.strip()]
+
+
+def active_swaps() -> set[str]:
+    with open("/proc/swaps") as f:
+        return {line.split()[0] for line in f.read().splitlines()[1:] if line.strip()}
+
+
+def swapon(target: Target) -> str:
+    """Returns the loop device now in use as swap."""
+    need_root("swapon")
+    cfg, mp = target.cfg, target.mountpoint
+    mounted_here = False
+    if not os.path.ismount(mp):
+        mp.mkdir(parents=True, exist_ok=True)
+        res = subprocess.run(
+            [sys.executable, "-m", "zswapfs", "mount", str(mp), "--resolved-config",
+             json.dumps(dataclasses.asdict(cfg))],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if res.returncode != 0:
+            raise SwapError(res.stderr.strip().removeprefix("zswapfs: "))
+        mounted_here = True
+    elif not (mp / "stats").exists():
+        raise SwapError(f"{mp} is mounted, but not by zswapfs")
+    image = target.image
+    for dev in loop_devices(image):
+        if dev in active_swaps():
+            return dev  # already on
+    dev = ""
+    try:
+        dev = _run("losetup", "--direct-io=on", "-f", "--show", str(image))
+        _run("mkswap", "-L", f"zswapfs-{target.name}", dev)
+        _run("swapon", "-p", str(cfg.swap_priority), dev)
+    except SwapError:
+        if dev:
+            subprocess.run(["losetup", "-d", dev], capture_output=True)
+        if mounted_here:
+            subprocess.run([sys.executable, "-m", "zswapfs", "umount", str(mp)],
+                           capture_output=True)  # fmt: skip
+        raise
+    return dev
+
+
+def swapoff(target: Target, keep_mount: bool = False) -> list[str]:
+    """Returns the loop devices taken down."""
+    need_root("swapoff")
+    mp = target.mountpoint
+    devices = loop_devices(target.image) if os.path.ismount(mp) else []
+    swaps = active_swaps()
+    for dev in devices:
+        if dev in swaps:
+            _run("swapoff", dev)
+        _run("losetup", "-d", dev)
+    if not keep_mount and os.path.ismount(mp):
+        res = subprocess.run([sys.executable, "-m", "zswapfs", "umount", str(mp)],
+                             capture_output=True, text=True)  # fmt: skip
+        if res.returncode != 0:
+            raise SwapError(res.stderr.strip().removeprefix("zswapfs: "))
+    return devices
