@@ -278,6 +278,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     def progress(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
+    fio = None
+    if args.fio:
+        fio = bench.FioOptions(
+            runtime=args.fio_runtime,
+            size=cfgmod.parse_size(args.fio_size, "--fio-size"),
+            verify_size=cfgmod.parse_size(args.fio_verify_size, "--fio-verify-size"),
+        )
+    if not args.no_plots:
+        why = bench.plotting_unavailable()
+        if why:
+            raise CliError(f"bench: {why}")
     try:
         result = bench.run(
             args.corpus or ["builtin:py_dicts:64"],
@@ -286,11 +297,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
             with_zram=not args.no_zram,
             churn=args.churn,
             progress=progress,
+            fio=fio,
         )
     except (bench.BenchError, ValueError) as exc:
         raise CliError(f"bench: {exc}") from None
     print(bench.format_table(result))
-    for path in bench.write_outputs(result, Path(args.out)):
+    paths = bench.write_outputs(result, Path(args.out))
+    if not args.no_plots:
+        paths += bench.write_plots(result, Path(args.out))
+    for path in paths:
         print(f"wrote {path}")
     return 0
 
@@ -369,9 +384,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="FILE, capture:'COMMAND', builtin:NAME[:MiB] or synthetic:PAGES (repeatable;"
         " default builtin:py_dicts:64)",
     )
-    b.add_argument("--out", default="bench/results", help="directory for bench.json and tables")
+    b.add_argument(
+        "--out", default="bench/results", help="directory for bench.json, bench.txt and PNG plots"
+    )
     b.add_argument("--no-zram", action="store_true", help="leave /dev/zram0 alone")
     b.add_argument("--churn", type=float, default=0.3, help="share of pages rewritten (0..1)")
+    b.add_argument(
+        "--fio",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also mount every pool x codec (and the null-FUSE baseline) and run the bench/fio"
+        " jobs on the image (default: in-process replay only)",
+    )
+    b.add_argument("--fio-runtime", type=float, default=10.0, help="seconds per timed fio job")
+    b.add_argument("--fio-size", default="256M", help="region the timed fio jobs use (256M)")
+    b.add_argument("--fio-verify-size", default="64M", help="region the verify job checks (64M)")
+    b.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     b.set_defaults(func=cmd_bench)
     return p
 
