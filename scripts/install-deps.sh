@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages zswapfs needs on Debian/Ubuntu, only those missing:
-# fuse3 (fusermount3), libfuse3-dev + pkg-config (pyfuse3 builds from source), fio (tests, bench).
+# fuse3 (fusermount3), libfuse3-dev + pkg-config (pyfuse3 builds from source), fio (tests, bench),
+# util-linux (losetup, mkswap, swapon) and systemd (systemd-analyze checks the units).
 set -euo pipefail
-pkgs=(fuse3 libfuse3-dev pkg-config fio)
+pkgs=(fuse3 libfuse3-dev pkg-config fio util-linux systemd)
 python3 -c 'import ensurepip' 2>/dev/null || pkgs+=(python3-venv)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -1,0 +1,75 @@
+"""A memory-limited cgroup for running a workload that must swap (tests and benchmarks).
+
+cgroup v2 where /sys/fs/cgroup is a unified hierarchy (memory.max), else the v1 memory
+controller at /sys/fs/cgroup/memory (memory.limit_in_bytes). Only the cgroup this module made is
+ever removed; its processes are killed first, so rmdir always succeeds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path("/sys/fs/cgroup")
+
+
+def unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "making a memory cgroup needs root"
+    if (ROOT / "cgroup.controllers").exists():
+        if "memory" not in (ROOT / "cgroup.controllers").read_text().split():
+            return "cgroup v2 without the memory controller"
+        return None
+    if not (ROOT / "memory" / "memory.limit_in_bytes").exists():
+        return "no memory cgroup controller (v1 /sys/fs/cgroup/memory or v2)"
+    return None
+
+
+class MemoryCgroup:
+    def __init__(self, name: str, limit: int) -> None:
+        v2 = (ROOT / "cgroup.controllers").exists()
+        self.path = (ROOT if v2 else ROOT / "memory") / name
+        self.path.mkdir()
+        if v2:
+            (self.path / "memory.max").write_text(str(limit))
+        else:
+            (self.path / "memory.limit_in_bytes").write_text(str(limit))
+
+    def popen(self, cmd: list[str], **kwargs: object) -> subprocess.Popen[str]:
+        """Start *cmd* inside the cgroup (it joins before it runs a line of its own)."""
+        procs = str(self.path / "cgroup.procs")
+        return subprocess.Popen(cmd, preexec_fn=lambda: Path(procs).write_text("0"),
+                                text=True, **kwargs)  # type: ignore[call-overload]  # fmt: skip
+
+    def stat(self, key: str) -> int:
+        for name in ("memory.stat",):
+            for line in (self.path / name).read_text().splitlines():
+                k, _, v = line.partition(" ")
+                if k == key:
+                    return int(v)
+        return 0
+
+    def remove(self) -> None:
+        for _ in range(100):
+            pids = [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+        self.path.rmdir()
+
+
+@contextlib.contextmanager
+def memory_cgroup(name: str, limit: int) -> Iterator[MemoryCgroup]:
+    cg = MemoryCgroup(name, limit)
+    try:
+        yield cg
+    finally:
+        cg.remove()
