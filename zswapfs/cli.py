@@ -54,6 +54,8 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
         overrides["mem_limit"] = cfgmod.parse_size(args.mem_limit, "--mem-limit")
     if args.backing is not None:
         overrides["backing"] = os.path.abspath(args.backing)
+    if args.no_lock_memory:
+        overrides["lock_memory"] = False
     for flag in ("aggressive_maintenance", "writeback_huge_first"):
         if getattr(args, flag):
             overrides[flag] = True
@@ -84,7 +86,15 @@ def cmd_mount(args: argparse.Namespace) -> int:
     from zswapfs import daemon
 
     cfg = _mount_config(args)
-    mountpoint = os.path.abspath(args.mountpoint)
+    if args.mountpoint:
+        mountpoint = os.path.abspath(args.mountpoint)
+    elif cfg.mountpoint or args.config:
+        from zswapfs.swap import RUN_DIR
+
+        mountpoint = cfg.mountpoint or str(RUN_DIR / Path(args.config).stem)
+        os.makedirs(mountpoint, exist_ok=True)  # a derived mountpoint is ours to create
+    else:
+        raise CliError("mount needs a MOUNTPOINT (or a --config whose name or key gives one)")
     try:
         daemon.check_mountpoint(mountpoint)
     except daemon.MountError as exc:
@@ -248,6 +258,33 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_swapon(args: argparse.Namespace) -> int:
+    from zswapfs import swap
+
+    try:
+        swap.need_root("swapon")
+        target = swap.resolve(args.name, args.config)
+        dev = swap.swapon(target)
+    except swap.SwapError as exc:
+        raise CliError(f"swapon: {exc}") from None
+    print(f"{target.image} on {dev}, swap priority {target.cfg.swap_priority}")
+    return 0
+
+
+def cmd_swapoff(args: argparse.Namespace) -> int:
+    from zswapfs import swap
+
+    try:
+        swap.need_root("swapoff")
+        target = swap.resolve(args.name, args.config)
+        devices = swap.swapoff(target, keep_mount=args.keep_mount)
+    except swap.SwapError as exc:
+        raise CliError(f"swapoff: {exc}") from None
+    print(f"swap off: {', '.join(devices) or 'no loop device'}; "
+          f"{'mount kept' if args.keep_mount else 'unmounted'} {target.mountpoint}")  # fmt: skip
+    return 0
+
+
 def cmd_capture(args: argparse.Namespace) -> int:
     from zswapfs import capture
 
@@ -316,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", required=True)
 
     m = sub.add_parser("mount", help="mount an image (returns once the mount is live)")
-    m.add_argument("mountpoint")
+    m.add_argument("mountpoint", nargs="?", help="default: the config's mountpoint key, or "
+                   "/run/zswapfs/NAME for --config NAME.toml")  # fmt: skip
     m.add_argument("--size", help="image size, e.g. 1G (default 1G)")
     m.add_argument("--codec", help="lz4 (default), zstd[:LEVEL] or none")
     m.add_argument("--pool", help="zsmalloc (default), zbud or z3fold")
@@ -329,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="compact and migrate on every pass whatever they would gain (a test knob)",
     )
     m.add_argument("--config", help="TOML file with the same keys")
+    m.add_argument("--no-lock-memory", action="store_true",
+                   help="do not mlockall (only for images not used as swap)")  # fmt: skip
     m.add_argument("--foreground", "-f", action="store_true", help="serve in this process")
     m.add_argument("--log", help="log file (default: stderr in the foreground, /tmp otherwise)")
     m.add_argument("--verbose", "-v", action="store_true")
@@ -355,6 +395,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("mountpoint")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_stats)
+
+    for verb, fn, text in (
+        ("swapon", cmd_swapon, "mount (if needed), losetup, mkswap and swapon an image"),
+        ("swapoff", cmd_swapoff, "swapoff, detach the loop device and unmount"),
+    ):
+        v = sub.add_parser(verb, help=text)
+        v.add_argument("name", nargs="?", help="reads /etc/zswapfs/NAME.toml")
+        v.add_argument("--config", help="a TOML file instead (NAME: its stem)")
+        if verb == "swapoff":
+            v.add_argument("--keep-mount", action="store_true", help="leave the daemon running")
+        v.set_defaults(func=fn)
 
     k = sub.add_parser("compact", help="compact the pool and release memory now")
     k.add_argument("mountpoint")

@@ -50,7 +50,7 @@ def harden(lock_memory: bool = True) -> list[str]:
         with open("/proc/self/oom_score_adj", "w") as f:
             f.write("-1000")
     except OSError as exc:
-        warnings.append(f"cannot set oom_score_adj -1000 ({exc.strerror}; needs root)")
+        warnings.append(f"cannot set oom_score_adj -1000 ({exc.strerror}; needs CAP_SYS_RESOURCE)")
     for w in warnings:
         log.warning("%s", w)
     return warnings
