@@ -207,12 +207,11 @@ class PageStore:
         elif old == BACKED:
             self.bd_count -= 1
         elif old >= FIRST_HANDLE:
-            old_size = self.pool.size(old)
+            old_size = self.pool.free(old)
             self.compr_data_size -= old_size
             self.stored_pages -= 1
             if old_size == PAGE_SIZE:
                 self.huge_pages -= 1
-            self.pool.free(old)
         self.index[pn] = entry
         if entry == BACKED:
             self.bd_count += 1

@@ -121,7 +121,8 @@ class Pool:
     def read(self, handle: int) -> bytes:
         raise NotImplementedError
 
-    def free(self, handle: int) -> None:
+    def free(self, handle: int) -> int:
+        """Release the object; returns the length it had."""
         raise NotImplementedError
 
     def compact_step(self, budget: int = 32) -> int:

@@ -256,12 +256,20 @@ class BuddyPool(Pool):
             loc = self.handles.get(handle)
             return self.arena.read(*self._offset(loc), loc & _LEN_MASK)
 
-    def free(self, handle: int) -> None:
+    def store(self, data: bytes) -> int:
+        """alloc + write under one hold of the lock."""
+        handle = self.alloc(len(data))  # takes and lets go of the lock; nothing else holds it
+        with self.lock:
+            self.arena.write(*self._offset(self.handles.table[handle]), data)
+        return handle
+
+    def free(self, handle: int) -> int:
         with self.lock:
             loc = self.handles.get(handle)
             self.handles.release(handle)
             self.bytes_stored -= loc & _LEN_MASK
             self._clear(loc >> 15, (loc >> 13) & 3)
+            return loc & _LEN_MASK
 
     def _clear(self, pn: int, bud: int) -> None:
         """Drop buddy *bud* of page *pn*; free the page if it is empty."""

@@ -341,6 +341,31 @@ class ZsPool(Pool):
             self.bytes_stored += size
             return handle
 
+    def store(self, data: bytes) -> int:
+        """alloc + write under one hold of the lock, header and payload in one copy."""
+        size = len(data)
+        if not 1 <= size <= MAX_OBJECT:
+            raise ValueError(f"object size {size} out of range 1..{MAX_OBJECT}")
+        cls = self.class_for(size)
+        with self.lock:
+            if cls.huge:
+                handle = self._alloc_huge(cls, size)
+                self.arena.write((self.handles.table[handle] >> 13) & _PN_MASK, 0, data)
+                return handle
+            handle = self.handles.new(0)
+            z = self._fullest(cls)
+            if z == _NONE:
+                try:
+                    z = self._new_zspage(cls)
+                except PoolFull:
+                    self.handles.release(handle)
+                    raise
+            idx = self._take_slot(cls, z)
+            self._copy_in(z, idx * cls.size, (handle << 1 | 1).to_bytes(HDR, "little") + data)
+            self.handles.set(handle, z << 24 | idx << 13 | size)
+            self.bytes_stored += size
+            return handle
+
     def _alloc_huge(self, cls: SizeClass, size: int) -> int:
         try:
             pn = self.arena.alloc_page()
@@ -383,7 +408,7 @@ class ZsPool(Pool):
             z, start, length, _ = self._start(loc)
             return self._copy_out(z, start, length)
 
-    def free(self, handle: int) -> None:
+    def free(self, handle: int) -> int:
         with self.lock:
             loc = self.handles.get(handle)
             length = loc & _LEN_MASK
@@ -397,6 +422,7 @@ class ZsPool(Pool):
                 self._drop_slot(cls, z, (loc >> 13) & _IDX_MASK)
             self.handles.release(handle)
             self.bytes_stored -= length
+            return length
 
     # -- compaction ----------------------------------------------------------------------------
     @staticmethod
