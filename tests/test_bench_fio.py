@@ -160,7 +160,7 @@ def test_bench_end_to_end_with_fio(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert time.monotonic() - t0 < 200
     assert not bench_mounts(), "the bench left a mount behind"
-    assert "fio null-fuse - randrw-4k" in res.stderr  # progress lines
+    assert "fio null-fuse start randrw-4k" in res.stderr  # progress lines
     doc = json.loads((out / "bench.json").read_text())
     assert doc["settings"]["fio"]["runtime_s"] == 0.5
     assert {"kernel", "cpus", "memory", "fio", "loadavg_start", "loadavg_end"} <= set(
@@ -183,7 +183,7 @@ def test_bench_end_to_end_with_fio(tmp_path: Path) -> None:
 
     fio = {(r["pool"], r["codec"], r["job"]): r for r in doc["fio"]}
     want = {(p, c, j) for p in POOL_NAMES for c in codecs for j in bench.FIO_JOBS}
-    want |= {(bench.NULL_FUSE, "-", j) for j in bench.TIMED_JOBS}
+    want |= {(bench.NULL_FUSE, when, j) for when in ("start", "end") for j in bench.TIMED_JOBS}
     assert set(fio) == want
     for (pool, _, job), r in fio.items():
         assert r["iops"] > 0 and r["bw_bytes"] > 0, r
@@ -194,6 +194,12 @@ def test_bench_end_to_end_with_fio(tmp_path: Path) -> None:
             assert r["vs_null"] > 0, r
         if job == "seqwrite-128k" and pool != bench.NULL_FUSE:
             assert r["vs_null"] < 1.0, "storing pages cannot be faster than dropping them"
+    for job in bench.TIMED_JOBS:
+        null = doc["fio_null"][job]
+        assert null["mean_iops"] == pytest.approx((null["start_iops"] + null["end_iops"]) / 2)
+        assert abs(null["drift"]) < 2
+        row = fio[("zbud", "lz4", job)]
+        assert row["vs_null"] == pytest.approx(row["iops"] / null["mean_iops"])
     mounts = {(m["pool"], m["codec"]): m for m in doc["fio_mounts"]}
     assert set(mounts) == {(p, c) for p in POOL_NAMES for c in codecs}
     for m in mounts.values():

@@ -479,7 +479,8 @@ def run_fio(
     image_size = 2 * max(opts.size, opts.verify_size)
     rows: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
-    configs = [(NULL_FUSE, "-")] + [(p, c) for p in pools for c in codecs]
+    # the baseline first and last: how far it drifts in between says how far the machine did
+    configs = [(NULL_FUSE, "start"), *((p, c) for p in pools for c in codecs), (NULL_FUSE, "end")]
     progress(f"fio: {len(configs)} mounts x {len(FIO_JOBS)} jobs, timed jobs {opts.runtime:g} s")
     tmp = Path(tempfile.mkdtemp(prefix="zswapfs-bench7-", dir="/tmp"))
     try:
@@ -503,11 +504,29 @@ def run_fio(
             _force_unmount(mp)
         if not any(os.path.ismount(mp) for mp in tmp.glob("mnt*")):
             shutil.rmtree(tmp, ignore_errors=True)
-    null = {r["job"]: r for r in rows if r["pool"] == NULL_FUSE}
+    null = null_baseline(rows)
     for r in rows:
         base = null.get(r["job"])
-        r["vs_null"] = r["iops"] / base["iops"] if base and base["iops"] else None
+        r["vs_null"] = r["iops"] / base["mean_iops"] if base and base["mean_iops"] else None
     return rows, mounts
+
+
+def null_baseline(fio_rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per job: the null-FUSE IOPS at the start and the end of the fio rows, their mean (what
+    vs_null divides by) and the drift between them, (end - start) / mean."""
+    out: dict[str, dict[str, float]] = {}
+    for r in fio_rows:
+        if r["pool"] == NULL_FUSE:
+            out.setdefault(r["job"], {})[f"{r['codec']}_iops"] = r["iops"]
+    for figures in out.values():
+        values = list(figures.values())
+        mean = sum(values) / len(values)
+        figures["mean_iops"] = mean
+        if len(values) == 2 and mean:
+            figures["drift"] = (
+                figures.get("end_iops", mean) - figures.get("start_iops", mean)
+            ) / mean
+    return out
 
 
 def run(
@@ -605,6 +624,11 @@ def format_table(run_: BenchRun) -> str:
             vs = f"{r['vs_null']:>9.3f}" if r.get("vs_null") is not None else f"{'-':>9}"
             lines.append(f"{r['pool']:<10}{r['codec']:<9}{r['job']:<15}{r['iops']:>8.0f}"
                          f"{r['bw_bytes'] / MIB:>8.1f}{p99}{vs}")  # fmt: skip
+        drift = [f"{job} {b['drift']:+.1%}" for job, b in null_baseline(run_.fio).items()
+                 if "drift" in b]  # fmt: skip
+        if drift:
+            lines.append(f"vs null: IOPS / mean of the null-FUSE start and end rows; the baseline"
+                         f" moved {', '.join(drift)} from start to end")  # fmt: skip
     if run_.fio_mounts:
         lines += ["", "each mount after its fio jobs",
                   f"{'pool':<10}{'codec':<9}{'stored MiB':>11}{'pool MiB':>10}{'density':>9}"
@@ -620,7 +644,8 @@ def write_outputs(run_: BenchRun, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "bench.json"
     doc = {"machine": run_.machine, "settings": run_.settings, "corpora": run_.corpora,
-           "rows": run_.rows, "fio": run_.fio, "fio_mounts": run_.fio_mounts,
+           "rows": run_.rows, "fio": run_.fio, "fio_null": null_baseline(run_.fio),
+           "fio_mounts": run_.fio_mounts,
            "timelines": run_.timelines}  # fmt: skip
     path.write_text(json.dumps(doc, indent=1) + "\n")
     (out_dir / "bench.txt").write_text(format_table(run_) + "\n")
@@ -730,22 +755,23 @@ def write_plots(run_: BenchRun, out_dir: Path) -> list[Path]:
         fio_configs = list(dict.fromkeys(f"{r['pool']} {r['codec']}" for r in run_.fio))
         jobs = list(dict.fromkeys(r["job"] for r in run_.fio))
         by_job = {(f"{r['pool']} {r['codec']}", r["job"]): r for r in run_.fio}
+        baseline = null_baseline(run_.fio)
         fig, axes = plt.subplots(1, len(jobs), figsize=FIGSIZE, sharey=False,
                                  layout="constrained", squeeze=False)  # fmt: skip
         for ax, job in zip(axes[0], jobs, strict=True):
             ys = [by_job[(cf, job)]["iops"] if (cf, job) in by_job else 0 for cf in fio_configs]
             cols = [colors.get(cf, REFERENCE_COLOR) for cf in fio_configs]
             ax.barh(range(len(fio_configs)), ys, color=cols, edgecolor="black", linewidth=0.3)
-            null = by_job.get((f"{NULL_FUSE} -", job))
+            null = baseline.get(job)
             if null:
-                ax.axvline(null["iops"], color=REFERENCE_COLOR, linestyle="--", linewidth=0.8)
+                ax.axvline(null["mean_iops"], color=REFERENCE_COLOR, linestyle="--", linewidth=0.8)
             ax.set_title(job)
             ax.set_xlabel("IOPS (read + write)")
             ax.set_yticks(range(len(fio_configs)),
-                          [cf.replace(" -", "") for cf in fio_configs] if ax is axes[0][0]
+                          fio_configs if ax is axes[0][0]
                           else [""] * len(fio_configs))  # fmt: skip
             ax.invert_yaxis()
-        fig.suptitle("fio through the FUSE mount (O_DIRECT); dashed: null-FUSE baseline")
+        fig.suptitle("fio through the FUSE mount (O_DIRECT); dashed: null-FUSE mean")
         save(fig, "fio.png")
 
     # memory through fill / free half / compact, one panel per pool, a figure per corpus
