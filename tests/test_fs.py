@@ -154,3 +154,15 @@ def test_unexpected_exception_becomes_eio(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(ops.store, "write_pages", boom)
     assert errno_of(ops.write, IMAGE_INODE, 0, bytes(PAGE_SIZE)) == errno.EIO
     assert ops.store.failed_writes == 1
+
+
+def test_any_handler_failure_is_eio_not_a_dead_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    ops = make_ops()
+
+    def boom() -> int:
+        raise AttributeError("injected")
+
+    monkeypatch.setattr(ops.store, "flush", boom)
+    assert errno_of(ops.fsync, IMAGE_INODE, False) == errno.EIO
+    monkeypatch.setattr(ops, "_attr", lambda inode: 1 / 0)
+    assert errno_of(ops.getattr, IMAGE_INODE, Ctx()) == errno.EIO

@@ -17,6 +17,7 @@ failure -> EIO with a log line. No exception escapes into pyfuse3.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import os
@@ -45,6 +46,23 @@ MAX_COMMAND = 256
 
 class UnknownCommand(Exception):
     pass
+
+
+def _guarded(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Any exception but FUSEError becomes EIO and a log line: pyfuse3 would otherwise let it
+    end the whole session (a dead daemon, a hung mount)."""
+
+    @functools.wraps(fn)
+    async def handler(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception:
+            log.exception("unexpected failure in %s", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return handler
 
 
 class ZswapOperations(pyfuse3.Operations):
@@ -334,3 +352,9 @@ class ZswapOperations(pyfuse3.Operations):
 
     async def release(self, fh: int) -> None:
         self._stats_snapshots.pop(fh, None)
+
+
+# read and write catch everything themselves (they also count failed_reads/failed_writes)
+for _name in ("lookup", "getattr", "setattr", "opendir", "readdir", "releasedir", "statfs",
+              "open", "flush", "fsync", "release"):  # fmt: skip
+    setattr(ZswapOperations, _name, _guarded(getattr(ZswapOperations, _name)))

@@ -40,6 +40,9 @@ class NullStore:
     def write_partial(self, pn: int, offset: int, data: bytes) -> None:
         pass
 
+    def flush(self) -> int:
+        return 0
+
     def mem_used_pages(self) -> int:
         return 0
 
