@@ -142,3 +142,17 @@ def test_corrupt_object_is_storage_failure() -> None:
     with pytest.raises(StorageFailure):
         store.read_page(0)
     assert store.failed_reads == 1
+
+
+@pytest.mark.parametrize("pool", POOL_NAMES)
+def test_a_full_image_can_be_rewritten(pool: str) -> None:
+    """Every page incompressible (one object a pool page), then every page rewritten: the new
+    object is placed before the old one is freed, so the pool needs room to spare."""
+    npages = 256
+    store = PageStore(npages, make_codec("lz4"), make_pool(pool, npages))
+    for _ in range(2):
+        pages = [os.urandom(PAGE_SIZE) for _ in range(npages)]
+        for pn, page in enumerate(pages):
+            store.write_page(pn, page)
+    for pn, page in enumerate(pages):
+        assert store.read_page(pn) == page

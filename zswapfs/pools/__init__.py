@@ -225,5 +225,6 @@ def make_pool(name: str, image_pages: int, **options: Any) -> Pool:
     if name in ("zbud", "z3fold"):
         from zswapfs.pools.buddy import Z3foldPool, ZbudPool
 
-        return (ZbudPool if name == "zbud" else Z3foldPool)(image_pages)
+        cls = ZbudPool if name == "zbud" else Z3foldPool
+        return cls(image_pages + cls.headroom())
     raise ValueError(f"unknown pool {name!r}: expected one of {', '.join(POOL_NAMES)}")

@@ -71,7 +71,10 @@ class BuddyPool(Pool):
 
     @staticmethod
     def headroom(max_chain: int | None = None) -> int:
-        return 0  # a page never holds less than one object
+        """A page never holds less than one object, so the image's own page count is enough
+        for what is stored; but an overwrite places the new object before it frees the old
+        one, so a full image needs a few pages to spare."""
+        return 64
 
     # -- page tables ---------------------------------------------------------------------------
     def _track_pages(self) -> None:
