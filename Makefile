@@ -27,5 +27,9 @@ lint: setup
 test: lint
 	$(VENV)/bin/python -m pytest
 
+# not a set-up command: compare every pool and codec on a captured real corpus, beside zram
+bench: setup
+	$(VENV)/bin/zswapfs bench --out bench/results
+
 clean:
 	rm -rf $(VENV) *.egg-info
