@@ -3,7 +3,8 @@
 FUSE path: the null-FUSE file (zswapfs's own fs.py over a store that keeps nothing) and a
 zswapfs mount (lz4 + zsmalloc) side by side, the same fio jobs on both (O_DIRECT, fio's
 50%-compressible buffers): 4K randwrite/randread at QD1 and QD16, 128K sequential write at QD16;
-directly on the image file and through a loop device with --direct-io=on.
+directly on the image file and through a loop device with --direct-io=on. Both are mounted at
+once and every job alternates null / zswapfs for --rounds rounds (this machine drifts).
 Memory: 256 MiB of fio data stored, then daemon RSS against pool memory and stored pages.
 Density: a captured real corpus replayed through zsmalloc+lz4 and zsmalloc+zstd:3 against kernel
 zram lz4 on the same pages (`zswapfs bench`'s replay and zram row).
@@ -66,31 +67,37 @@ def prefill(image: Path, workdir: Path) -> None:
                    check=True, capture_output=True, cwd=workdir)  # fmt: skip
 
 
-def fuse_rows(runtime: float, tmp: Path) -> list[dict[str, Any]]:
+def fuse_rows(runtime: float, rounds: int, tmp: Path) -> list[dict[str, Any]]:
+    """Both mounted side by side; every job alternates null, zswapfs, null, zswapfs ... for
+    *rounds* rounds, so drift on a shared machine hits both alike. Ratio of the mean IOPS."""
     rows = []
-    results: dict[tuple[str, str, str], float] = {}
     for kind in ("null", "zswapfs"):
-        mp = tmp / f"mnt-{kind}"
-        mp.mkdir()
-        log = tmp / f"{kind}.log"
-        mounted = (bench.null_mounted(mp, SIZE, log) if kind == "null"
-                   else bench.zswapfs_mounted(mp, SIZE, "zsmalloc", "lz4", log))  # fmt: skip
-        with mounted as image:
+        (tmp / f"mnt-{kind}").mkdir()
+    with contextlib.ExitStack() as stack:
+        images = {
+            "null": stack.enter_context(bench.null_mounted(tmp / "mnt-null", SIZE,
+                                                           tmp / "null.log")),
+            "zswapfs": stack.enter_context(bench.zswapfs_mounted(
+                tmp / "mnt-zswapfs", SIZE, "zsmalloc", "lz4", tmp / "zswapfs.log")),
+        }  # fmt: skip
+        for image in images.values():
             prefill(image, tmp)
-            for path_kind in ("file", "loop"):
-                ctx = loop_device(image) if path_kind == "loop" else contextlib.nullcontext(image)
-                with ctx as target:
-                    for name, rw, bs, qd, _ in JOBS:
-                        iops = fio(target, rw, bs, qd, runtime, tmp)
-                        results[(kind, path_kind, name)] = iops
-                        print(f"  {kind:8} {path_kind:5} {name:20} {iops:10.0f} IOPS",
-                              file=sys.stderr, flush=True)  # fmt: skip
-    for path_kind in ("file", "loop"):
-        for name, _, _, _, target in JOBS:
-            null, ours = results[("null", path_kind, name)], results[("zswapfs", path_kind, name)]
-            rows.append({"target": f"{name} ({path_kind}) vs null-FUSE", "ours": ours,
-                         "baseline": null, "ratio": ours / null, "goal": target,
-                         "pass": ours / null >= target})  # fmt: skip
+        for path_kind in ("file", "loop"):
+            with contextlib.ExitStack() as loops:
+                targets = {k: (loops.enter_context(loop_device(v)) if path_kind == "loop" else v)
+                           for k, v in images.items()}  # fmt: skip
+                for name, rw, bs, qd, goal in JOBS:
+                    runs: dict[str, list[float]] = {"null": [], "zswapfs": []}
+                    for _ in range(rounds):
+                        for kind in ("null", "zswapfs"):
+                            runs[kind].append(fio(targets[kind], rw, bs, qd, runtime, tmp))
+                    null = sum(runs["null"]) / rounds
+                    ours = sum(runs["zswapfs"]) / rounds
+                    print(f"  {path_kind} {name}: null {runs['null']} zswapfs {runs['zswapfs']}",
+                          file=sys.stderr, flush=True)  # fmt: skip
+                    rows.append({"target": f"{name} ({path_kind}) vs null-FUSE", "ours": ours,
+                                 "baseline": null, "ratio": ours / null, "goal": goal,
+                                 "pass": ours / null >= goal, "runs": runs})  # fmt: skip
     return rows
 
 
@@ -151,12 +158,13 @@ def density_rows(corpus: str) -> list[dict[str, Any]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--runtime", type=float, default=10)
+    ap.add_argument("--runtime", type=float, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--corpus", action="append")
     ap.add_argument("--out", help="write the rows as JSON here")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="zswapfs-perf-") as tmp:
-        rows = fuse_rows(args.runtime, Path(tmp)) + memory_rows(Path(tmp))
+        rows = fuse_rows(args.runtime, args.rounds, Path(tmp)) + memory_rows(Path(tmp))
     for corpus in args.corpus or ["builtin:py_dicts:100", "builtin:sqlite_mem:100"]:
         rows += density_rows(corpus)
     print(f"{'target':<66}{'ours':>12}{'baseline':>12}{'ratio':>8}{'goal':>7}  result")
