@@ -3,8 +3,9 @@
 A memory cgroup limited to --limit (128M) runs `python -m zswapfs.workloads.hog MIB`: it fills
 MIB with checksummed, partly compressible pages and verifies them all, so it must swap. Once
 with a zswapfs image as the only swap (lz4, zsmalloc; loop device with direct I/O, priority
-100), once with /dev/zram0 (lz4) as the only swap. Prints wall time, pages stored, compressed
-size and memory used for both, and the ratios. zram0 is reset and its algorithm restored after.
+100), once with /dev/zram0 (lz4) as the only swap. Prints wall time and the peaks of pages
+stored, compressed size and memory used (sampled while the hog runs) for both, and the ratios.
+zram0 is reset and its algorithm restored after.
 
     python bench/swap_vs_zram.py [--mib 512] [--limit 128M] [--codec lz4]
 """
@@ -18,22 +19,32 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from zswapfs import cgroup, kzram
 from zswapfs.config import parse_size
 
 
-def run_hog(mib: int, limit: int) -> tuple[float, dict[str, object]]:
+def run_hog(mib: int, limit: int, sample: Callable[[], dict[str, int]]
+            ) -> tuple[float, dict[str, object], dict[str, int]]:  # fmt: skip
+    """Run the hog; *sample* is polled while it runs and the peak of each figure kept (zram
+    drops a page when the kernel frees its swap slot, e.g. when the hog exits, so figures read
+    afterwards would be empty for zram and stale for zswapfs, which gets no such notice)."""
+    peak: dict[str, int] = {}
     with cgroup.memory_cgroup(f"zswapfs-bench-{os.getpid()}", limit) as cg:
         t0 = time.monotonic()
         hog = cg.popen([sys.executable, "-m", "zswapfs.workloads.hog", str(mib)],
                        stdout=subprocess.PIPE)  # fmt: skip
-        out, _ = hog.communicate(timeout=1800)
+        while hog.poll() is None:
+            for k, v in sample().items():
+                peak[k] = max(peak.get(k, 0), v)
+            time.sleep(0.2)
         wall = time.monotonic() - t0
+        out = hog.stdout.read() if hog.stdout else ""
     if hog.returncode != 0:
         raise SystemExit(f"hog failed ({hog.returncode}): {out}")
-    return wall, json.loads(out)
+    return wall, json.loads(out), peak
 
 
 def zswapfs_run(mib: int, limit: int, codec: str) -> dict[str, object]:
@@ -42,28 +53,36 @@ def zswapfs_run(mib: int, limit: int, codec: str) -> dict[str, object]:
         config.write_text(f'size = "{2 * mib}M"\ncodec = "{codec}"\nmountpoint = "{tmp}/mnt"\n')
         zs = [sys.executable, "-m", "zswapfs"]
         subprocess.run([*zs, "swapon", "--config", str(config)], check=True, capture_output=True)
+        stats_file = Path(tmp) / "mnt" / "stats"
+
+        def sample() -> dict[str, int]:
+            st = json.loads(stats_file.read_text())
+            keys = ("stored_pages", "compr_data_size", "mem_used_total", "rss_bytes")
+            return {k: int(st[k]) for k in keys}
+
         try:
-            wall, hog = run_hog(mib, limit)
-            stats = json.loads((Path(tmp) / "mnt" / "stats").read_text())
+            wall, hog, peak = run_hog(mib, limit, sample)
         finally:
             subprocess.run([*zs, "swapoff", "--config", str(config)], capture_output=True)
-    return {"wall_s": wall, "hog": hog, "stored_pages": stats["stored_pages"],
-            "compr_data_size": stats["compr_data_size"],
-            "mem_used_total": stats["mem_used_total"], "rss_bytes": stats["rss_bytes"]}  # fmt: skip
+    return {"wall_s": wall, "hog": hog, **peak}
 
 
 def zram_run(mib: int, limit: int, codec: str) -> dict[str, object]:
     with kzram.configured(2 * mib << 20, codec) as dev:
         subprocess.run(["mkswap", str(dev)], check=True, capture_output=True)
         subprocess.run(["swapon", "-p", "100", str(dev)], check=True, capture_output=True)
-        try:
-            wall, hog = run_hog(mib, limit)
+
+        def sample() -> dict[str, int]:
             st = kzram.mm_stat()
+            return {"stored_pages": st["orig_data_size"] // 4096,
+                    "compr_data_size": st["compr_data_size"],
+                    "mem_used_total": st["mem_used_total"]}  # fmt: skip
+
+        try:
+            wall, hog, peak = run_hog(mib, limit, sample)
         finally:
             subprocess.run(["swapoff", str(dev)], capture_output=True)
-    return {"wall_s": wall, "hog": hog, "stored_pages": st["orig_data_size"] // 4096,
-            "compr_data_size": st["compr_data_size"],
-            "mem_used_total": st["mem_used_total"]}  # fmt: skip
+    return {"wall_s": wall, "hog": hog, **peak}
 
 
 def main() -> None:
