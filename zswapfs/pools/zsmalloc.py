@@ -330,16 +330,22 @@ class ZsPool(Pool):
             if cls.huge:
                 return self._alloc_huge(cls, size)
             handle = self.handles.new(0)
-            z = self._fullest(cls)
-            if z == _NONE:
-                try:
-                    z = self._new_zspage(cls)
-                except PoolFull:
-                    self.handles.release(handle)
-                    raise
+            z = self._zspage_for(cls, handle)
             self.handles.set(handle, self._place(cls, z, handle, size))
             self.bytes_stored += size
             return handle
+
+    def _zspage_for(self, cls: SizeClass, handle: int) -> int:
+        """The fullest non-full zspage of *cls*, or a new one; on PoolFull the freshly taken
+        *handle* is given back (pool lock held)."""
+        z = self._fullest(cls)
+        if z == _NONE:
+            try:
+                z = self._new_zspage(cls)
+            except PoolFull:
+                self.handles.release(handle)
+                raise
+        return z
 
     def store(self, data: bytes) -> int:
         """alloc + write under one hold of the lock, header and payload in one copy."""
@@ -353,13 +359,7 @@ class ZsPool(Pool):
                 self.arena.write((self.handles.table[handle] >> 13) & _PN_MASK, 0, data)
                 return handle
             handle = self.handles.new(0)
-            z = self._fullest(cls)
-            if z == _NONE:
-                try:
-                    z = self._new_zspage(cls)
-                except PoolFull:
-                    self.handles.release(handle)
-                    raise
+            z = self._zspage_for(cls, handle)
             idx = self._take_slot(cls, z)
             self._copy_in(z, idx * cls.size, (handle << 1 | 1).to_bytes(HDR, "little") + data)
             self.handles.set(handle, z << 24 | idx << 13 | size)
