@@ -276,3 +276,41 @@ def test_backing_file_on_a_full_tmpfs(mount: Callable[..., Mounted], tmp_path: P
     finally:
         stop_daemon(tmp_path / "mnt0", None)  # the daemon holds the backing file open
         subprocess.run(["umount", "-l", str(small)], capture_output=True)
+
+
+@pytest.mark.parametrize("what", ["writeback", "flush"])
+def test_page_rewritten_twice_during_the_file_write_is_not_lost(tmp_path: Path,
+                                                                  what: str) -> None:  # fmt: skip
+    """The page is rewritten twice while its old contents go to the file: with LIFO handle
+    reuse the second rewrite gets the very handle writeback read, so comparing handles alone
+    would commit stale data (ABA). The newest contents must win."""
+    store = make_store(tmp_path, persistent=(what == "flush"))
+    rnd = random.Random(12)
+    old, mid, new = (text_page(rnd, i) for i in range(3))
+    store.write_page(5, old)
+    handle = store.index.item(5)
+    backing = store.backing
+    assert backing is not None
+    real_write = backing.write_page
+
+    reused = []
+
+    def racing_write(pn: int, page: bytes) -> None:
+        real_write(pn, page)
+        if pn == 5:
+            store.write_page(5, mid)
+            store.write_page(5, new)
+            reused.append(store.index.item(5) == handle)
+
+    backing.write_page = racing_write  # type: ignore[method-assign]
+    if what == "writeback":
+        store.writeback_page(5)
+    else:
+        store.flush()
+    backing.write_page = real_write  # type: ignore[method-assign]
+    assert reused == [True], "the scenario needs the handle to come back"
+    assert store.read_page(5) == new
+    if what == "flush":
+        assert store.meta.item(5) & DIRTY, "the newest contents are not in the file yet"
+        store.flush()
+        assert backing.read_page(5) == new

@@ -19,8 +19,11 @@ A reader copies the object out while holding the store lock (so no writer can fr
 under it) and decompresses after letting go. A writer compresses and places the new object
 before it takes the store lock, then swaps the index entry and frees the old object under it.
 Writeback and flush (background or fsync, other threads) take the store lock to read the entry
-and again to commit, re-checking that the entry is unchanged; file I/O and codec calls happen
-with no lock held.
+and again to commit it; file I/O and codec calls happen with no lock held. Comparing the entry
+is not enough to know the page was left alone meanwhile: pools reuse a freed handle first, so a
+page rewritten twice can come back to the very handle that was read (ABA). So a page under
+writeback or flush is registered in `_inflight`, every rewrite of it (in _swap) marks it there,
+and the commit is refused when it was marked.
 
 Errors: the store raises StoreError subclasses, never errno values; fs.py maps them.
 """
@@ -88,6 +91,8 @@ class PageStore:
         self.meta = np.zeros(npages, dtype=np.uint32)
         self.fill: dict[int, int] = {}
         self._t0 = time.monotonic()
+        #: pages being written back or flushed -> rewritten meanwhile (store lock held)
+        self._inflight: dict[int, bool] = {}
         self.stored_pages = 0
         self.same_pages = 0
         self.huge_pages = 0
@@ -199,6 +204,8 @@ class PageStore:
 
     def _swap(self, pn: int, entry: int, size: int) -> None:
         """Point page *pn* at a new entry and release the old one (store lock held)."""
+        if self._inflight and pn in self._inflight:
+            self._inflight[pn] = True
         old = self.index.item(pn)
         if old == SAME:
             self.same_pages -= 1
@@ -271,9 +278,11 @@ class PageStore:
 
     # -- writeback and flush (other threads) ---------------------------------------------------
     def _page_of(self, pn: int) -> tuple[int, bytes | None]:
-        """(entry, contents) of a page held in memory, read under the store lock; contents is
-        None for pages not in memory. Decompression happens after the lock is let go."""
+        """(entry, contents) of a page held in memory, read under the store lock and registered
+        in flight (the caller must end that with _rewritten); contents is None for pages not in
+        memory. Decompression happens after the lock is let go."""
         with self.lock:
+            self._inflight[pn] = False
             entry = self.index.item(pn)
             if entry == SAME:
                 word = self.fill.get(pn, 0)
@@ -285,6 +294,10 @@ class PageStore:
             payload = self.codec.decompress(payload)
         return entry, payload
 
+    def _rewritten(self, pn: int) -> bool:
+        """Take *pn* out of flight (store lock held): was it rewritten since _page_of?"""
+        return self._inflight.pop(pn, True)
+
     def writeback_page(self, pn: int) -> bool:
         """Move page *pn* from the pool to the backing file. False when it is not in the pool,
         was rewritten meanwhile, or the backing file failed (the page then stays in the pool)."""
@@ -292,21 +305,21 @@ class PageStore:
         try:
             entry, page = self._page_of(pn)
         except (CodecError, KeyError) as exc:
+            with self.lock:
+                self._rewritten(pn)
             log.error("writeback of page %d: cannot read it: %s", pn, exc)
             return False
-        if entry < FIRST_HANDLE or page is None:
-            return False
         clean = self.persistent and not self.meta.item(pn) & DIRTY
-        if not clean:
+        if entry >= FIRST_HANDLE and page is not None and not clean:
             try:
                 self.backing.write_page(pn, page)
             except BackingError as exc:
                 self.bd_errors += 1
                 log.error("writeback: %s; page %d stays in the pool", exc, pn)
-                return False
+                page = None  # nothing to commit
         with self.lock:
-            if self.index.item(pn) != entry:
-                return False  # rewritten while we wrote: the pool copy is the newer one
+            if self._rewritten(pn) or entry < FIRST_HANDLE or page is None:
+                return False  # rewritten while we wrote (the pool copy is newer), or failed
             self._swap(pn, BACKED, 0)
             self.meta[pn] = self.meta.item(pn) & AGE_MASK
             self.written_back_pages += 1
@@ -321,16 +334,18 @@ class PageStore:
             return 0
         written = 0
         for pn in np.flatnonzero(self.meta & DIRTY).tolist():
-            entry, page = self._page_of(pn)
-            if page is not None:
-                try:
+            try:
+                _, page = self._page_of(pn)
+                if page is not None:
                     self.backing.write_page(pn, page)
-                except BackingError as exc:
-                    self.bd_errors += 1
-                    raise StorageFailure(f"flush: {exc}") from exc
-                written += 1
+                    written += 1
+            except (BackingError, CodecError) as exc:
+                with self.lock:
+                    self._rewritten(pn)
+                self.bd_errors += 1
+                raise StorageFailure(f"flush: {exc}") from exc
             with self.lock:
-                if self.index.item(pn) == entry:
+                if not self._rewritten(pn):  # rewritten meanwhile: stays dirty for next time
                     self.meta[pn] = self.meta.item(pn) & AGE_MASK
                     if page is not None:
                         self.bd_writes += 1
