@@ -314,3 +314,21 @@ def test_page_rewritten_twice_during_the_file_write_is_not_lost(tmp_path: Path,
         assert store.meta.item(5) & DIRTY, "the newest contents are not in the file yet"
         store.flush()
         assert backing.read_page(5) == new
+
+
+def test_huge_first_skips_the_pool_only_above_the_low_watermark(tmp_path: Path) -> None:
+    unlimited = make_store(tmp_path)
+    unlimited.huge_to_backing = True
+    unlimited.write_page(0, os.urandom(PAGE_SIZE))
+    assert unlimited.reject_compress_poor == 0 and unlimited.index.item(0) >= 3
+    unlimited.backing.close()  # type: ignore[union-attr]
+    limited = make_store(tmp_path, npages=2048, mem_limit=512 * PAGE_SIZE)
+    limited.huge_to_backing = True
+    limited.low_water = 16 * PAGE_SIZE
+    pages = [os.urandom(PAGE_SIZE) for _ in range(40)]
+    for pn, page in enumerate(pages):
+        limited.write_page(pn, page)
+    assert limited.reject_compress_poor == 40 - 16 and limited.bd_count == 24
+    assert limited.pool_bytes == 16 * PAGE_SIZE
+    for pn, page in enumerate(pages):
+        assert limited.read_page(pn) == page

@@ -142,7 +142,8 @@ class PageStore:
             self.failed_writes += 1
             raise StorageFailure(f"compressing page {pn}: {exc}") from exc
         if len(payload) >= self.pool.raw_threshold:
-            if self.huge_to_backing and self.backing and self.pool_bytes >= self.low_water:
+            if (self.huge_to_backing and self.backing and self.mem_limit
+                    and self.pool_bytes >= self.low_water):  # fmt: skip
                 self.reject_compress_poor += 1
                 self._write_direct(pn, page)
                 return
