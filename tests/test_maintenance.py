@@ -168,3 +168,22 @@ def test_fio_verify_during_continuous_maintenance(
     assert maint["runs"] > 50 and maint["aggressive"] and churned[0] > 100
     assert maint["compact_steps"] + maint["migrated_pages"] > 0, maint
     assert os.path.ismount(m.mountpoint)
+
+
+def test_stop_waits_for_a_pass_run_from_another_thread() -> None:
+    store = PageStore(4000, make_codec("lz4"), make_pool("zsmalloc", 4000))
+    rnd = random.Random(2)
+    for pn in range(4000):
+        store.write_page(pn, page_for(rnd, pn))
+    for pn in range(0, 4000, 2):
+        store.write_page(pn, bytes(PAGE_SIZE))  # plenty to compact
+    maint = Maintenance(store.pool, interval=3600)
+    maint.start()
+    worker = threading.Thread(target=maint.compact_now)
+    worker.start()
+    time.sleep(0.05)
+    maint.stop()  # must not return while the worker's pass still touches the pool
+    assert not maint._pass_lock.locked()
+    store.pool.close()
+    worker.join(timeout=10)
+    assert not worker.is_alive()

@@ -88,11 +88,15 @@ class Maintenance:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the thread, and wait for a pass run from elsewhere (compact_now, in a worker
+        thread) to notice the stop and finish, so the pool is not closed under it."""
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        with self._pass_lock:
+            pass
 
     def wake(self) -> None:
         self._wake.set()
