@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from zswapfs.procs import reap
+
 
 def mount_unavailable() -> str | None:
     """Why a real FUSE mount cannot be made here, or None if it can."""
@@ -83,17 +85,8 @@ def stop_daemon(mountpoint: Path, proc: subprocess.Popen[bytes] | None) -> None:
     """Unmount and reap, whatever state things are in."""
     if os.path.ismount(mountpoint):
         subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
-    if proc is None:
-        return
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    if proc is not None:
+        reap(proc, wait=10)
 
 
 @pytest.fixture

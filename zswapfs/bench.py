@@ -45,6 +45,7 @@ from zswapfs import kzram
 from zswapfs.capture import capture_command
 from zswapfs.codec import PAGE_SIZE, CodecError, make_codec
 from zswapfs.pools import POOL_NAMES, make_pool
+from zswapfs.procs import reap
 from zswapfs.replay import load_corpus, replay
 from zswapfs.store import PageStore, StoreError
 
@@ -380,15 +381,7 @@ def null_mounted(mountpoint: Path, size: int, log: Path) -> Iterator[Path]:
         yield mountpoint / "swap.img"
     finally:
         _force_unmount(mountpoint)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        reap(proc, wait=15)
 
 
 def read_mount_stats(mountpoint: Path) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import BinaryIO
 import numpy as np
 
 from zswapfs.codec import PAGE_SIZE
+from zswapfs.procs import reap
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +134,4 @@ def capture_command(command: list[str], out_path: Path, delay: float | None = No
             return capture_pid(proc.pid, out)
     finally:
         signal.signal(signal.SIGUSR1, old)
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        reap(proc, grace=10)
