@@ -92,8 +92,8 @@ def test_limit_with_backing_goes_straight_to_the_file(tmp_path: Path) -> None:
 def test_background_writeback_between_watermarks(tmp_path: Path) -> None:
     limit = 128 * PAGE_SIZE
     store = make_store(tmp_path, npages=4096, mem_limit=limit)
-    maint = Maintenance(store.pool, interval=3600, store=store, high_watermark=80,
-                        low_watermark=50)  # fmt: skip
+    store.low_water = limit * 50 // 100
+    maint = Maintenance(store.pool, interval=3600, store=store, high_watermark=80)
     rnd = random.Random(3)
     pages = {pn: os.urandom(1500) + text_page(rnd, pn)[:2596] for pn in range(1000)}
     for pn, page in pages.items():

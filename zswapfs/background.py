@@ -58,7 +58,6 @@ class Maintenance:
         aggressive: bool = False,
         store: PageStore | None = None,
         high_watermark: int = 100,
-        low_watermark: int = 90,
         huge_first: bool = False,
         idle_writeback: float = 0.0,
     ) -> None:
@@ -67,7 +66,6 @@ class Maintenance:
         self.aggressive = aggressive
         self.store = store
         self.high_watermark = high_watermark
-        self.low_watermark = low_watermark
         self.huge_first = huge_first
         self.idle_writeback = idle_writeback
         self.written_back = 0
@@ -150,7 +148,7 @@ class Maintenance:
         if store.mem_limit:
             high = store.mem_limit * self.high_watermark // 100
             if store.pool_bytes >= high:
-                self._writeback_until(store.mem_limit * self.low_watermark // 100)
+                self._writeback_until(store.low_water)
         if self.idle_writeback:
             idle = max(1, int(self.idle_writeback))
             while not self._stopping.is_set():

@@ -65,10 +65,9 @@ def build(cfg: MountConfig) -> PageStore:
         except BackingError as exc:
             raise MountError(str(exc)) from None
     pool = make_pool(cfg.pool, cfg.npages, max_chain=cfg.max_chain)
-    store = PageStore(cfg.npages, codec, pool, backing=backing, mem_limit=cfg.mem_limit,
-                      huge_to_backing=cfg.writeback_huge_first)  # fmt: skip
-    store.low_water = cfg.mem_limit * cfg.low_watermark // 100
-    return store
+    return PageStore(cfg.npages, codec, pool, backing=backing, mem_limit=cfg.mem_limit,
+                     huge_to_backing=cfg.writeback_huge_first,
+                     low_watermark=cfg.low_watermark)  # fmt: skip
 
 
 async def _serve() -> None:
@@ -99,7 +98,6 @@ def run(mountpoint: str, cfg: MountConfig, ready_fd: int | None = None) -> None:
         cfg.aggressive_maintenance,
         store=store,
         high_watermark=cfg.high_watermark,
-        low_watermark=cfg.low_watermark,
         huge_first=cfg.writeback_huge_first,
         idle_writeback=cfg.idle_writeback,
     )

@@ -72,6 +72,7 @@ class PageStore:
         backing: BackingFile | None = None,
         mem_limit: int = 0,
         huge_to_backing: bool = False,
+        low_watermark: int = 90,
     ) -> None:
         if npages <= 0:
             raise ValueError("a store needs at least one page")
@@ -83,7 +84,9 @@ class PageStore:
         self.mem_limit = mem_limit
         #: with a backing file, incompressible pages skip the pool above this many bytes
         self.huge_to_backing = huge_to_backing
-        self.low_water = mem_limit
+        #: pool bytes where writeback stops (low_watermark % of the limit); the maintenance
+        #: thread writes back down to it, huge pages skip the pool above it
+        self.low_water = mem_limit * low_watermark // 100
         #: called (from the writing thread) when a write finds the pool at or over its limit
         self.on_pressure: Callable[[], None] = lambda: None
         self.lock = threading.Lock()
@@ -117,9 +120,13 @@ class PageStore:
         return self.pool.pages_used * PAGE_SIZE
 
     # -- writing -------------------------------------------------------------------------------
-    def write_page(self, pn: int, page: bytes) -> None:
+    def _stamp(self) -> int:
+        """meta of a page written now."""
+        return self.now() | (DIRTY if self.persistent else 0)
+
+    def write_page(self, pn: int, page: bytes, stamp: int = 0) -> None:
         """Store one whole page. On failure the page keeps its previous contents."""
-        stamp = self.now() | (DIRTY if self.persistent else 0)
+        stamp = stamp or self._stamp()
         word = same_filled_value(page)
         if word is not None:
             with self.lock:
@@ -185,7 +192,7 @@ class PageStore:
                 raise StorageFailure(f"page {pn}: no room in the pool and {exc}") from exc
             with self.lock:
                 self._swap(pn, handle, len(payload))
-                self.meta[pn] = self.now() | (DIRTY if self.persistent else 0)
+                self.meta[pn] = self._stamp()
             return
         with self.lock:
             self.bd_writes += 1
@@ -194,9 +201,10 @@ class PageStore:
 
     def write_pages(self, pn: int, data: bytes) -> None:
         """Store len(data) // PAGE_SIZE whole pages starting at page *pn*."""
+        stamp = self._stamp()  # one clock read for the whole request
         for i in range(len(data) // PAGE_SIZE):
             off = i * PAGE_SIZE
-            self.write_page(pn + i, data[off : off + PAGE_SIZE])
+            self.write_page(pn + i, data[off : off + PAGE_SIZE], stamp)
 
     def write_partial(self, pn: int, offset: int, data: bytes) -> None:
         """Read-modify-write of part of one page."""
