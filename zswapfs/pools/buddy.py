@@ -261,8 +261,8 @@ class BuddyPool(Pool):
 
     def store(self, data: bytes) -> int:
         """alloc + write under one hold of the lock."""
-        handle = self.alloc(len(data))  # takes and lets go of the lock; nothing else holds it
-        with self.lock:
+        handle = self.alloc(len(data))
+        with self.lock:  # the location is read again: compaction may have moved the empty object
             self.arena.write(*self._offset(self.handles.table[handle]), data)
         return handle
 
