@@ -5,7 +5,7 @@ python bench/nullfs.py MOUNTPOINT [--size 1G]     (serves until SIGTERM / Ctrl-C
 
 from __future__ import annotations
 
-from zswapfs.nullfs import NullStore, main
+from zswapfs.lab.nullfs import NullStore, main
 
 __all__ = ["NullStore", "main"]
 

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from zswapfs import bench
+from zswapfs.lab import bench
 
 SIZE = 1 << 30
 REGION = "256M"
@@ -75,9 +75,9 @@ def fuse_rows(runtime: float, rounds: int, tmp: Path) -> list[dict[str, Any]]:
         (tmp / f"mnt-{kind}").mkdir()
     with contextlib.ExitStack() as stack:
         images = {
-            "null": stack.enter_context(bench.null_mounted(tmp / "mnt-null", SIZE,
+            "null": stack.enter_context(bench.fio.null_mounted(tmp / "mnt-null", SIZE,
                                                            tmp / "null.log")),
-            "zswapfs": stack.enter_context(bench.zswapfs_mounted(
+            "zswapfs": stack.enter_context(bench.fio.zswapfs_mounted(
                 tmp / "mnt-zswapfs", SIZE, "zsmalloc", "lz4", tmp / "zswapfs.log")),
         }  # fmt: skip
         for image in images.values():
@@ -115,11 +115,11 @@ def memory_rows(tmp: Path) -> list[dict[str, Any]]:
     allocator keeps from request buffers cancel out). Then the tables of the full image."""
     mp = tmp / "mnt-mem"
     mp.mkdir()
-    with bench.zswapfs_mounted(mp, 512 << 20, "zsmalloc", "lz4", tmp / "mem.log") as image:
+    with bench.fio.zswapfs_mounted(mp, 512 << 20, "zsmalloc", "lz4", tmp / "mem.log") as image:
         fill(image, "0", "256M", tmp)
-        half = bench.read_mount_stats(mp)
+        half = bench.fio.read_mount_stats(mp)
         fill(image, "256M", "256M", tmp)
-        full = bench.read_mount_stats(mp)
+        full = bench.fio.read_mount_stats(mp)
     pages = full["stored_pages"] - half["stored_pages"]
     rss = full["rss_bytes"] - half["rss_bytes"]
     pool = full["mem_used_total"] - half["mem_used_total"]

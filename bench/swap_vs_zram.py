@@ -1,6 +1,6 @@
 """The same memory hog on zswapfs swap and on kernel zram swap, in one run.
 
-A memory cgroup limited to --limit (128M) runs `python -m zswapfs.workloads.hog MIB`: it fills
+A memory cgroup limited to --limit (128M) runs `python -m zswapfs.lab.workloads.hog MIB`: it fills
 MIB with checksummed, partly compressible pages and verifies them all, so it must swap. Once
 with a zswapfs image as the only swap (lz4, zsmalloc; loop device with direct I/O, priority
 100), once with /dev/zram0 (lz4) as the only swap. Prints wall time and the peaks of pages
@@ -22,8 +22,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from zswapfs import cgroup, kzram
-from zswapfs.config import parse_size
+from zswapfs.lab import cgroup, kzram
+from zswapfs.service.config import parse_size
 
 
 def run_hog(mib: int, limit: int, sample: Callable[[], dict[str, int]]
@@ -34,7 +34,7 @@ def run_hog(mib: int, limit: int, sample: Callable[[], dict[str, int]]
     peak: dict[str, int] = {}
     with cgroup.memory_cgroup(f"zswapfs-bench-{os.getpid()}", limit) as cg:
         t0 = time.monotonic()
-        hog = cg.popen([sys.executable, "-m", "zswapfs.workloads.hog", str(mib)],
+        hog = cg.popen([sys.executable, "-m", "zswapfs.lab.workloads.hog", str(mib)],
                        stdout=subprocess.PIPE)  # fmt: skip
         while hog.poll() is None:
             for k, v in sample().items():

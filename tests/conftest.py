@@ -1,4 +1,12 @@
-"""Shared fixtures. Tier 3 tests start the real daemon as a subprocess on a temp mount and always
+"""Shared fixtures and the test tiers.
+
+Tiers (pytest markers, see pyproject.toml): `unit` (no mount), `mount` (a real FUSE mount),
+`system` (loop devices, swap, memory cgroups, /dev/zram0). `make test` runs all three; select one
+with `-m unit` etc. A test that cannot run here skips and says what is missing; with
+ZSWAPFS_REQUIRE_SYSTEM=1 (set by .ci/run) every such skip fails instead, so CI cannot go green by
+skipping.
+
+Tier 3 tests start the real daemon as a subprocess on a temp mount and always
 tear it down (fusermount3 -u -z, then terminate, then kill), even when the test fails."""
 
 from __future__ import annotations
@@ -16,7 +24,20 @@ from typing import Any
 
 import pytest
 
-from zswapfs.procs import reap
+from zswapfs.lab.procs import reap
+
+#: set by .ci/run: an environment skip is a failure
+REQUIRE_SYSTEM = os.environ.get("ZSWAPFS_REQUIRE_SYSTEM") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_SYSTEM and report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"ZSWAPFS_REQUIRE_SYSTEM=1 and this test skipped: {reason}"
 
 
 def mount_unavailable() -> str | None:
@@ -32,6 +53,17 @@ def mount_unavailable() -> str | None:
 
 needs_mount = pytest.mark.skipif(mount_unavailable() is not None, reason=str(mount_unavailable()))
 needs_fio = pytest.mark.skipif(shutil.which("fio") is None, reason="fio is not installed")
+
+
+def pool_resident(pid: int) -> int:
+    """Bytes of shared memory resident in process *pid* (RssShmem): the pool's memfd pages, the
+    only shared memory the daemon maps. Unlike VmRSS it leaves out the Python heap, allocator
+    caches and thread stacks, so it follows the pool and nothing else."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("RssShmem:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"/proc/{pid}/status has no RssShmem line")
 
 
 @dataclass

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import needs_fio, needs_mount, zswapfs_cmd
-from zswapfs import bench
-from zswapfs.codec import PAGE_SIZE
-from zswapfs.pools import POOL_NAMES
+from zswapfs.engine.codec import PAGE_SIZE
+from zswapfs.engine.pools import POOL_NAMES
+from zswapfs.lab import bench
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -32,7 +32,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 def bench_mounts() -> list[str]:
     with open("/proc/self/mounts") as f:
-        return [line.split()[1] for line in f if "/zswapfs-bench7-" in line.split()[1]]
+        return [line.split()[1] for line in f if "/zswapfs-fio-" in line.split()[1]]
 
 
 def fio_report(iops: float, p99_ns: int, io_bytes: int) -> dict[str, Any]:
@@ -104,14 +104,14 @@ def test_mount_is_released_when_the_body_fails(tmp_path: Path) -> None:
     mp.mkdir()
     pid = 0
     with pytest.raises(RuntimeError, match="boom"):
-        with bench.zswapfs_mounted(mp, 8 << 20, "z3fold", "lz4", tmp_path / "d.log") as image:
+        with bench.fio.zswapfs_mounted(mp, 8 << 20, "z3fold", "lz4", tmp_path / "d.log") as image:
             assert image == mp / "swap.img" and os.path.ismount(mp)
-            pid = bench.read_mount_stats(mp)["pid"]
+            pid = bench.fio.read_mount_stats(mp)["pid"]
             raise RuntimeError("boom")
     assert not os.path.ismount(mp)
     assert pid and not Path(f"/proc/{pid}").exists() or _zombie(pid)
     with pytest.raises(bench.BenchError, match="unknown codec"):
-        with bench.zswapfs_mounted(mp, 8 << 20, "zbud", "gzip", tmp_path / "e.log"):
+        with bench.fio.zswapfs_mounted(mp, 8 << 20, "zbud", "gzip", tmp_path / "e.log"):
             pass
     assert not os.path.ismount(mp)
 
@@ -127,7 +127,7 @@ def _zombie(pid: int) -> bool:
 def test_null_fuse_drops_writes_and_reads_zeros(tmp_path: Path) -> None:
     mp = tmp_path / "null"
     mp.mkdir()
-    with bench.null_mounted(mp, 4 << 20, tmp_path / "null.log") as image:
+    with bench.fio.null_mounted(mp, 4 << 20, tmp_path / "null.log") as image:
         assert os.path.getsize(image) == 4 << 20
         fd = os.open(image, os.O_RDWR)
         try:
@@ -183,18 +183,20 @@ def test_bench_end_to_end_with_fio(tmp_path: Path) -> None:
 
     fio = {(r["pool"], r["codec"], r["job"]): r for r in doc["fio"]}
     want = {(p, c, j) for p in POOL_NAMES for c in codecs for j in bench.FIO_JOBS}
-    want |= {(bench.NULL_FUSE, when, j) for when in ("start", "end") for j in bench.TIMED_JOBS}
+    want |= {
+        (bench.fio.NULL_FUSE, when, j) for when in ("start", "end") for j in bench.fio.TIMED_JOBS
+    }
     assert set(fio) == want
     for (pool, _, job), r in fio.items():
         assert r["iops"] > 0 and r["bw_bytes"] > 0, r
         assert r["write_p99_us"] and r["write_p99_us"] > 0, r
         if job == "randrw-4k":
             assert r["read_iops"] > 0 and r["read_p99_us"] > 0
-        if job in bench.TIMED_JOBS:
+        if job in bench.fio.TIMED_JOBS:
             assert r["vs_null"] > 0, r
-        if job == "seqwrite-128k" and pool != bench.NULL_FUSE:
+        if job == "seqwrite-128k" and pool != bench.fio.NULL_FUSE:
             assert r["vs_null"] < 1.0, "storing pages cannot be faster than dropping them"
-    for job in bench.TIMED_JOBS:
+    for job in bench.fio.TIMED_JOBS:
         null = doc["fio_null"][job]
         assert null["mean_iops"] == pytest.approx((null["start_iops"] + null["end_iops"]) / 2)
         assert abs(null["drift"]) < 2

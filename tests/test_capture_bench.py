@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import zswapfs_cmd
-from zswapfs import bench, kzram
-from zswapfs.codec import PAGE_SIZE
-from zswapfs.pools import POOL_NAMES
+from zswapfs.engine.codec import PAGE_SIZE
+from zswapfs.engine.pools import POOL_NAMES
+from zswapfs.lab import bench, kzram
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="reading another process's memory")
 
@@ -43,7 +43,7 @@ def test_capture_command_on_signal(tmp_path: Path) -> None:
     out = tmp_path / "w.pages"
     res = subprocess.run(
         zswapfs_cmd("capture", "--on-signal", "--out", str(out), "--",
-                    sys.executable, "-m", "zswapfs.workloads.py_dicts", "8"),
+                    sys.executable, "-m", "zswapfs.lab.workloads.py_dicts", "8"),
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from zswapfs.codec import (
+from zswapfs.engine.codec import (
     PAGE_SIZE,
     CodecError,
     ZstdCodec,

@@ -13,10 +13,10 @@ import pyfuse3
 import pytest
 import trio
 
-from zswapfs.codec import PAGE_SIZE, make_codec
+from zswapfs.engine.codec import PAGE_SIZE, make_codec
+from zswapfs.engine.pools import make_pool
+from zswapfs.engine.store import PageStore
 from zswapfs.fs import IMAGE_INODE, ROOT_INODE, STATS_INODE, ZswapOperations
-from zswapfs.pools import make_pool
-from zswapfs.store import PageStore
 
 NPAGES = 16
 SIZE = NPAGES * PAGE_SIZE

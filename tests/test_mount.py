@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Mounted, needs_fio, needs_mount, stop_daemon, zswapfs_cmd
-from zswapfs.cli import process_alive
-from zswapfs.codec import PAGE_SIZE
+from zswapfs.engine.codec import PAGE_SIZE
+from zswapfs.lab.bench.fio import FIO_DIR
+from zswapfs.lab.procs import process_alive
 
 pytestmark = needs_mount
 SIZE = 64 << 20
@@ -115,7 +116,7 @@ def test_fio_verify_randrw(
     mount: Callable[..., Mounted], tmp_path: Path, pool: str, codec: str
 ) -> None:
     m = mount("--size", str(SIZE), "--codec", codec, "--pool", pool)
-    job = Path(__file__).parent.parent / "bench" / "fio" / "verify-randrw.fio"
+    job = FIO_DIR / "verify-randrw.fio"
     out = tmp_path / "fio.json"
     res = subprocess.run(
         ["fio", f"--filename={m.image}", "--size=32M", "--output-format=json",

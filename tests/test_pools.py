@@ -17,9 +17,9 @@ from hypothesis.stateful import (
     rule,
 )
 
-from zswapfs.arena import PAGE_SIZE
-from zswapfs.pools import POOL_NAMES, Pool, PoolFull, buddy, make_pool
-from zswapfs.pools import zsmalloc as zs
+from zswapfs.engine.arena import PAGE_SIZE
+from zswapfs.engine.pools import POOL_NAMES, Pool, PoolFull, buddy, make_pool
+from zswapfs.engine.pools import zsmalloc as zs
 
 CLASSES, _, HUGE_CLASS_SIZE = zs.build_classes(zs.DEFAULT_CHAIN)
 #: sizes at and around every class edge (payload = slot - header), plus the page itself
@@ -200,7 +200,7 @@ def test_churn_then_compact_returns_memory(name: str) -> None:
 @pytest.mark.parametrize("name", POOL_NAMES)
 def test_migration_empties_top_segments(name: str) -> None:
     """Free the lower half of the objects: migrating the top pages down lets whole segments go."""
-    from zswapfs.arena import SEG_PAGES
+    from zswapfs.engine.arena import SEG_PAGES
 
     pool = make_pool(name, 20000)
     rnd = random.Random(3)

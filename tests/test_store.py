@@ -10,10 +10,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from zswapfs.codec import PAGE_SIZE, fill_page, make_codec, same_filled_value
-from zswapfs.pools import POOL_NAMES, make_pool
-from zswapfs.pools.zsmalloc import ZsPool
-from zswapfs.store import PageStore, StorageFailure, StoreFull
+from zswapfs.engine.codec import PAGE_SIZE, fill_page, make_codec, same_filled_value
+from zswapfs.engine.pools import POOL_NAMES, make_pool
+from zswapfs.engine.pools.zsmalloc import ZsPool
+from zswapfs.engine.store import PageStore, StorageFailure, StoreFull
 
 NPAGES = 64
 KINDS = ["zero", "fill", "random", "half", "text", "sparse"]

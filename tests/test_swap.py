@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import mount_unavailable, zswapfs_cmd
-from zswapfs import cgroup
+from zswapfs.lab import cgroup
 
 REPO = Path(__file__).parent.parent
 
@@ -72,7 +72,7 @@ def test_swap_end_to_end(swap_config: Path, tmp_path: Path) -> None:
     assert [devices[0], "100"] in [[e[0], e[-1]] for e in entry]
     before = json.loads((mp / "stats").read_text())
     with cgroup.memory_cgroup(f"zswapfs-test-{os.getpid()}", 128 << 20) as cg:
-        hog = cg.popen([sys.executable, "-m", "zswapfs.workloads.hog", "512"],
+        hog = cg.popen([sys.executable, "-m", "zswapfs.lab.workloads.hog", "512"],
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
         try:
             out, err = hog.communicate(timeout=400)

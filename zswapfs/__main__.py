@@ -1,5 +1,5 @@
 import sys
 
-from zswapfs.cli import main
+from zswapfs.cli.main import main
 
 sys.exit(main())

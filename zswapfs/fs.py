@@ -29,8 +29,8 @@ from typing import Any
 import pyfuse3
 import trio
 
-from zswapfs.codec import PAGE_SIZE
-from zswapfs.store import PageStore, StoreError, StoreFull
+from zswapfs.engine.codec import PAGE_SIZE
+from zswapfs.engine.store import PageStore, StoreError, StoreFull
 
 log = logging.getLogger(__name__)
 

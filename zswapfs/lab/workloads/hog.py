@@ -1,7 +1,7 @@
 """Workload: fill MiB of memory with checksummed, partly compressible pages, then read every page
 back and verify its checksum. Run inside a memory-limited cgroup it forces the kernel to swap.
 
-    python -m zswapfs.workloads.hog MIB [SEED]
+    python -m zswapfs.lab.workloads.hog MIB [SEED]
 
 Prints one JSON line (pages, seconds to fill and to verify, bad pages) and exits 0 only if every
 page verified. Pages are a random head of 0, 1, 2 or 3 KiB (by page number) followed by a

@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from zswapfs.codec import PAGE_SIZE, make_codec
-from zswapfs.pools import make_pool
-from zswapfs.store import PageStore
+from zswapfs.engine.codec import PAGE_SIZE, make_codec
+from zswapfs.engine.pools import make_pool
+from zswapfs.engine.store import PageStore
 
 
 def load_corpus(path: str | Path) -> bytes:

@@ -24,8 +24,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from zswapfs.codec import PAGE_SIZE
-from zswapfs.procs import reap
+from zswapfs.engine.codec import PAGE_SIZE
+from zswapfs.lab.procs import reap
 
 log = logging.getLogger(__name__)
 

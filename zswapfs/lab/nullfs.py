@@ -4,7 +4,7 @@ Writes are accepted and dropped, reads return zeros. Run through the same fs.py,
 trio path as the real daemon, so `real / null` isolates what storage costs (`zswapfs bench
 --fio` mounts it for its "null-fuse" row).
 
-    python -m zswapfs.nullfs MOUNTPOINT [--size 1G]     (serves until SIGTERM / Ctrl-C)
+    python -m zswapfs.lab.nullfs MOUNTPOINT [--size 1G]     (serves until SIGTERM / Ctrl-C)
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 import pyfuse3
 import trio
 
-from zswapfs.codec import PAGE_SIZE
-from zswapfs.config import ConfigError, parse_size
+from zswapfs.engine.codec import PAGE_SIZE
 from zswapfs.fs import ZswapOperations
+from zswapfs.service.config import ConfigError, parse_size
 
 ZERO = bytes(PAGE_SIZE)
 
@@ -82,7 +82,7 @@ def serve(mountpoint: str, size: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
-        prog="zswapfs.nullfs", description="null-FUSE baseline: writes dropped, reads zeros"
+        prog="zswapfs.lab.nullfs", description="null-FUSE baseline: writes dropped, reads zeros"
     )
     ap.add_argument("mountpoint")
     ap.add_argument("--size", default=str(1 << 30), help="image size, e.g. 1G (default 1G)")

@@ -16,14 +16,14 @@ from typing import Any
 import pyfuse3
 import trio
 
-from zswapfs.background import Maintenance
-from zswapfs.backing import BackingError, BackingFile
-from zswapfs.codec import make_codec
-from zswapfs.config import MountConfig
+from zswapfs.engine.backing import BackingError, BackingFile
+from zswapfs.engine.codec import make_codec
+from zswapfs.engine.maintenance import Maintenance
+from zswapfs.engine.pools import make_pool
+from zswapfs.engine.store import PageStore, StoreError
 from zswapfs.fs import UnknownCommand, ZswapOperations
-from zswapfs.hardening import harden, sd_notify
-from zswapfs.pools import make_pool
-from zswapfs.store import PageStore, StoreError
+from zswapfs.service.config import MountConfig
+from zswapfs.service.hardening import harden, sd_notify
 
 log = logging.getLogger(__name__)
 

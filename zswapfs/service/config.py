@@ -11,8 +11,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from zswapfs.codec import PAGE_SIZE, CodecError, make_codec
-from zswapfs.pools import POOL_NAMES
+from zswapfs.engine.codec import PAGE_SIZE, CodecError, make_codec
+from zswapfs.engine.pools import POOL_NAMES
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)

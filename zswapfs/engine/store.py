@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from zswapfs.backing import BackingError, BackingFile
-from zswapfs.codec import PAGE_SIZE, Codec, CodecError, fill_page, same_filled_value
-from zswapfs.pools import Pool, PoolFull
+from zswapfs.engine.backing import BackingError, BackingFile
+from zswapfs.engine.codec import PAGE_SIZE, Codec, CodecError, fill_page, same_filled_value
+from zswapfs.engine.pools import Pool, PoolFull
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from zswapfs import config as cfgmod
-from zswapfs.config import MountConfig
+from zswapfs.service import config as cfgmod
+from zswapfs.service.config import MountConfig
 
 CONFIG_DIR = Path("/etc/zswapfs")
 RUN_DIR = Path("/run/zswapfs")

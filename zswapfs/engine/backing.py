@@ -18,7 +18,7 @@ import logging
 import os
 import stat
 
-from zswapfs.codec import PAGE_SIZE
+from zswapfs.engine.codec import PAGE_SIZE
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from __future__ import annotations
 from array import array
 from typing import Any
 
-from zswapfs.arena import PAGE_SIZE, ArenaFull
-from zswapfs.pools import MAX_OBJECT, Pool, PoolFull
+from zswapfs.engine.arena import PAGE_SIZE, ArenaFull
+from zswapfs.engine.pools import MAX_OBJECT, Pool, PoolFull
 
 #: chunk size and count, as in the kernel's zbud (CHUNK_SHIFT 6); here the page header lives in
 #: arrays, so all 64 chunks hold data and a raw 4096-byte page fits as a lone first buddy

@@ -32,7 +32,7 @@ import threading
 from array import array
 from typing import Any
 
-from zswapfs.arena import PAGE_SIZE, Arena
+from zswapfs.engine.arena import PAGE_SIZE, Arena
 
 #: tag bit of a free handle-table entry; locations never set it
 FREE_TAG = 1 << 63
@@ -219,11 +219,11 @@ def make_pool(name: str, image_pages: int, **options: Any) -> Pool:
     """Build the pool strategy *name* for an image of *image_pages* pages: its arena holds every
     page stored raw plus the pool's own worst-case slack (partly filled zspages)."""
     if name == "zsmalloc":
-        from zswapfs.pools.zsmalloc import ZsPool
+        from zswapfs.engine.pools.zsmalloc import ZsPool
 
         return ZsPool(image_pages + ZsPool.headroom(options.get("max_chain")), **options)
     if name in ("zbud", "z3fold"):
-        from zswapfs.pools.buddy import Z3foldPool, ZbudPool
+        from zswapfs.engine.pools.buddy import Z3foldPool, ZbudPool
 
         cls = ZbudPool if name == "zbud" else Z3foldPool
         return cls(image_pages + cls.headroom())

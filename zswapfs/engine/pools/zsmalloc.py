@@ -43,8 +43,8 @@ from array import array
 from dataclasses import dataclass
 from typing import Any
 
-from zswapfs.arena import PAGE_SIZE, ArenaFull
-from zswapfs.pools import MAX_OBJECT, Pool, PoolFull
+from zswapfs.engine.arena import PAGE_SIZE, ArenaFull
+from zswapfs.engine.pools import MAX_OBJECT, Pool, PoolFull
 
 #: bytes of in-object header (the handle); the kernel uses a whole word, 4 bytes are enough here
 HDR = 4

@@ -32,9 +32,9 @@ import threading
 import time
 from typing import Any
 
-from zswapfs.arena import SEG_PAGES
-from zswapfs.pools import Pool
-from zswapfs.store import PageStore
+from zswapfs.engine.arena import SEG_PAGES
+from zswapfs.engine.pools import Pool
+from zswapfs.engine.store import PageStore
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,235 @@
+"""Verbs that serve and inspect one mount: mount, umount, stats, compact."""
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from zswapfs.cli import CliError
+from zswapfs.lab.procs import process_alive
+from zswapfs.service import config as cfgmod
+from zswapfs.service.config import MountConfig
+
+#: how long `mount` waits for a background daemon to report the mount live
+START_TIMEOUT = 30.0
+#: how long `umount` waits for the daemon to exit after the unmount
+STOP_TIMEOUT = 30.0
+
+
+def _setup_logging(verbose: bool, logfile: str | None = None) -> None:
+    handler: logging.Handler = (
+        logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
+    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+# -- mount ---------------------------------------------------------------------------------------
+def _mount_config(args: argparse.Namespace) -> MountConfig:
+    cfg = MountConfig()
+    if args.config:
+        cfg = cfgmod.from_mapping(cfgmod.load_toml(args.config), cfg, where=f"{args.config}: ")
+    overrides: dict[str, Any] = {}
+    if args.size is not None:
+        overrides["size"] = cfgmod.parse_size(args.size, "--size")
+    if args.mem_limit is not None:
+        overrides["mem_limit"] = cfgmod.parse_size(args.mem_limit, "--mem-limit")
+    if args.backing is not None:
+        overrides["backing"] = os.path.abspath(args.backing)
+    if args.no_lock_memory:
+        overrides["lock_memory"] = False
+    for flag in ("aggressive_maintenance", "writeback_huge_first"):
+        if getattr(args, flag):
+            overrides[flag] = True
+    for key in ("codec", "pool", "name", "max_chain", "maintenance_interval", "high_watermark",
+                "low_watermark", "mode", "idle_writeback"):  # fmt: skip
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    return dataclasses.replace(cfg, **overrides).check()
+
+
+def _usage_lines(image: str) -> str:
+    return (
+        f"image: {image}\n"
+        "use it as swap:\n"
+        f"  dev=$(losetup --direct-io=on -f --show {image})\n"
+        '  mkswap "$dev" && swapon -p 100 "$dev"\n'
+        "and undo it:\n"
+        f'  swapoff "$dev"; losetup -d "$dev"; zswapfs umount {os.path.dirname(image)}\n'
+    )
+
+
+def _default_log(mountpoint: str) -> str:
+    tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.abspath(mountpoint)).strip("_") or "root"
+    return f"/tmp/zswapfs-{tag}.log"
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from zswapfs.service import daemon
+
+    cfg = _mount_config(args)
+    if args.mountpoint:
+        mountpoint = os.path.abspath(args.mountpoint)
+    elif cfg.mountpoint or args.config:
+        from zswapfs.service.swap import RUN_DIR
+
+        mountpoint = cfg.mountpoint or str(RUN_DIR / Path(args.config).stem)
+        os.makedirs(mountpoint, exist_ok=True)  # a derived mountpoint is ours to create
+    else:
+        raise CliError("mount needs a MOUNTPOINT (or a --config whose name or key gives one)")
+    try:
+        daemon.check_mountpoint(mountpoint)
+    except daemon.MountError as exc:
+        raise CliError(str(exc)) from None
+    image = os.path.join(mountpoint, cfg.name)
+    if args.resolved_config:
+        cfg = MountConfig(**json.loads(args.resolved_config)).check()
+    if args.foreground:
+        _setup_logging(args.verbose, args.log)
+        if args.ready_fd is None:
+            print(_usage_lines(image) + "Ctrl-C unmounts.", flush=True)
+        try:
+            daemon.run(mountpoint, cfg, ready_fd=args.ready_fd)
+        except daemon.MountError as exc:
+            if args.ready_fd is not None:
+                os.write(args.ready_fd, f"ERROR {exc}\n".encode())
+            raise CliError(str(exc)) from None
+        return 0
+    return _spawn(args, cfg, mountpoint, image)
+
+
+def _spawn(args: argparse.Namespace, cfg: MountConfig, mountpoint: str, image: str) -> int:
+    """Start the daemon in its own session and return once it reports the mount live."""
+    logfile = args.log or _default_log(mountpoint)
+    read_end, write_end = os.pipe()
+    cmd = [
+        sys.executable, "-m", "zswapfs", "mount", mountpoint, "--foreground",
+        "--ready-fd", str(write_end), "--log", logfile,
+        "--resolved-config", json.dumps(dataclasses.asdict(cfg)),
+    ]  # fmt: skip
+    if args.verbose:
+        cmd.append("--verbose")
+    try:
+        out = open(logfile, "ab")
+    except OSError as exc:
+        raise CliError(f"cannot open log file {logfile}: {exc.strerror}") from None
+    with out:
+        proc = subprocess.Popen(
+            cmd,
+            pass_fds=(write_end,),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as ready:
+        msg = ready.read().decode(errors="replace").strip()  # EOF: ready, or the daemon died
+    if msg == "READY":
+        print(_usage_lines(image) + f"daemon pid {proc.pid}, log {logfile}")
+        return 0
+    try:
+        status = proc.wait(timeout=START_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        status = proc.wait()
+    reason = msg.removeprefix("ERROR ").strip() or f"daemon exited with status {status}"
+    raise CliError(f"mount failed: {reason} (log: {logfile})")
+
+
+# -- umount, stats -------------------------------------------------------------------------------
+def read_stats(mountpoint: str) -> dict[str, Any]:
+    path = os.path.join(mountpoint, "stats")
+    if not os.path.ismount(mountpoint):
+        raise CliError(f"{mountpoint} is not mounted")
+    try:
+        with open(path) as f:
+            return dict(json.load(f))
+    except OSError as exc:
+        raise CliError(f"{mountpoint} is not a zswapfs mount ({path}: {exc.strerror})") from None
+    except json.JSONDecodeError:
+        raise CliError(f"{path} does not hold zswapfs stats") from None
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    mountpoint = os.path.abspath(args.mountpoint)
+    pid = int(read_stats(mountpoint)["pid"])
+    res = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise CliError(f"cannot unmount {mountpoint}: {res.stderr.strip() or 'fusermount3 failed'}")
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while process_alive(pid):
+        if time.monotonic() > deadline:
+            raise CliError(f"unmounted {mountpoint}, but daemon {pid} has not exited")
+        time.sleep(0.05)
+    return 0
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def format_stats(st: dict[str, Any]) -> str:
+    lines = [f"{st.get('image', '')}  codec {st['codec']}  pool {st['pool']}  pid {st.get('pid')}"]
+    sizes = ("disksize", "orig_data_size", "compr_data_size", "mem_used_total", "mem_used_max",
+             "mem_limit", "metadata_bytes")  # fmt: skip
+    for key in sizes:
+        lines.append(f"  {key:<18} {st[key]:>14}  ({_human(st[key])})")
+    for key in ("stored_pages", "same_pages", "huge_pages", "pages_compacted",
+                "failed_reads", "failed_writes", "invalid_io"):  # fmt: skip
+        lines.append(f"  {key:<18} {st[key]:>14}")
+    if st["mem_used_total"]:
+        lines.append(f"  {'ratio':<18} {st['orig_data_size'] / st['mem_used_total']:>14.2f}")
+    pool = st.get("pool_stats", {})
+    lines.append(f"  pool {st['pool']}:")
+    for key, value in pool.items():
+        if not isinstance(value, list):
+            lines.append(f"    {key:<24} {value:>12}")
+    classes = pool.get("classes") or []
+    if classes:
+        cols = list(classes[0])
+        lines.append("  " + " ".join(f"{c:>16}" for c in cols))
+        for row in classes:
+            lines.append("  " + " ".join(f"{row[c]:>16}" for c in cols))
+    return "\n".join(lines)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    st = read_stats(os.path.abspath(args.mountpoint))
+    print(json.dumps(st, indent=1) if args.json else format_stats(st))
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    mountpoint = os.path.abspath(args.mountpoint)
+    before = read_stats(mountpoint)
+    try:
+        with open(os.path.join(mountpoint, "control"), "w") as control:
+            control.write("compact\n")
+    except OSError as exc:
+        raise CliError(f"compact on {mountpoint} failed: {exc.strerror}") from None
+    after = read_stats(mountpoint)
+    mb = 1 << 20
+    print(
+        f"mem_used_total {before['mem_used_total'] / mb:.1f} MiB -> "
+        f"{after['mem_used_total'] / mb:.1f} MiB; rss {before['rss_bytes'] / mb:.1f} MiB -> "
+        f"{after['rss_bytes'] / mb:.1f} MiB; pages compacted "
+        f"{after['pages_compacted'] - before['pages_compacted']}, migrated "
+        f"{after['pool_stats']['migrated_pages'] - before['pool_stats']['migrated_pages']}, "
+        f"segments released "
+        f"{after['pool_stats']['segments_released'] - before['pool_stats']['segments_released']}"
+    )
+    return 0

@@ -1,0 +1,12 @@
+"""The page engine: the data path, with no FUSE, no command line and no service around it.
+
+    store        the page index (image page -> empty | same-filled | handle | written back), the
+                 read and write paths and the accounting (zram's counter names)
+    codec        lz4 / zstd / raw page codecs and same-filled page detection
+    pools/       zsmalloc, zbud and z3fold allocators: handle -> bytes inside arena pages
+    arena        memfd-backed pool pages; hole punching returns memory
+    backing      the backing file: a raw image, page N at offset N * 4096
+    maintenance  the background thread: compaction, migration and writeback in bounded steps
+
+Imports nothing from zswapfs.fs, zswapfs.service, zswapfs.cli or zswapfs.lab.
+"""
