@@ -151,7 +151,7 @@ def test_unexpected_exception_becomes_eio(monkeypatch: pytest.MonkeyPatch) -> No
     def boom(*args: Any) -> None:
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(ops.store, "write_pages", boom)
+    monkeypatch.setattr(ops.store, "write_page", boom)
     assert errno_of(ops.write, IMAGE_INODE, 0, bytes(PAGE_SIZE)) == errno.EIO
     assert ops.store.failed_writes == 1
 

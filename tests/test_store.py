@@ -59,7 +59,7 @@ class StoreMachine(RuleBasedStateMachine):
     def write_partial(self, pn: int, off: int, n: int) -> None:
         n = min(n, PAGE_SIZE - off)
         data = self.rnd.randbytes(n)
-        self.store.write_partial(pn, off, data)
+        self.store.write(pn * PAGE_SIZE + off, data)
         old = self.model.get(pn, bytes(PAGE_SIZE))
         self.model[pn] = old[:off] + data + old[off + n :]
 
@@ -67,7 +67,18 @@ class StoreMachine(RuleBasedStateMachine):
     def read(self, pn: int, count: int) -> None:
         count = min(count, NPAGES - pn)
         want = b"".join(self.model.get(pn + i, bytes(PAGE_SIZE)) for i in range(count))
-        assert self.store.read_pages(pn, count) == want
+        assert self.store.read(pn * PAGE_SIZE, count * PAGE_SIZE) == want
+
+    @rule(off=st.integers(0, NPAGES * PAGE_SIZE - 1), n=st.integers(1, 3 * PAGE_SIZE))
+    def write_range(self, off: int, n: int) -> None:
+        """Any byte range, as one request: a partial head, whole pages, a partial tail."""
+        n = min(n, NPAGES * PAGE_SIZE - off)
+        data = self.rnd.randbytes(n) if self.rnd.random() < 0.5 else bytes(n)
+        self.store.write(off, data)
+        image = bytearray(b"".join(self.model.get(i, bytes(PAGE_SIZE)) for i in range(NPAGES)))
+        image[off : off + n] = data
+        for pn in range(off // PAGE_SIZE, (off + n - 1) // PAGE_SIZE + 1):
+            self.model[pn] = bytes(image[pn * PAGE_SIZE : (pn + 1) * PAGE_SIZE])
 
     @invariant()
     def accounting(self) -> None:

@@ -17,7 +17,7 @@ from tests.conftest import Mounted, needs_fio, needs_mount, pool_resident, stop_
 from zswapfs.engine.backing import BackingError, BackingFile
 from zswapfs.engine.codec import PAGE_SIZE, make_codec
 from zswapfs.engine.maintenance import Maintenance
-from zswapfs.engine.pools import make_pool
+from zswapfs.engine.pools import PoolFull, make_pool
 from zswapfs.engine.store import BACKED, DIRTY, PageStore, StorageFailure, StoreFull
 
 
@@ -75,7 +75,52 @@ def test_memory_limit_without_backing_is_hard() -> None:
         for pn in range(4096):
             store.write_page(pn, os.urandom(PAGE_SIZE))
     assert store.pool_limit_hit == 1 and store.failed_writes == 1
+    assert store.reject_reclaim_fail == 1  # nothing to reclaim into
     assert store.pool_bytes <= 64 * 4096 + 8 * PAGE_SIZE
+
+
+class BrokenCodec:
+    """lz4's name and decompression, but compress() raises: the codec failure path."""
+
+    def __init__(self) -> None:
+        self.inner = make_codec("lz4")
+        self.name = "broken"
+
+    def compress(self, page: bytes) -> bytes:
+        raise RuntimeError("injected codec failure")
+
+    def decompress(self, payload: bytes) -> bytes:
+        return bytes(self.inner.decompress(payload))
+
+
+def test_codec_failure_is_counted_and_sent_to_the_file(tmp_path: Path) -> None:
+    backing = BackingFile(str(tmp_path / "backing.img"), 16, False)
+    store = PageStore(16, BrokenCodec(), make_pool("zsmalloc", 16), backing=backing)  # type: ignore[arg-type]
+    page = b"text " * 819 + b"!"
+    store.write_page(3, page)
+    assert store.reject_compress_fail == 1 and store.bd_writes == 1 and store.failed_writes == 0
+    assert store.index.item(3) == BACKED and store.read_page(3) == page
+    bare = PageStore(16, BrokenCodec(), make_pool("zsmalloc", 16))  # type: ignore[arg-type]
+    kept = b"\x07" * PAGE_SIZE  # same-filled: stored without the codec
+    bare.write_page(2, kept)
+    with pytest.raises(StorageFailure):
+        bare.write_page(2, page)
+    assert bare.reject_compress_fail == 1 and bare.failed_writes == 1
+    assert bare.read_page(2) == kept  # the old contents are kept
+
+
+def test_pool_out_of_room_is_counted_and_sent_to_the_file(tmp_path: Path) -> None:
+    store = make_store(tmp_path, npages=64)
+
+    def full(payload: bytes) -> int:
+        raise PoolFull("injected")
+
+    store.pool.store = full  # type: ignore[method-assign]
+    page = b"abc" * 1365 + b"d"
+    store.write_page(5, page)
+    assert store.reject_alloc_fail == 1 and store.bd_writes == 1 and store.failed_writes == 0
+    assert store.read_page(5) == page
+    assert store.stats()["reject_alloc_fail"] == 1
 
 
 def test_limit_with_backing_goes_straight_to_the_file(tmp_path: Path) -> None:

@@ -5,8 +5,10 @@ It knows pyfuse3; nothing below it does. The mount holds three files and nothing
     stats    read-only JSON snapshot of the store's figures, taken when it is opened
     control  write-only (0200): a command a write, e.g. "compact"; the daemon's control callback
              runs it and the write returns when it is done (EINVAL for an unknown command)
-Requests run as trio tasks on one thread and the handlers never await while touching the store,
-so two requests never interleave inside the store.
+Each image request is one store call (store.read / store.write with the byte range); the store
+splits it into pages. Requests run as trio tasks on one thread and call the store without
+awaiting, so two requests never interleave inside it; fsync's flush runs in a worker thread, and
+the maintenance thread works beside them, both under the store's own locks.
 
 Error mapping: a write starting at or past the end -> ENOSPC (a write straddling the end is short,
 as on a full regular file); a read past the end -> short or empty; a size change, chmod, chown ->
@@ -262,20 +264,14 @@ class ZswapOperations(pyfuse3.Operations):
         end = min(off + size, self.size)
         if off >= end:
             return b""
-        first, last = off // PAGE_SIZE, (end - 1) // PAGE_SIZE
         try:
-            data = self.store.read_pages(first, last - first + 1)
+            return self.store.read(off, end - off)
         except StoreError as exc:
             log.error("read of %d bytes at %d failed: %s", size, off, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
         except Exception:
-            self.store.failed_reads += 1
             log.exception("unexpected failure reading %d bytes at %d", size, off)
             raise pyfuse3.FUSEError(errno.EIO) from None
-        skip = off - first * PAGE_SIZE
-        if skip == 0 and len(data) == end - off:
-            return data
-        return data[skip : skip + end - off]
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         if fh == CONTROL_INODE:
@@ -291,7 +287,7 @@ class ZswapOperations(pyfuse3.Operations):
         if off + len(buf) > self.size:
             buf = buf[: self.size - off]  # short write: the rest would pass the end
         try:
-            self._write(off, buf)
+            self.store.write(off, buf)
         except StoreFull as exc:
             log.warning("write of %d bytes at %d: %s", len(buf), off, exc)
             raise pyfuse3.FUSEError(errno.ENOSPC) from None
@@ -299,28 +295,10 @@ class ZswapOperations(pyfuse3.Operations):
             log.error("write of %d bytes at %d failed: %s", len(buf), off, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
         except Exception:
-            self.store.failed_writes += 1
             log.exception("unexpected failure writing %d bytes at %d", len(buf), off)
             raise pyfuse3.FUSEError(errno.EIO) from None
         self._times[IMAGE_INODE][1] = time.time_ns()
         return len(buf)
-
-    def _write(self, off: int, buf: bytes) -> None:
-        """Split a byte range into a partial head page, whole pages, and a partial tail page."""
-        store = self.store
-        pn, head = divmod(off, PAGE_SIZE)
-        pos = 0
-        if head:
-            n = min(PAGE_SIZE - head, len(buf))
-            store.write_partial(pn, head, buf[:n])
-            pos, pn = n, pn + 1
-        whole = (len(buf) - pos) // PAGE_SIZE * PAGE_SIZE
-        if whole:
-            store.write_pages(pn, buf[pos : pos + whole] if pos or whole != len(buf) else buf)
-            pos += whole
-            pn += whole // PAGE_SIZE
-        if pos < len(buf):
-            store.write_partial(pn, 0, buf[pos:])
 
     async def _command(self, buf: bytes) -> int:
         if len(buf) > MAX_COMMAND or self.control is None:
@@ -354,7 +332,8 @@ class ZswapOperations(pyfuse3.Operations):
         self._stats_snapshots.pop(fh, None)
 
 
-# read and write catch everything themselves (they also count failed_reads/failed_writes)
+# read and write catch everything themselves, inline on the hot path (the store counts its own
+# failures in failed_reads/failed_writes)
 for _name in ("lookup", "getattr", "setattr", "opendir", "readdir", "releasedir", "statfs",
               "open", "flush", "fsync", "release"):  # fmt: skip
     setattr(ZswapOperations, _name, _guarded(getattr(ZswapOperations, _name)))

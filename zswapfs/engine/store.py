@@ -108,8 +108,12 @@ class PageStore:
         self.bd_writes = 0
         self.bd_errors = 0
         self.written_back_pages = 0
+        #: pages the pool did not take, by reason (zswap's names; see write_page)
         self.pool_limit_hit = 0
+        self.reject_compress_fail = 0
         self.reject_compress_poor = 0
+        self.reject_alloc_fail = 0
+        self.reject_reclaim_fail = 0
 
     def now(self) -> int:
         """Seconds since the store started, plus one (0 means never touched)."""
@@ -124,8 +128,45 @@ class PageStore:
         """meta of a page written now."""
         return self.now() | (DIRTY if self.persistent else 0)
 
+    def write(self, offset: int, data: bytes) -> None:
+        """Store *data* at byte *offset* of the image (the caller keeps it inside the image):
+        whole pages as they are, a partial head or tail page by read-modify-write. One call a
+        request, one clock read for all its pages."""
+        stamp = self._stamp()
+        pn, head = divmod(offset, PAGE_SIZE)
+        view = memoryview(data)
+        try:
+            if head:
+                n = min(PAGE_SIZE - head, len(view))
+                self._write_partial(pn, head, view[:n], stamp)
+                view, pn = view[n:], pn + 1
+            while len(view) >= PAGE_SIZE:
+                self.write_page(pn, bytes(view[:PAGE_SIZE]), stamp)
+                view, pn = view[PAGE_SIZE:], pn + 1
+            if len(view):
+                self._write_partial(pn, 0, view, stamp)
+        except StoreError:
+            raise
+        except Exception as exc:  # a bug below must not pass for a stored page
+            with self.lock:
+                self.failed_writes += 1
+            raise StorageFailure(f"writing page {pn}: {exc!r}") from exc
+
+    def _write_partial(self, pn: int, offset: int, data: memoryview, stamp: int) -> None:
+        """Read-modify-write of part of one page."""
+        old = self.read_page(pn)
+        self.write_page(pn, old[:offset] + bytes(data) + old[offset + len(data) :], stamp)
+
     def write_page(self, pn: int, page: bytes, stamp: int = 0) -> None:
-        """Store one whole page. On failure the page keeps its previous contents."""
+        """Store one whole page. On failure the page keeps its previous contents.
+
+        The one place that decides where a page goes: same-filled pages into the index alone;
+        others into the pool unless the pool rejects them, each rejection counted under its
+        zswap name: pool_limit_hit (the pool is at its memory limit), reject_compress_fail (the
+        codec raised), reject_compress_poor (an incompressible page while the pool is past its
+        low watermark, with --writeback-huge-first), reject_alloc_fail (the pool has no room).
+        A rejected page goes to the backing file; with none, the write fails (ENOSPC, or EIO for
+        a codec failure; reject_reclaim_fail counts the pages refused at the limit)."""
         stamp = stamp or self._stamp()
         word = same_filled_value(page)
         if word is not None:
@@ -135,81 +176,88 @@ class PageStore:
                     self.fill[pn] = word
                 self.meta[pn] = stamp
             return
-        if self.mem_limit and self.pool_bytes >= self.mem_limit:
-            self.pool_limit_hit += 1
-            self.on_pressure()
-            if self.backing is None:
-                self.failed_writes += 1
-                raise StoreFull(f"pool at its memory limit ({self.mem_limit} bytes)")
-            self._write_direct(pn, page)
-            return
-        try:
-            payload = self.codec.compress(page)
-        except Exception as exc:
-            self.failed_writes += 1
-            raise StorageFailure(f"compressing page {pn}: {exc}") from exc
-        if len(payload) >= self.pool.raw_threshold:
-            if (self.huge_to_backing and self.backing and self.mem_limit
-                    and self.pool_bytes >= self.low_water):  # fmt: skip
-                self.reject_compress_poor += 1
-                self._write_direct(pn, page)
-                return
-            payload = page
-        self._place(pn, payload, stamp, page)
-
-    def _place(self, pn: int, payload: bytes, stamp: int, page: bytes) -> None:
-        try:
-            handle = self.pool.store(payload)
-        except PoolFull as exc:
-            if self.backing is not None:
-                self.pool_limit_hit += 1
-                self._write_direct(pn, page)
-                return
-            self.failed_writes += 1
-            raise StoreFull(f"pool full writing page {pn}: {exc}") from exc
-        except Exception as exc:
-            self.failed_writes += 1
-            raise StorageFailure(f"placing page {pn}: {exc}") from exc
-        with self.lock:
-            self._swap(pn, handle, len(payload))
-            self.meta[pn] = stamp
-
-    def _write_direct(self, pn: int, page: bytes) -> None:
-        """Write a page straight to the backing file (the pool has no room for it)."""
-        assert self.backing is not None
-        try:
-            self.backing.write_page(pn, page)
-        except BackingError as exc:
-            self.bd_errors += 1
-            log.error("%s: keeping page %d in the pool over its limit", exc, pn)
-            payload = self.codec.compress(page)
-            if len(payload) >= self.pool.raw_threshold:
-                payload = page
+        payload, reject = self._encode(pn, page)
+        if payload is not None:
             try:
                 handle = self.pool.store(payload)
             except PoolFull:
-                self.failed_writes += 1
-                raise StorageFailure(f"page {pn}: no room in the pool and {exc}") from exc
-            with self.lock:
-                self._swap(pn, handle, len(payload))
-                self.meta[pn] = self._stamp()
-            return
+                reject = "reject_alloc_fail"
+            except Exception as exc:
+                with self.lock:
+                    self.failed_writes += 1
+                raise StorageFailure(f"placing page {pn}: {exc!r}") from exc
+            else:
+                with self.lock:
+                    self._swap(pn, handle, len(payload))
+                    self.meta[pn] = stamp
+                return
+        self._reject(pn, page, payload, reject, stamp)
+
+    def _encode(self, pn: int, page: bytes) -> tuple[bytes | None, str]:
+        """(what the pool would hold for *page*, "") or (None or the payload, the counter of
+        why the pool does not take it)."""
+        if self.mem_limit and self.pool_bytes >= self.mem_limit:
+            self.on_pressure()
+            return None, "pool_limit_hit"
+        try:
+            payload = self.codec.compress(page)
+        except Exception as exc:
+            log.error("compressing page %d: %r", pn, exc)
+            return None, "reject_compress_fail"
+        if len(payload) < self.pool.raw_threshold:
+            return payload, ""
+        if (
+            self.huge_to_backing
+            and self.backing is not None
+            and self.mem_limit
+            and self.pool_bytes >= self.low_water
+        ):
+            return None, "reject_compress_poor"
+        return page, ""  # incompressible: stored raw ("huge")
+
+    def _reject(self, pn: int, page: bytes, payload: bytes | None, reject: str, stamp: int) -> None:
+        """A page the pool did not take: to the backing file. The one fallback, when the file
+        fails too: keep the page in the pool over its limit, if the pool has room at all."""
         with self.lock:
-            self.bd_writes += 1
-            self._swap(pn, BACKED, 0)
-            self.meta[pn] = self.now()
-
-    def write_pages(self, pn: int, data: bytes) -> None:
-        """Store len(data) // PAGE_SIZE whole pages starting at page *pn*."""
-        stamp = self._stamp()  # one clock read for the whole request
-        for i in range(len(data) // PAGE_SIZE):
-            off = i * PAGE_SIZE
-            self.write_page(pn + i, data[off : off + PAGE_SIZE], stamp)
-
-    def write_partial(self, pn: int, offset: int, data: bytes) -> None:
-        """Read-modify-write of part of one page."""
-        old = self.read_page(pn)
-        self.write_page(pn, old[:offset] + data + old[offset + len(data) :])
+            setattr(self, reject, getattr(self, reject) + 1)
+            if self.backing is None:
+                self.failed_writes += 1
+                if reject == "pool_limit_hit":
+                    self.reject_reclaim_fail += 1
+        if self.backing is None:
+            if reject == "reject_compress_fail":
+                raise StorageFailure(f"page {pn}: the codec failed and there is no backing file")
+            raise StoreFull(f"page {pn}: {reject.replace('_', ' ')} and no backing file")
+        try:
+            self.backing.write_page(pn, page)
+        except BackingError as exc:
+            log.error("%s: keeping page %d in the pool over its limit", exc, pn)
+            with self.lock:
+                self.bd_errors += 1
+        else:
+            with self.lock:
+                self.bd_writes += 1
+                self._swap(pn, BACKED, 0)
+                self.meta[pn] = stamp & AGE_MASK  # the file holds it: clean
+            return
+        if payload is None:
+            try:
+                payload = self.codec.compress(page)
+            except Exception:
+                payload = page
+            if len(payload) >= self.pool.raw_threshold:
+                payload = page
+        try:
+            handle = self.pool.store(payload)
+        except Exception as exc:
+            with self.lock:
+                self.failed_writes += 1
+            raise StorageFailure(
+                f"page {pn}: no room in the pool, and the backing file failed"
+            ) from exc
+        with self.lock:
+            self._swap(pn, handle, len(payload))
+            self.meta[pn] = stamp
 
     def _swap(self, pn: int, entry: int, size: int) -> None:
         """Point page *pn* at a new entry and release the old one (store lock held)."""
@@ -254,7 +302,7 @@ class PageStore:
                     payload = self.pool.read(entry)
                 except Exception as exc:
                     self.failed_reads += 1
-                    raise StorageFailure(f"reading page {pn} from the pool: {exc}") from exc
+                    raise StorageFailure(f"reading page {pn} from the pool: {exc!r}") from exc
         if entry == EMPTY and not self.persistent:
             return ZERO_PAGE
         if entry in (EMPTY, BACKED):
@@ -264,7 +312,8 @@ class PageStore:
         try:
             return self.codec.decompress(payload)
         except CodecError as exc:
-            self.failed_reads += 1
+            with self.lock:
+                self.failed_reads += 1
             raise StorageFailure(f"decoding page {pn}: {exc}") from exc
 
     def _read_backing(self, pn: int) -> bytes:
@@ -274,16 +323,33 @@ class PageStore:
         try:
             page = self.backing.read_page(pn)
         except BackingError as exc:
-            self.failed_reads += 1
-            self.bd_errors += 1
+            with self.lock:
+                self.failed_reads += 1
+                self.bd_errors += 1
             raise StorageFailure(str(exc)) from exc
-        self.bd_reads += 1
+        with self.lock:
+            self.bd_reads += 1
         return page
 
-    def read_pages(self, pn: int, count: int) -> bytes:
-        if count == 1:
-            return self.read_page(pn)
-        return b"".join([self.read_page(pn + i) for i in range(count)])
+    def read(self, offset: int, size: int) -> bytes:
+        """*size* bytes at byte *offset* of the image (the caller keeps the range inside it).
+        One call a request."""
+        first, last = offset // PAGE_SIZE, (offset + size - 1) // PAGE_SIZE
+        try:
+            if first == last:
+                data = self.read_page(first)
+            else:
+                data = b"".join([self.read_page(pn) for pn in range(first, last + 1)])
+        except StoreError:
+            raise
+        except Exception as exc:  # a bug below must not pass for a page read
+            with self.lock:
+                self.failed_reads += 1
+            raise StorageFailure(f"reading {size} bytes at {offset}: {exc!r}") from exc
+        skip = offset - first * PAGE_SIZE
+        if skip == 0 and len(data) == size:
+            return data
+        return data[skip : skip + size]
 
     # -- writeback and flush (other threads) ---------------------------------------------------
     def _page_of(self, pn: int) -> tuple[int, bytes | None]:
@@ -323,7 +389,8 @@ class PageStore:
             try:
                 self.backing.write_page(pn, page)
             except BackingError as exc:
-                self.bd_errors += 1
+                with self.lock:
+                    self.bd_errors += 1
                 log.error("writeback: %s; page %d stays in the pool", exc, pn)
                 page = None  # nothing to commit
         with self.lock:
@@ -351,7 +418,7 @@ class PageStore:
             except (BackingError, CodecError) as exc:
                 with self.lock:
                     self._rewritten(pn)
-                self.bd_errors += 1
+                    self.bd_errors += 1
                 raise StorageFailure(f"flush: {exc}") from exc
             with self.lock:
                 if not self._rewritten(pn):  # rewritten meanwhile: stays dirty for next time
@@ -361,7 +428,8 @@ class PageStore:
         try:
             self.backing.sync()
         except BackingError as exc:
-            self.bd_errors += 1
+            with self.lock:
+                self.bd_errors += 1
             raise StorageFailure(f"flush: {exc}") from exc
         return written
 
@@ -399,7 +467,8 @@ class PageStore:
         return self.pool.pages_used
 
     def note_invalid_io(self) -> None:
-        self.invalid_io += 1
+        with self.lock:
+            self.invalid_io += 1
 
     def metadata_bytes(self) -> int:
         """Index and tables outside the pool's arena (the index counted whole, as allocated)."""
@@ -429,7 +498,10 @@ class PageStore:
                 "bd_errors": self.bd_errors,
                 "written_back_pages": self.written_back_pages,
                 "pool_limit_hit": self.pool_limit_hit,
+                "reject_compress_fail": self.reject_compress_fail,
                 "reject_compress_poor": self.reject_compress_poor,
+                "reject_alloc_fail": self.reject_alloc_fail,
+                "reject_reclaim_fail": self.reject_reclaim_fail,
                 "codec": self.codec.name,
                 "pool": pool.name,
                 "backing": self.backing.path if self.backing else None,

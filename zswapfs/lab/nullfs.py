@@ -29,15 +29,12 @@ class NullStore:
 
     def __init__(self, npages: int) -> None:
         self.npages = npages
-        self.failed_reads = self.failed_writes = self.invalid_io = 0
+        self.invalid_io = 0
 
-    def read_pages(self, pn: int, count: int) -> bytes:
-        return ZERO if count == 1 else bytes(count * PAGE_SIZE)
+    def read(self, offset: int, size: int) -> bytes:
+        return ZERO if size == PAGE_SIZE else bytes(size)
 
-    def write_pages(self, pn: int, data: bytes) -> None:
-        pass
-
-    def write_partial(self, pn: int, offset: int, data: bytes) -> None:
+    def write(self, offset: int, data: bytes) -> None:
         pass
 
     def flush(self) -> int:
