@@ -1,4 +1,5 @@
-"""Issue 8's targets, each as a ratio against a baseline measured in the same run, PASS/FAIL.
+"""The performance targets (docs/performance.md), each as a ratio against a baseline measured
+in the same run, PASS/FAIL.
 
 FUSE path: the null-FUSE file (zswapfs's own fs.py over a store that keeps nothing) and a
 zswapfs mount (lz4 + zsmalloc) side by side, the same fio jobs on both (O_DIRECT, fio's

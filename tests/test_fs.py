@@ -132,11 +132,17 @@ def test_stats_file_is_json_snapshot() -> None:
     assert errno_of(ops.open, STATS_INODE, os.O_WRONLY, Ctx()) == errno.EACCES
 
 
-def test_storage_failure_is_eio_and_daemon_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+def test_storage_failure_is_eio_and_daemon_goes_on(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ops = make_ops()
     run(ops.write, IMAGE_INODE, 0, b"abc" * 2000)
-    handle = ops.store.index.item(0)
-    ops.store.pool.write(handle, b"\xff" * ops.store.pool.size(handle))  # corrupt it
+    pool = ops.store.pool
+    bad = ops.store.index.item(0)
+    real_read = pool.read
+    monkeypatch.setattr(  # page 0's object comes back corrupt
+        pool, "read", lambda h: b"\xff" * pool.size(h) if h == bad else real_read(h)
+    )
     assert errno_of(ops.read, IMAGE_INODE, 0, 10) == errno.EIO
     assert ops.store.failed_reads == 1
     assert any("failed" in r.getMessage() for r in caplog.records)

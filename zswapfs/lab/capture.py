@@ -45,7 +45,6 @@ class CaptureResult:
     pid: int
     regions: int
     pages: int
-    bytes_mapped: int
 
 
 def anon_regions(pid: int) -> list[tuple[int, int, str]]:
@@ -107,7 +106,7 @@ def capture_pid(pid: int, out: BinaryIO, stop: bool = True) -> CaptureResult:
     finally:
         if stop:
             os.kill(pid, signal.SIGCONT)
-    return CaptureResult(pid, len(regions), pages, sum(e - s for s, e, _ in regions))
+    return CaptureResult(pid, len(regions), pages)
 
 
 def capture_command(command: list[str], out_path: Path, delay: float | None = None,

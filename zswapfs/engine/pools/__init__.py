@@ -94,10 +94,10 @@ class HandleTable:
 class Pool:
     """The interface every pool strategy implements.
 
-    alloc(size) reserves room for an object of *size* bytes and returns its handle; write(handle,
-    data) fills it; read(handle) copies it out (under the pool lock, so it cannot move while being
-    copied); free(handle) releases it. compact() moves objects to free whole pool pages and returns
-    how many pages it freed. Sizes are 1..4096.
+    store(data) places an object and returns its handle (room and contents under one hold of the
+    pool lock); read(handle) copies it out (under the pool lock, so it cannot move while being
+    copied); free(handle) releases it and returns its length. compact() moves objects to free
+    whole pool pages and returns how many pages it freed. Sizes are 1..4096.
     """
 
     name = "pool"
@@ -112,10 +112,8 @@ class Pool:
         self.migrated_pages = 0
 
     # -- the interface -------------------------------------------------------------------------
-    def alloc(self, size: int) -> int:
-        raise NotImplementedError
-
-    def write(self, handle: int, data: bytes) -> None:
+    def store(self, data: bytes) -> int:
+        """Place *data* (1..4096 bytes) as a new object; its handle. PoolFull when no room."""
         raise NotImplementedError
 
     def read(self, handle: int) -> bytes:
@@ -171,12 +169,6 @@ class Pool:
         """The length the object was allocated with."""
         with self.lock:
             return self.handles.get(handle) & 0x1FFF
-
-    def store(self, data: bytes) -> int:
-        """alloc + write in one call: the common case for the page store."""
-        handle = self.alloc(len(data))
-        self.write(handle, data)
-        return handle
 
     # -- figures -------------------------------------------------------------------------------
     @property

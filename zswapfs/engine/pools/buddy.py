@@ -1,19 +1,21 @@
 """zbud and z3fold: a few objects a pool page, placed by 64-byte chunks.
 
-Layout (seed 001, "mm: zbud"): a pool page is 64 chunks of 64 bytes. zbud keeps up to two objects
-a page: the *first* buddy left-justified at chunk 0, the *last* right-justified so it ends at the
-page's end; when either is freed, its chunks and the slack between the buddies form one free run.
+Layout (as in the kernel's zbud): a pool page is 64 chunks of 64 bytes. zbud keeps up to two
+objects a page: the *first* buddy left-justified at chunk 0, the *last* right-justified so it ends
+at the page's end; when either is freed, its chunks and the slack between the buddies form one
+free run.
 z3fold adds a *middle* object between them, placed right after the first, and compacts a page in
 place: when a page's first and last are both free its middle moves to chunk 0 and becomes the
 first; when the gap beside the middle is BIG_GAP chunks or more it slides next to its neighbour.
 
 Page metadata is kept outside the page, in arrays indexed by pool page number (pn): chunks and
-handle of each buddy, the middle's start chunk, and links for two lists:
+handle of each buddy, the middle's start chunk, and the links of the unbuddied lists:
   unbuddied[k]  pages with room, by the free chunks an allocation can use (the largest run the
                 placement rules allow): allocation takes the first page from the list with the
                 fewest free chunks that still fit, as zbud's for_each_unbuddied_list does
-  lru           every pool page, most recently allocated into first (for reclaim / writeback)
-A page with no room is on no unbuddied list ("buddied").
+A page with no room is on no unbuddied list ("buddied"). The kernel's zbud also keeps an LRU of
+pages for its own reclaim; here writeback picks cold image pages in the store instead (by access
+age, see engine/store.py), so the pool keeps none.
 
 Location word: pn << 15 | bud << 13 | length, bud 0 first, 1 middle, 2 last.
 Pool page -> objects: the handle arrays of the three buddies.
@@ -60,11 +62,7 @@ class BuddyPool(Pool):
         self._free_at = array("b")  # the unbuddied list the page is on, -1 none
         self._prev = array("i")
         self._next = array("i")
-        self._lru_prev = array("i")
-        self._lru_next = array("i")
         self._heads = array("i", [_NONE]) * (NCHUNKS + 1)
-        self._lru_head = _NONE
-        self._lru_tail = _NONE
         # pages on unbuddied lists and the chunks they use, kept as they change (freeable_pages)
         self._listed_pages = 0
         self._listed_chunks = 0
@@ -87,7 +85,7 @@ class BuddyPool(Pool):
             arr.extend(array("B", zeros_b))
         for arr in self._handle:
             arr.extend(array("I", zeros_i))
-        for arr in (self._prev, self._next, self._lru_prev, self._lru_next):
+        for arr in (self._prev, self._next):
             arr.extend(array("i", zeros_i))
         self._free_at.extend(array("b", zeros_b))
 
@@ -156,39 +154,6 @@ class BuddyPool(Pool):
         self._listed_pages += 1
         self._listed_chunks += NCHUNKS - k
 
-    def _lru_del(self, pn: int) -> None:
-        prev, nxt = self._lru_prev[pn], self._lru_next[pn]
-        if prev != _NONE:
-            self._lru_next[prev] = nxt
-        else:
-            self._lru_head = nxt
-        if nxt != _NONE:
-            self._lru_prev[nxt] = prev
-        else:
-            self._lru_tail = prev
-
-    def _lru_touch(self, pn: int, new: bool = False) -> None:
-        if not new:
-            if self._lru_head == pn:
-                return
-            self._lru_del(pn)
-        self._lru_prev[pn] = _NONE
-        self._lru_next[pn] = self._lru_head
-        if self._lru_head != _NONE:
-            self._lru_prev[self._lru_head] = pn
-        else:
-            self._lru_tail = pn
-        self._lru_head = pn
-
-    def lru_pages(self) -> list[int]:
-        """Pool pages from most to least recently allocated into (for tests and reclaim)."""
-        with self.lock:
-            out, pn = [], self._lru_head
-            while pn != _NONE:
-                out.append(pn)
-                pn = self._lru_next[pn]
-            return out
-
     # -- finding room --------------------------------------------------------------------------
     def _find_page(self, n: int, exclude: set[int] | None = None) -> int:
         """First page on the tightest unbuddied list that fits *n* chunks, skipping *exclude*."""
@@ -210,7 +175,6 @@ class BuddyPool(Pool):
             self._chunks[b][pn] = 0
         self._mid_start[pn] = 0
         self._free_at[pn] = _NONE
-        self._lru_touch(pn, new=True)
         return pn
 
     def _put(self, pn: int, handle: int, size: int) -> int:
@@ -225,7 +189,18 @@ class BuddyPool(Pool):
         return pn << 15 | bud << 13 | size
 
     # -- the interface -------------------------------------------------------------------------
-    def alloc(self, size: int) -> int:
+    def _offset(self, loc: int) -> tuple[int, int]:
+        pn, bud = loc >> 15, (loc >> 13) & 3
+        return pn, self._start(pn, bud) * CHUNK
+
+    def read(self, handle: int) -> bytes:
+        with self.lock:
+            loc = self.handles.get(handle)
+            return self.arena.read(*self._offset(loc), loc & _LEN_MASK)
+
+    def store(self, data: bytes) -> int:
+        """Room for *data* and its contents under one hold of the lock."""
+        size = len(data)
         if not 1 <= size <= MAX_OBJECT:
             raise ValueError(f"object size {size} out of range 1..{MAX_OBJECT}")
         with self.lock:
@@ -237,34 +212,11 @@ class BuddyPool(Pool):
                 except PoolFull:
                     self.handles.release(handle)
                     raise
-            else:
-                self._lru_touch(pn)
-            self.handles.set(handle, self._put(pn, handle, size))
+            loc = self._put(pn, handle, size)
+            self.handles.set(handle, loc)
+            self.arena.write(*self._offset(loc), data)
             self.bytes_stored += size
             return handle
-
-    def _offset(self, loc: int) -> tuple[int, int]:
-        pn, bud = loc >> 15, (loc >> 13) & 3
-        return pn, self._start(pn, bud) * CHUNK
-
-    def write(self, handle: int, data: bytes) -> None:
-        with self.lock:
-            loc = self.handles.get(handle)
-            if len(data) != loc & _LEN_MASK:
-                raise ValueError(f"handle {handle} holds {loc & _LEN_MASK} bytes, not {len(data)}")
-            self.arena.write(*self._offset(loc), data)
-
-    def read(self, handle: int) -> bytes:
-        with self.lock:
-            loc = self.handles.get(handle)
-            return self.arena.read(*self._offset(loc), loc & _LEN_MASK)
-
-    def store(self, data: bytes) -> int:
-        """alloc + write under one hold of the lock."""
-        handle = self.alloc(len(data))
-        with self.lock:  # the location is read again: compaction may have moved the empty object
-            self.arena.write(*self._offset(self.handles.table[handle]), data)
-        return handle
 
     def free(self, handle: int) -> int:
         with self.lock:
@@ -280,7 +232,6 @@ class BuddyPool(Pool):
         chunks = self._chunks
         if not (chunks[FIRST][pn] or chunks[MIDDLE][pn] or chunks[LAST][pn]):
             self._list_del(pn)
-            self._lru_del(pn)
             self.arena.free_page(pn)
             return
         if self.three:
@@ -356,7 +307,6 @@ class BuddyPool(Pool):
                 self._chunks[b][src] = 0
                 self.objects_moved += 1
             self._list_del(src)
-            self._lru_del(src)
             self.arena.free_page(src)
             self.pages_compacted += 1
             return 1
@@ -385,17 +335,6 @@ class BuddyPool(Pool):
             self._free_at[new] = _NONE
             self._list_del(pn)
             self._list_add(new)
-            # take pn's place in the LRU
-            prev, nxt = self._lru_prev[pn], self._lru_next[pn]
-            self._lru_prev[new], self._lru_next[new] = prev, nxt
-            if prev != _NONE:
-                self._lru_next[prev] = new
-            else:
-                self._lru_head = new
-            if nxt != _NONE:
-                self._lru_prev[nxt] = new
-            else:
-                self._lru_tail = new
             for b in (FIRST, MIDDLE, LAST):
                 self._chunks[b][pn] = 0
             arena.free_page(pn)
@@ -405,7 +344,7 @@ class BuddyPool(Pool):
     # -- figures -------------------------------------------------------------------------------
     def metadata_bytes(self) -> int:
         tables = (*self._chunks, *self._handle, self._mid_start, self._free_at, self._prev,
-                  self._next, self._lru_prev, self._lru_next, self._heads)  # fmt: skip
+                  self._next, self._heads)  # fmt: skip
         return super().metadata_bytes() + sum(t.itemsize * len(t) for t in tables)
 
     def stats(self) -> dict[str, Any]:

@@ -322,19 +322,6 @@ class ZsPool(Pool):
         return z << 24 | idx << 13 | size
 
     # -- the interface -------------------------------------------------------------------------
-    def alloc(self, size: int) -> int:
-        if not 1 <= size <= MAX_OBJECT:
-            raise ValueError(f"object size {size} out of range 1..{MAX_OBJECT}")
-        cls = self.class_for(size)
-        with self.lock:
-            if cls.huge:
-                return self._alloc_huge(cls, size)
-            handle = self.handles.new(0)
-            z = self._zspage_for(cls, handle)
-            self.handles.set(handle, self._place(cls, z, handle, size))
-            self.bytes_stored += size
-            return handle
-
     def _zspage_for(self, cls: SizeClass, handle: int) -> int:
         """The fullest non-full zspage of *cls*, or a new one; on PoolFull the freshly taken
         *handle* is given back (pool lock held)."""
@@ -348,7 +335,7 @@ class ZsPool(Pool):
         return z
 
     def store(self, data: bytes) -> int:
-        """alloc + write under one hold of the lock, header and payload in one copy."""
+        """Room and contents under one hold of the lock, header and payload in one copy."""
         size = len(data)
         if not 1 <= size <= MAX_OBJECT:
             raise ValueError(f"object size {size} out of range 1..{MAX_OBJECT}")
@@ -388,17 +375,6 @@ class ZsPool(Pool):
         z = loc >> 24
         cls = self.classes[self._zs_class[z]]
         return z, ((loc >> 13) & _IDX_MASK) * cls.size + HDR, loc & _LEN_MASK, cls
-
-    def write(self, handle: int, data: bytes) -> None:
-        with self.lock:
-            loc = self.handles.get(handle)
-            if len(data) != loc & _LEN_MASK:
-                raise ValueError(f"handle {handle} holds {loc & _LEN_MASK} bytes, not {len(data)}")
-            if loc & HUGE_LOC:
-                self.arena.write((loc >> 13) & _PN_MASK, 0, data)
-                return
-            z, start, _, _ = self._start(loc)
-            self._copy_in(z, start, data)
 
     def read(self, handle: int) -> bytes:
         with self.lock:
@@ -485,7 +461,7 @@ class ZsPool(Pool):
 
     # -- page migration ------------------------------------------------------------------------
     def migrate_page(self, pn: int) -> bool:
-        """Move live pool page *pn* to the lowest free page below it (seed 002's protocol).
+        """Move live pool page *pn* to the lowest free page below it (isolate, migrate, putback).
 
         isolate: the page must be live and owned (a huge page or a zspage page);
         migrate: take a lower free page, copy the 4 KiB, point the owner's chain (or the huge
