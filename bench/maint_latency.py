@@ -29,13 +29,17 @@ def page_for(rnd: random.Random, tag: int) -> bytes:
 
 
 def zswapfs(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "zswapfs", *args], capture_output=True,
-                          text=True, check=True)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "zswapfs", *args], capture_output=True, text=True, check=True
+    )
 
 
 def one_run(mp: Path, size: int, pool: str, aggressive: bool, seconds: int) -> dict[str, float]:
-    extra = ["--maintenance-interval", "0.005", "--aggressive-maintenance"] if aggressive else [
-        "--maintenance-interval", "3600"]  # fmt: skip
+    extra = (
+        ["--maintenance-interval", "0.005", "--aggressive-maintenance"]
+        if aggressive
+        else ["--maintenance-interval", "3600"]
+    )
     zswapfs("mount", str(mp), "--size", str(size), "--pool", pool, *extra)
     image = mp / "swap.img"
     stop = threading.Event()
@@ -58,11 +62,23 @@ def one_run(mp: Path, size: int, pool: str, aggressive: bool, seconds: int) -> d
         writer = threading.Thread(target=churn)
         writer.start()
         out = subprocess.run(
-            ["fio", "--name=read", f"--filename={image}", f"--size={size // 2}", "--rw=randread",
-             "--bs=4k", "--direct=1", "--ioengine=psync", "--time_based",
-             f"--runtime={seconds}", "--output-format=json"],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
+            [
+                "fio",
+                "--name=read",
+                f"--filename={image}",
+                f"--size={size // 2}",
+                "--rw=randread",
+                "--bs=4k",
+                "--direct=1",
+                "--ioengine=psync",
+                "--time_based",
+                f"--runtime={seconds}",
+                "--output-format=json",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         stop.set()
         writer.join()
         stats = json.loads((mp / "stats").read_text())
@@ -95,9 +111,11 @@ def main() -> None:
     ratio = on["p99_us"] / off["p99_us"]
     print(json.dumps({"pool": args.pool, "without": off, "with": on, "p99_ratio": ratio}, indent=1))
     mark = "PASS" if ratio <= 2.0 else "FAIL"
-    print(f"p99 4K read: {off['p99_us']:.0f} us without, {on['p99_us']:.0f} us with continuous"
-          f" compaction ({on['compact_steps']} steps, {on['migrated_pages']} pages migrated):"
-          f" ratio {ratio:.2f} (target <= 2.0) {mark}")  # fmt: skip
+    print(
+        f"p99 4K read: {off['p99_us']:.0f} us without, {on['p99_us']:.0f} us with continuous"
+        f" compaction ({on['compact_steps']} steps, {on['migrated_pages']} pages migrated):"
+        f" ratio {ratio:.2f} (target <= 2.0) {mark}"
+    )
     sys.exit(0 if ratio <= 2.0 else 1)
 
 

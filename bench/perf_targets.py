@@ -41,10 +41,23 @@ JOBS = [
 
 def fio(target: Path, rw: str, bs: str, qd: int, runtime: float, workdir: Path) -> float:
     out = workdir / "fio.json"
-    cmd = ["fio", "--name=job", f"--filename={target}", f"--size={REGION}", f"--rw={rw}",
-           f"--bs={bs}", f"--iodepth={qd}", "--ioengine=libaio", "--direct=1", "--time_based",
-           f"--runtime={runtime}", "--buffer_compress_percentage=50", "--refill_buffers",
-           "--output-format=json", f"--output={out}"]  # fmt: skip
+    cmd = [
+        "fio",
+        "--name=job",
+        f"--filename={target}",
+        f"--size={REGION}",
+        f"--rw={rw}",
+        f"--bs={bs}",
+        f"--iodepth={qd}",
+        "--ioengine=libaio",
+        "--direct=1",
+        "--time_based",
+        f"--runtime={runtime}",
+        "--buffer_compress_percentage=50",
+        "--refill_buffers",
+        "--output-format=json",
+        f"--output={out}",
+    ]
     subprocess.run(cmd, check=True, capture_output=True, cwd=workdir, timeout=runtime * 5 + 120)
     row = bench.parse_fio(json.loads(out.read_text()), rw)
     return float(row["iops"])
@@ -52,8 +65,12 @@ def fio(target: Path, rw: str, bs: str, qd: int, runtime: float, workdir: Path) 
 
 @contextlib.contextmanager
 def loop_device(image: Path) -> Iterator[Path]:
-    dev = subprocess.run(["losetup", "--direct-io=on", "-f", "--show", str(image)],
-                         check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+    dev = subprocess.run(
+        ["losetup", "--direct-io=on", "-f", "--show", str(image)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     try:
         yield Path(dev)
     finally:
@@ -62,10 +79,23 @@ def loop_device(image: Path) -> Iterator[Path]:
 
 def prefill(image: Path, workdir: Path) -> None:
     """Write the region once so reads hit stored pages, not never-written ones."""
-    subprocess.run(["fio", "--name=fill", f"--filename={image}", f"--size={REGION}", "--rw=write",
-                    "--bs=1m", "--direct=1", "--buffer_compress_percentage=50",
-                    "--refill_buffers", "--output-format=json"],
-                   check=True, capture_output=True, cwd=workdir)  # fmt: skip
+    subprocess.run(
+        [
+            "fio",
+            "--name=fill",
+            f"--filename={image}",
+            f"--size={REGION}",
+            "--rw=write",
+            "--bs=1m",
+            "--direct=1",
+            "--buffer_compress_percentage=50",
+            "--refill_buffers",
+            "--output-format=json",
+        ],
+        check=True,
+        capture_output=True,
+        cwd=workdir,
+    )
 
 
 def fuse_rows(runtime: float, rounds: int, tmp: Path) -> list[dict[str, Any]]:
@@ -76,17 +106,23 @@ def fuse_rows(runtime: float, rounds: int, tmp: Path) -> list[dict[str, Any]]:
         (tmp / f"mnt-{kind}").mkdir()
     with contextlib.ExitStack() as stack:
         images = {
-            "null": stack.enter_context(bench.fio.null_mounted(tmp / "mnt-null", SIZE,
-                                                           tmp / "null.log")),
-            "zswapfs": stack.enter_context(bench.fio.zswapfs_mounted(
-                tmp / "mnt-zswapfs", SIZE, "zsmalloc", "lz4", tmp / "zswapfs.log")),
-        }  # fmt: skip
+            "null": stack.enter_context(
+                bench.fio.null_mounted(tmp / "mnt-null", SIZE, tmp / "null.log")
+            ),
+            "zswapfs": stack.enter_context(
+                bench.fio.zswapfs_mounted(
+                    tmp / "mnt-zswapfs", SIZE, "zsmalloc", "lz4", tmp / "zswapfs.log"
+                )
+            ),
+        }
         for image in images.values():
             prefill(image, tmp)
         for path_kind in ("file", "loop"):
             with contextlib.ExitStack() as loops:
-                targets = {k: (loops.enter_context(loop_device(v)) if path_kind == "loop" else v)
-                           for k, v in images.items()}  # fmt: skip
+                targets = {
+                    k: (loops.enter_context(loop_device(v)) if path_kind == "loop" else v)
+                    for k, v in images.items()
+                }
                 for name, rw, bs, qd, goal in JOBS:
                     runs: dict[str, list[float]] = {"null": [], "zswapfs": []}
                     for _ in range(rounds):
@@ -94,20 +130,44 @@ def fuse_rows(runtime: float, rounds: int, tmp: Path) -> list[dict[str, Any]]:
                             runs[kind].append(fio(targets[kind], rw, bs, qd, runtime, tmp))
                     null = sum(runs["null"]) / rounds
                     ours = sum(runs["zswapfs"]) / rounds
-                    print(f"  {path_kind} {name}: null {runs['null']} zswapfs {runs['zswapfs']}",
-                          file=sys.stderr, flush=True)  # fmt: skip
-                    rows.append({"target": f"{name} ({path_kind}) vs null-FUSE", "ours": ours,
-                                 "baseline": null, "ratio": ours / null, "goal": goal,
-                                 "pass": ours / null >= goal, "runs": runs})  # fmt: skip
+                    print(
+                        f"  {path_kind} {name}: null {runs['null']} zswapfs {runs['zswapfs']}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    rows.append(
+                        {
+                            "target": f"{name} ({path_kind}) vs null-FUSE",
+                            "ours": ours,
+                            "baseline": null,
+                            "ratio": ours / null,
+                            "goal": goal,
+                            "pass": ours / null >= goal,
+                            "runs": runs,
+                        }
+                    )
     return rows
 
 
 def fill(image: Path, offset: str, size: str, workdir: Path) -> None:
-    subprocess.run(["fio", "--name=fill", f"--filename={image}", f"--offset={offset}",
-                    f"--size={size}", "--rw=write", "--bs=64k", "--direct=1",
-                    "--buffer_compress_percentage=50", "--refill_buffers",
-                    "--output-format=json"],
-                   check=True, capture_output=True, cwd=workdir)  # fmt: skip
+    subprocess.run(
+        [
+            "fio",
+            "--name=fill",
+            f"--filename={image}",
+            f"--offset={offset}",
+            f"--size={size}",
+            "--rw=write",
+            "--bs=64k",
+            "--direct=1",
+            "--buffer_compress_percentage=50",
+            "--refill_buffers",
+            "--output-format=json",
+        ],
+        check=True,
+        capture_output=True,
+        cwd=workdir,
+    )
 
 
 def memory_rows(tmp: Path) -> list[dict[str, Any]]:
@@ -128,33 +188,67 @@ def memory_rows(tmp: Path) -> list[dict[str, Any]]:
     tables = full["metadata_bytes"] / full["stored_pages"]
     limit = full["mem_used_total"] + 24 * full["stored_pages"] + (64 << 20)
     return [
-        {"target": "RSS growth beyond the pool per stored page (slope)", "ours": beyond,
-         "baseline": 24, "ratio": beyond / 24, "goal": 1.0, "pass": beyond <= 24,
-         "lower_is_better": True},
-        {"target": "tables per stored page, full image (metadata_bytes)", "ours": tables,
-         "baseline": 24, "ratio": tables / 24, "goal": 1.0, "pass": tables <= 24,
-         "lower_is_better": True},
-        {"target": "daemon RSS <= pool + 24 B/page + 64 MiB", "ours": full["rss_bytes"],
-         "baseline": limit, "ratio": full["rss_bytes"] / limit, "goal": 1.0,
-         "pass": full["rss_bytes"] <= limit, "lower_is_better": True},
-    ]  # fmt: skip
+        {
+            "target": "RSS growth beyond the pool per stored page (slope)",
+            "ours": beyond,
+            "baseline": 24,
+            "ratio": beyond / 24,
+            "goal": 1.0,
+            "pass": beyond <= 24,
+            "lower_is_better": True,
+        },
+        {
+            "target": "tables per stored page, full image (metadata_bytes)",
+            "ours": tables,
+            "baseline": 24,
+            "ratio": tables / 24,
+            "goal": 1.0,
+            "pass": tables <= 24,
+            "lower_is_better": True,
+        },
+        {
+            "target": "daemon RSS <= pool + 24 B/page + 64 MiB",
+            "ours": full["rss_bytes"],
+            "baseline": limit,
+            "ratio": full["rss_bytes"] / limit,
+            "goal": 1.0,
+            "pass": full["rss_bytes"] <= limit,
+            "lower_is_better": True,
+        },
+    ]
 
 
 def density_rows(corpus: str) -> list[dict[str, Any]]:
-    run = bench.run([corpus], ["zsmalloc"], ["lz4", "zstd:3"], with_zram=True, churn=0,
-                    progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))  # fmt: skip
+    run = bench.run(
+        [corpus],
+        ["zsmalloc"],
+        ["lz4", "zstd:3"],
+        with_zram=True,
+        churn=0,
+        progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True),
+    )
     rows = {r["codec"] if r["pool"] != "zram" else "zram": r for r in run.rows}
     if "zram" not in rows:
         raise SystemExit("no zram row: /dev/zram0 is in use or missing")
     z = rows["zram"]["density"]
     return [
-        {"target": f"density zsmalloc+lz4 vs zram lz4 ({corpus})", "ours": rows["lz4"]["density"],
-         "baseline": z, "ratio": rows["lz4"]["density"] / z, "goal": 1.0,
-         "pass": rows["lz4"]["density"] / z >= 1.0},
-        {"target": f"density zsmalloc+zstd:3 vs zram lz4 ({corpus})",
-         "ours": rows["zstd:3"]["density"], "baseline": z, "ratio": rows["zstd:3"]["density"] / z,
-         "goal": 1.5, "pass": rows["zstd:3"]["density"] / z >= 1.5},
-    ]  # fmt: skip
+        {
+            "target": f"density zsmalloc+lz4 vs zram lz4 ({corpus})",
+            "ours": rows["lz4"]["density"],
+            "baseline": z,
+            "ratio": rows["lz4"]["density"] / z,
+            "goal": 1.0,
+            "pass": rows["lz4"]["density"] / z >= 1.0,
+        },
+        {
+            "target": f"density zsmalloc+zstd:3 vs zram lz4 ({corpus})",
+            "ours": rows["zstd:3"]["density"],
+            "baseline": z,
+            "ratio": rows["zstd:3"]["density"] / z,
+            "goal": 1.5,
+            "pass": rows["zstd:3"]["density"] / z >= 1.5,
+        },
+    ]
 
 
 def main() -> None:
@@ -171,11 +265,14 @@ def main() -> None:
     print(f"{'target':<66}{'ours':>12}{'baseline':>12}{'ratio':>8}{'goal':>7}  result")
     for r in rows:
         goal = ("<=" if r.get("lower_is_better") else ">=") + f"{r['goal']:g}"
-        print(f"{r['target']:<66}{r['ours']:>12.1f}{r['baseline']:>12.1f}{r['ratio']:>8.3f}"
-              f"{goal:>7}  {'PASS' if r['pass'] else 'FAIL'}")  # fmt: skip
+        print(
+            f"{r['target']:<66}{r['ours']:>12.1f}{r['baseline']:>12.1f}{r['ratio']:>8.3f}"
+            f"{goal:>7}  {'PASS' if r['pass'] else 'FAIL'}"
+        )
     if args.out:
-        Path(args.out).write_text(json.dumps({"machine": bench.machine_info(), "rows": rows},
-                                             indent=1) + "\n")  # fmt: skip
+        Path(args.out).write_text(
+            json.dumps({"machine": bench.machine_info(), "rows": rows}, indent=1) + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -26,16 +26,18 @@ from zswapfs.lab import cgroup, kzram
 from zswapfs.service.config import parse_size
 
 
-def run_hog(mib: int, limit: int, sample: Callable[[], dict[str, int]]
-            ) -> tuple[float, dict[str, object], dict[str, int]]:  # fmt: skip
+def run_hog(
+    mib: int, limit: int, sample: Callable[[], dict[str, int]]
+) -> tuple[float, dict[str, object], dict[str, int]]:
     """Run the hog; *sample* is polled while it runs and the peak of each figure kept (zram
     drops a page when the kernel frees its swap slot, e.g. when the hog exits, so figures read
     afterwards would be empty for zram and stale for zswapfs, which gets no such notice)."""
     peak: dict[str, int] = {}
     with cgroup.memory_cgroup(f"zswapfs-bench-{os.getpid()}", limit) as cg:
         t0 = time.monotonic()
-        hog = cg.popen([sys.executable, "-m", "zswapfs.lab.workloads.hog", str(mib)],
-                       stdout=subprocess.PIPE)  # fmt: skip
+        hog = cg.popen(
+            [sys.executable, "-m", "zswapfs.lab.workloads.hog", str(mib)], stdout=subprocess.PIPE
+        )
         while hog.poll() is None:
             for k, v in sample().items():
                 peak[k] = max(peak.get(k, 0), v)
@@ -74,9 +76,11 @@ def zram_run(mib: int, limit: int, codec: str) -> dict[str, object]:
 
         def sample() -> dict[str, int]:
             st = kzram.mm_stat()
-            return {"stored_pages": st["orig_data_size"] // 4096,
-                    "compr_data_size": st["compr_data_size"],
-                    "mem_used_total": st["mem_used_total"]}  # fmt: skip
+            return {
+                "stored_pages": st["orig_data_size"] // 4096,
+                "compr_data_size": st["compr_data_size"],
+                "mem_used_total": st["mem_used_total"],
+            }
 
         try:
             wall, hog, peak = run_hog(mib, limit, sample)
@@ -99,9 +103,15 @@ def main() -> None:
         raise SystemExit(why)
     ours = zswapfs_run(args.mib, limit, args.codec)
     zram = zram_run(args.mib, limit, args.codec)
-    result = {"mib": args.mib, "limit": limit, "codec": args.codec, "zswapfs": ours, "zram": zram,
-              "wall_ratio": ours["wall_s"] / zram["wall_s"],  # type: ignore[operator]
-              "mem_ratio": ours["mem_used_total"] / zram["mem_used_total"]}  # type: ignore[operator]  # fmt: skip
+    result = {
+        "mib": args.mib,
+        "limit": limit,
+        "codec": args.codec,
+        "zswapfs": ours,
+        "zram": zram,
+        "wall_ratio": ours["wall_s"] / zram["wall_s"],  # type: ignore[operator]
+        "mem_ratio": ours["mem_used_total"] / zram["mem_used_total"],
+    }  # type: ignore[operator]
     print(json.dumps(result, indent=1))
     print(
         f"hog {args.mib} MiB in a {args.limit} cgroup: zswapfs {ours['wall_s']:.1f} s, zram "

@@ -69,8 +69,9 @@ def anon_regions(pid: int) -> list[tuple[int, int, str]]:
     return regions
 
 
-def _copy_region(pid: int, start: int, end: int, pagemap: BinaryIO, mem: BinaryIO,
-                 out: BinaryIO) -> int:  # fmt: skip
+def _copy_region(
+    pid: int, start: int, end: int, pagemap: BinaryIO, mem: BinaryIO, out: BinaryIO
+) -> int:
     npages = (end - start) // PAGE_SIZE
     pagemap.seek(start // PAGE_SIZE * 8)
     entries = np.frombuffer(pagemap.read(npages * 8), dtype=np.uint64)
@@ -109,8 +110,9 @@ def capture_pid(pid: int, out: BinaryIO, stop: bool = True) -> CaptureResult:
     return CaptureResult(pid, len(regions), pages)
 
 
-def capture_command(command: list[str], out_path: Path, delay: float | None = None,
-                    timeout: float = 600) -> CaptureResult:  # fmt: skip
+def capture_command(
+    command: list[str], out_path: Path, delay: float | None = None, timeout: float = 600
+) -> CaptureResult:
     """Run *command* and snapshot it when this process gets SIGUSR1 (the command can send it
     to its parent) or, if *delay* is given, after *delay* seconds at the latest; then end it."""
     got = threading.Event()

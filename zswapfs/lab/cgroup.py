@@ -43,8 +43,9 @@ class MemoryCgroup:
     def popen(self, cmd: list[str], **kwargs: object) -> subprocess.Popen[str]:
         """Start *cmd* inside the cgroup (it joins before it runs a line of its own)."""
         procs = str(self.path / "cgroup.procs")
-        return subprocess.Popen(cmd, preexec_fn=lambda: Path(procs).write_text("0"),
-                                text=True, **kwargs)  # type: ignore[call-overload]  # fmt: skip
+        return subprocess.Popen(
+            cmd, preexec_fn=lambda: Path(procs).write_text("0"), text=True, **kwargs
+        )  # type: ignore[call-overload]
 
     def stat(self, key: str) -> int:
         for name in ("memory.stat",):

@@ -60,8 +60,7 @@ class ReplayResult:
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out.update(density=self.density, pool_density=self.pool_density,
-                   efficiency=self.efficiency)  # fmt: skip
+        out.update(density=self.density, pool_density=self.pool_density, efficiency=self.efficiency)
         return out
 
 
@@ -81,12 +80,18 @@ def replay(corpus: bytes, pool: str, codec: str, churn: float = 0.0, seed: int =
     t2 = time.perf_counter()
     st = store.stats()
     result = ReplayResult(
-        pool=pool, codec=codec, pages=npages,
-        orig_data_size=st["orig_data_size"], compr_data_size=st["compr_data_size"],
-        mem_used_total=st["mem_used_total"], metadata_bytes=st["metadata_bytes"],
-        same_pages=st["same_pages"], huge_pages=st["huge_pages"],
-        store_pages_per_s=npages / max(t1 - t0, 1e-9), load_pages_per_s=npages / max(t2 - t1, 1e-9),
-    )  # fmt: skip
+        pool=pool,
+        codec=codec,
+        pages=npages,
+        orig_data_size=st["orig_data_size"],
+        compr_data_size=st["compr_data_size"],
+        mem_used_total=st["mem_used_total"],
+        metadata_bytes=st["metadata_bytes"],
+        same_pages=st["same_pages"],
+        huge_pages=st["huge_pages"],
+        store_pages_per_s=npages / max(t1 - t0, 1e-9),
+        load_pages_per_s=npages / max(t2 - t1, 1e-9),
+    )
     if churn > 0:
         rnd = random.Random(seed)
         victims = rnd.sample(range(npages), int(npages * churn))

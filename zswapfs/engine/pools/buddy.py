@@ -343,8 +343,15 @@ class BuddyPool(Pool):
 
     # -- figures -------------------------------------------------------------------------------
     def metadata_bytes(self) -> int:
-        tables = (*self._chunks, *self._handle, self._mid_start, self._free_at, self._prev,
-                  self._next, self._heads)  # fmt: skip
+        tables = (
+            *self._chunks,
+            *self._handle,
+            self._mid_start,
+            self._free_at,
+            self._prev,
+            self._next,
+            self._heads,
+        )
         return super().metadata_bytes() + sum(t.itemsize * len(t) for t in tables)
 
     def stats(self) -> dict[str, Any]:

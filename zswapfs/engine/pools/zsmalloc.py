@@ -502,10 +502,19 @@ class ZsPool(Pool):
     # -- figures -------------------------------------------------------------------------------
     def metadata_bytes(self) -> int:
         tables = (
-            self._heads, self._zs_class, self._zs_inuse, self._zs_bump, self._zs_free,
-            self._zs_first, self._zs_prev, self._zs_next, self._zs_group, self._zs_unused,
-            self._page_next, self._page_owner,
-        )  # fmt: skip
+            self._heads,
+            self._zs_class,
+            self._zs_inuse,
+            self._zs_bump,
+            self._zs_free,
+            self._zs_first,
+            self._zs_prev,
+            self._zs_next,
+            self._zs_group,
+            self._zs_unused,
+            self._page_next,
+            self._page_owner,
+        )
         return super().metadata_bytes() + sum(t.itemsize * len(t) for t in tables)
 
     def class_table(self) -> list[dict[str, int]]:

@@ -38,8 +38,9 @@ class Corpus:
 def synthetic_corpus(npages: int, seed: int = 3) -> bytes:
     """A mix like real memory: zero pages, text-like, half random, fully random."""
     rnd = random.Random(seed)
-    words = [bytes(rnd.choice(b"abcdefghijklmnop") for _ in range(rnd.randint(2, 9)))
-             for _ in range(300)]  # fmt: skip
+    words = [
+        bytes(rnd.choice(b"abcdefghijklmnop") for _ in range(rnd.randint(2, 9))) for _ in range(300)
+    ]
     out = bytearray()
     for i in range(npages):
         kind = i % 10

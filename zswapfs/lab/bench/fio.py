@@ -29,9 +29,17 @@ FIO_JOBS = ("seqwrite-128k", "randrw-4k", "verify-randrw")
 TIMED_JOBS = ("seqwrite-128k", "randrw-4k")
 NULL_FUSE = "null-fuse"
 #: a mount's stats kept beside its fio rows
-MOUNT_FIGURES = ("orig_data_size", "compr_data_size", "mem_used_total", "metadata_bytes",
-                 "same_pages", "huge_pages", "failed_reads", "failed_writes",
-                 "rss_bytes")  # fmt: skip
+MOUNT_FIGURES = (
+    "orig_data_size",
+    "compr_data_size",
+    "mem_used_total",
+    "metadata_bytes",
+    "same_pages",
+    "huge_pages",
+    "failed_reads",
+    "failed_writes",
+    "rss_bytes",
+)
 MOUNT_TIMEOUT = 60.0
 
 
@@ -59,8 +67,13 @@ class FioOptions:
         return None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"runtime_s": self.runtime, "size": self.size, "verify_size": self.verify_size,
-                "jobs": list(FIO_JOBS), "jobs_dir": str(self.jobs_dir)}  # fmt: skip
+        return {
+            "runtime_s": self.runtime,
+            "size": self.size,
+            "verify_size": self.verify_size,
+            "jobs": list(FIO_JOBS),
+            "jobs_dir": str(self.jobs_dir),
+        }
 
 
 # -- fio through real mounts ---------------------------------------------------------------------
@@ -102,18 +115,37 @@ def zswapfs_mounted(
     pid: int | None = None
     try:
         res = subprocess.run(
-            [sys.executable, "-m", "zswapfs", "mount", str(mountpoint), "--size", str(size),
-             "--pool", pool, "--codec", codec, "--log", str(log)],
-            capture_output=True, text=True, timeout=MOUNT_TIMEOUT, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "zswapfs",
+                "mount",
+                str(mountpoint),
+                "--size",
+                str(size),
+                "--pool",
+                pool,
+                "--codec",
+                codec,
+                "--log",
+                str(log),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=MOUNT_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
         if res.returncode != 0:
             raise BenchError(f"mount {pool}/{codec}: {res.stderr.strip()}{_log_tail(log)}")
         pid = int(read_mount_stats(mountpoint)["pid"])
         yield mountpoint / "swap.img"
     finally:
         if os.path.ismount(mountpoint):
-            subprocess.run([sys.executable, "-m", "zswapfs", "umount", str(mountpoint)],
-                           capture_output=True, timeout=MOUNT_TIMEOUT)  # fmt: skip
+            subprocess.run(
+                [sys.executable, "-m", "zswapfs", "umount", str(mountpoint)],
+                capture_output=True,
+                timeout=MOUNT_TIMEOUT,
+            )
         _force_unmount(mountpoint)
         if pid is not None and not _wait_gone(pid, 30):
             with contextlib.suppress(ProcessLookupError):
@@ -128,8 +160,10 @@ def null_mounted(mountpoint: Path, size: int, log: Path) -> Iterator[Path]:
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "zswapfs.lab.nullfs", str(mountpoint), "--size", str(size)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-        )  # fmt: skip
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+        )
     try:
         deadline = time.monotonic() + MOUNT_TIMEOUT
         while not os.path.ismount(mountpoint):
@@ -173,11 +207,23 @@ def run_fio_job(image: Path, job: str, opts: FioOptions, workdir: Path) -> dict[
     out = workdir / f"{job}.json"
     size = opts.size if job in TIMED_JOBS else opts.verify_size
     env = {**os.environ, "FIO_RUNTIME": f"{round(opts.runtime * 1000)}ms"}
-    cmd = ["fio", f"--filename={image}", f"--size={size}", "--output-format=json",
-           f"--output={out}", str(opts.jobs_dir / f"{job}.fio")]  # fmt: skip
+    cmd = [
+        "fio",
+        f"--filename={image}",
+        f"--size={size}",
+        "--output-format=json",
+        f"--output={out}",
+        str(opts.jobs_dir / f"{job}.fio"),
+    ]
     try:
-        res = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True,
-                             timeout=opts.runtime * 4 + 600)  # fmt: skip
+        res = subprocess.run(
+            cmd,
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=opts.runtime * 4 + 600,
+        )
     except subprocess.TimeoutExpired:
         raise BenchError(f"fio job {job} on {image} did not finish") from None
     if res.returncode != 0:
@@ -205,8 +251,10 @@ def _fio_config(
                 continue
             row = {"pool": pool, "codec": codec, **run_fio_job(image, job, opts, workdir)}
             p99 = max(row["read_p99_us"] or 0, row["write_p99_us"] or 0)
-            progress(f"fio {pool} {codec} {job}: {row['iops']:.0f} IOPS,"
-                     f" {row['bw_bytes'] / 2**20:.1f} MiB/s, p99 {p99:.0f} us")  # fmt: skip
+            progress(
+                f"fio {pool} {codec} {job}: {row['iops']:.0f} IOPS,"
+                f" {row['bw_bytes'] / 2**20:.1f} MiB/s, p99 {p99:.0f} us"
+            )
             rows.append(row)
         if pool != NULL_FUSE:
             st = read_mount_stats(mountpoint)

@@ -75,20 +75,29 @@ def write_plots(run_: BenchRun, out_dir: Path) -> list[Path]:
             xs = [g + (i - (len(labels) - 1) / 2) * width for g in range(len(corpora))]
             ys = [by_key[(c, label)]["density"] if (c, label) in by_key else 0 for c in corpora]
             is_zram = label == "zram lz4"
-            ax.bar(xs, ys, width, label=label,
-                   color=REFERENCE_COLOR if is_zram else colors[label],
-                   hatch="//" if is_zram else None, edgecolor="white", linewidth=0.3)  # fmt: skip
+            ax.bar(
+                xs,
+                ys,
+                width,
+                label=label,
+                color=REFERENCE_COLOR if is_zram else colors[label],
+                hatch="//" if is_zram else None,
+                edgecolor="white",
+                linewidth=0.3,
+            )
         ax.axhline(1.0, color="black", linewidth=0.6)
         ax.set_xticks(range(len(corpora)), corpora)
         ax.set_ylabel("density: stored / (pool + metadata)")
         ax.set_title("Density per pool and codec (kernel zram lz4 hatched grey)")
-        ax.legend(ncol=min(5, len(labels)), loc="upper center", bbox_to_anchor=(0.5, -0.08),
-                  frameon=False)  # fmt: skip
+        ax.legend(
+            ncol=min(5, len(labels)), loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False
+        )
         save(fig, "density.png")
 
         # in-process throughput: store and load pages/s per configuration, a bar per corpus
-        fig, axes = plt.subplots(2, 1, figsize=(FIGSIZE[0], FIGSIZE[1] + 0.8), sharex=True,
-                                 layout="constrained")  # fmt: skip
+        fig, axes = plt.subplots(
+            2, 1, figsize=(FIGSIZE[0], FIGSIZE[1] + 0.8), sharex=True, layout="constrained"
+        )
         configs = list(colors)
         width = 0.8 / max(1, len(corpora))
         panels = (
@@ -99,9 +108,16 @@ def write_plots(run_: BenchRun, out_dir: Path) -> list[Path]:
             for j, c in enumerate(corpora):
                 xs = [k + (j - (len(corpora) - 1) / 2) * width for k in range(len(configs))]
                 ys = [by_key[(c, cf)][key] / 1000 if (c, cf) in by_key else 0 for cf in configs]
-                ax.bar(xs, ys, width, color=[colors[cf] for cf in configs],
-                       alpha=1.0 - 0.45 * j / max(1, len(corpora) - 1), edgecolor="black",
-                       linewidth=0.3, label=c)  # fmt: skip
+                ax.bar(
+                    xs,
+                    ys,
+                    width,
+                    color=[colors[cf] for cf in configs],
+                    alpha=1.0 - 0.45 * j / max(1, len(corpora) - 1),
+                    edgecolor="black",
+                    linewidth=0.3,
+                    label=c,
+                )
             ax.set_ylabel("k pages/s")
             ax.set_title(f"In-process {title}; bars left to right: {', '.join(corpora)}")
         axes[1].set_xticks(range(len(configs)), [cf.replace(" ", "\n") for cf in configs])
@@ -113,8 +129,9 @@ def write_plots(run_: BenchRun, out_dir: Path) -> list[Path]:
         jobs = list(dict.fromkeys(r["job"] for r in run_.fio))
         by_job = {(f"{r['pool']} {r['codec']}", r["job"]): r for r in run_.fio}
         baseline = null_baseline(run_.fio)
-        fig, axes = plt.subplots(1, len(jobs), figsize=FIGSIZE, sharey=False,
-                                 layout="constrained", squeeze=False)  # fmt: skip
+        fig, axes = plt.subplots(
+            1, len(jobs), figsize=FIGSIZE, sharey=False, layout="constrained", squeeze=False
+        )
         for ax, job in zip(axes[0], jobs, strict=True):
             ys = [by_job[(cf, job)]["iops"] if (cf, job) in by_job else 0 for cf in fio_configs]
             cols = [colors.get(cf, REFERENCE_COLOR) for cf in fio_configs]
@@ -124,9 +141,10 @@ def write_plots(run_: BenchRun, out_dir: Path) -> list[Path]:
                 ax.axvline(null["mean_iops"], color=REFERENCE_COLOR, linestyle="--", linewidth=0.8)
             ax.set_title(job)
             ax.set_xlabel("IOPS (read + write)")
-            ax.set_yticks(range(len(fio_configs)),
-                          fio_configs if ax is axes[0][0]
-                          else [""] * len(fio_configs))  # fmt: skip
+            ax.set_yticks(
+                range(len(fio_configs)),
+                fio_configs if ax is axes[0][0] else [""] * len(fio_configs),
+            )
             ax.invert_yaxis()
         fig.suptitle("fio through the FUSE mount (O_DIRECT); dashed: null-FUSE mean")
         save(fig, "fio.png")
@@ -136,16 +154,24 @@ def write_plots(run_: BenchRun, out_dir: Path) -> list[Path]:
         lines = [t for t in run_.timelines if t["corpus"] == corpus]
         if not lines:
             continue
-        fig, axes = plt.subplots(1, len(lines), figsize=FIGSIZE, sharey=True,
-                                 layout="constrained", squeeze=False)  # fmt: skip
+        fig, axes = plt.subplots(
+            1, len(lines), figsize=FIGSIZE, sharey=True, layout="constrained", squeeze=False
+        )
         for ax, t in zip(axes[0], lines, strict=True):
             color = POOL_COLORS.get(t["pool"], "#555555")
             for (a, b), shade in zip(t["phases"].values(), PHASE_SHADES, strict=False):
                 ax.axvspan(a, b, color=shade, linewidth=0)
-            ax.plot(t["seconds"], [m / MIB for m in t["mem_used"]], color=color,
-                    label="pool memory")  # fmt: skip
-            ax.plot(t["seconds"], [m / MIB for m in t["compr_data_size"]], color=color,
-                    linestyle="--", linewidth=0.9, label="compressed bytes")  # fmt: skip
+            ax.plot(
+                t["seconds"], [m / MIB for m in t["mem_used"]], color=color, label="pool memory"
+            )
+            ax.plot(
+                t["seconds"],
+                [m / MIB for m in t["compr_data_size"]],
+                color=color,
+                linestyle="--",
+                linewidth=0.9,
+                label="compressed bytes",
+            )
             ax.set_title(f"{t['pool']} {t['codec']}")
             ax.set_xlabel("seconds")
         axes[0][0].set_ylabel("MiB")

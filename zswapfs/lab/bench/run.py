@@ -57,26 +57,40 @@ def machine_info() -> dict[str, Any]:
     fio = "-"
     if shutil.which("fio"):
         with contextlib.suppress(OSError, subprocess.SubprocessError):
-            fio = subprocess.run(["fio", "--version"], capture_output=True, text=True,
-                                 timeout=10).stdout.strip()  # fmt: skip
-    return {"kernel": uname.release, "cpus": os.cpu_count(), "cpu_model": cpu, "memory": mem,
-            "python": sys.version.split()[0], "lz4": _version("lz4"),
-            "zstandard": _version("zstandard"), "fio": fio,
-            "loadavg_start": list(os.getloadavg()),
-            "date": time.strftime("%Y-%m-%d %H:%M")}  # fmt: skip
+            fio = subprocess.run(
+                ["fio", "--version"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+    return {
+        "kernel": uname.release,
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
+        "memory": mem,
+        "python": sys.version.split()[0],
+        "lz4": _version("lz4"),
+        "zstandard": _version("zstandard"),
+        "fio": fio,
+        "loadavg_start": list(os.getloadavg()),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
 
 
 def zram_row(corpus: Corpus) -> dict[str, Any]:
     z = kzram.measure(corpus.data, "lz4")
     return {
-        "corpus": corpus.name, "pool": "zram", "codec": "lz4", "pages": corpus.pages,
-        "orig_data_size": z["orig_data_size"], "compr_data_size": z["compr_data_size"],
-        "mem_used_total": z["mem_used_total"], "metadata_bytes": z["metadata_bytes"],
-        "same_pages": z["same_pages"], "huge_pages": z["huge_pages"],
+        "corpus": corpus.name,
+        "pool": "zram",
+        "codec": "lz4",
+        "pages": corpus.pages,
+        "orig_data_size": z["orig_data_size"],
+        "compr_data_size": z["compr_data_size"],
+        "mem_used_total": z["mem_used_total"],
+        "metadata_bytes": z["metadata_bytes"],
+        "same_pages": z["same_pages"],
+        "huge_pages": z["huge_pages"],
         "density": z["orig_data_size"] / (z["mem_used_total"] + z["metadata_bytes"]),
         "pool_density": z["orig_data_size"] / z["mem_used_total"],
         "efficiency": z["compr_data_size"] / z["mem_used_total"],
-    }  # fmt: skip
+    }
 
 
 def check_configurations(pools: list[str], codecs: list[str]) -> None:
@@ -151,14 +165,20 @@ def memory_timeline(
     finally:
         store.pool.close()
     return {
-        "corpus": corpus.name, "pool": pool, "codec": codec, "pages": npages,
-        "freed_pages": len(victims), "compact_steps": len(steps),
+        "corpus": corpus.name,
+        "pool": pool,
+        "codec": codec,
+        "pages": npages,
+        "freed_pages": len(victims),
+        "compact_steps": len(steps),
         "phases": {k: [round(a, 4), round(b, 4)] for k, (a, b) in phases.items()},
-        "mem_after_fill": after_fill, "mem_after_free": after_free,
+        "mem_after_fill": after_fill,
+        "mem_after_free": after_free,
         "mem_after_compact": points[-1][1],
-        "seconds": [round(p[0], 4) for p in points], "mem_used": [p[1] for p in points],
+        "seconds": [round(p[0], 4) for p in points],
+        "mem_used": [p[1] for p in points],
         "compr_data_size": [p[2] for p in points],
-    }  # fmt: skip
+    }
 
 
 def run(
@@ -177,17 +197,21 @@ def run(
         if why:
             raise BenchError(f"fio rows: {why}")
     result = BenchRun(machine=machine_info())
-    result.settings = {"pools": pools, "codecs": codecs, "churn": churn, "zram": with_zram,
-                       "timeline_codec": codecs[0] if timeline else None,
-                       "fio": fio.as_dict() if fio else None}  # fmt: skip
+    result.settings = {
+        "pools": pools,
+        "codecs": codecs,
+        "churn": churn,
+        "zram": with_zram,
+        "timeline_codec": codecs[0] if timeline else None,
+        "fio": fio.as_dict() if fio else None,
+    }
     with tempfile.TemporaryDirectory(prefix="zswapfs-bench-") as tmp:
         corpora = []
         for spec in specs:
             progress(f"corpus {spec}")
             corpora.append(load_spec(spec, Path(tmp)))
     for corpus in corpora:
-        result.corpora.append({"name": corpus.name, "source": corpus.source,
-                               "pages": corpus.pages})  # fmt: skip
+        result.corpora.append({"name": corpus.name, "source": corpus.source, "pages": corpus.pages})
         if with_zram:
             why = kzram.unavailable()
             if why:

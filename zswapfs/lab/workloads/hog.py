@@ -33,20 +33,34 @@ def main() -> int:
         last = min(first + CHUNK, npages)
         block = mem[first:last]
         numbers = np.arange(first, last, dtype=np.uint32)
-        block[:] = numbers.view(np.uint8).reshape(-1, 4).repeat(PAGE // 4, axis=0).reshape(
-            last - first, PAGE)  # fmt: skip
+        block[:] = (
+            numbers.view(np.uint8)
+            .reshape(-1, 4)
+            .repeat(PAGE // 4, axis=0)
+            .reshape(last - first, PAGE)
+        )
         block[:, 1::64] = 0x5A  # a texture, so a pattern page is not same-filled
         for kind in (1, 2, 3):
             rows = np.flatnonzero(numbers % 4 == kind)
-            block[rows, : kind * 1024] = rng.integers(0, 256, (len(rows), kind * 1024),
-                                                      dtype=np.uint8)  # fmt: skip
+            block[rows, : kind * 1024] = rng.integers(
+                0, 256, (len(rows), kind * 1024), dtype=np.uint8
+            )
         for i in range(last - first):
             sums[first + i] = zlib.crc32(block[i])
     t1 = time.monotonic()
     bad = sum(1 for pn in range(npages) if zlib.crc32(mem[pn]) != sums[pn])
     t2 = time.monotonic()
-    print(json.dumps({"pages": npages, "fill_s": round(t1 - t0, 2), "verify_s": round(t2 - t1, 2),
-                      "bad_pages": bad}), flush=True)  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "pages": npages,
+                "fill_s": round(t1 - t0, 2),
+                "verify_s": round(t2 - t1, 2),
+                "bad_pages": bad,
+            }
+        ),
+        flush=True,
+    )
     return 0 if bad == 0 else 2
 
 

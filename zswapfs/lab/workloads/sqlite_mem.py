@@ -24,11 +24,16 @@ items = [f"part-{n:05d}" for n in range(3000)]
 rows = target * 1024 * 1024 // 150
 batch = []
 for _ in range(rows):
-    batch.append((
-        f"customer{rnd.randint(1, 50000):06d}", rnd.choice(cities), rnd.choice(items),
-        rnd.randint(1, 50), round(rnd.uniform(1, 500), 2),
-        rnd.choice(["", "gift", "express", "fragile, keep upright", ""]),
-    ))  # fmt: skip
+    batch.append(
+        (
+            f"customer{rnd.randint(1, 50000):06d}",
+            rnd.choice(cities),
+            rnd.choice(items),
+            rnd.randint(1, 50),
+            round(rnd.uniform(1, 500), 2),
+            rnd.choice(["", "gift", "express", "fragile, keep upright", ""]),
+        )
+    )
     if len(batch) == 10000:
         db.executemany(
             "INSERT INTO orders (customer, city, item, qty, price, note) VALUES (?,?,?,?,?,?)",
