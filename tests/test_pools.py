@@ -70,7 +70,7 @@ def check_buddy(pool: buddy.BuddyPool, model: dict[int, bytes]) -> None:
         assert pool._handle[bud][pn] == handle, "reverse map disagrees with the handle"
         n = pool._chunks[bud][pn]
         assert n == buddy.chunks_for(len(data))
-        start = pool._start(pn, bud)
+        start = pool._first_chunk(pn, bud)
         per_page.setdefault(pn, []).append((start, start + n))
     limit = 3 if pool.three else 2
     for spans in per_page.values():

@@ -89,7 +89,7 @@ class BuddyPool(Pool):
             arr.extend(array("i", zeros_i))
         self._free_at.extend(array("b", zeros_b))
 
-    def _start(self, pn: int, bud: int) -> int:
+    def _first_chunk(self, pn: int, bud: int) -> int:
         """First chunk of buddy *bud* of page *pn*."""
         if bud == FIRST:
             return 0
@@ -111,7 +111,7 @@ class BuddyPool(Pool):
             return max(before, after)
         return NCHUNKS - f - last
 
-    def _place(self, pn: int, n: int) -> int:
+    def _choose_bud(self, pn: int, n: int) -> int:
         """Which buddy of page *pn* takes an object of *n* chunks (it fits: checked by caller)."""
         chunks = self._chunks
         if chunks[FIRST][pn] == 0:
@@ -180,7 +180,7 @@ class BuddyPool(Pool):
     def _put(self, pn: int, handle: int, size: int) -> int:
         """Claim a buddy of *pn* for an object; returns its location word."""
         n = chunks_for(size)
-        bud = self._place(pn, n)
+        bud = self._choose_bud(pn, n)
         self._chunks[bud][pn] = n
         self._handle[bud][pn] = handle
         if bud == MIDDLE:
@@ -191,7 +191,7 @@ class BuddyPool(Pool):
     # -- the interface -------------------------------------------------------------------------
     def _offset(self, loc: int) -> tuple[int, int]:
         pn, bud = loc >> 15, (loc >> 13) & 3
-        return pn, self._start(pn, bud) * CHUNK
+        return pn, self._first_chunk(pn, bud) * CHUNK
 
     def read(self, handle: int) -> bytes:
         with self.lock:
@@ -249,7 +249,7 @@ class BuddyPool(Pool):
         self._handle[to_bud][pn] = handle
         if to_bud == MIDDLE:
             self._mid_start[pn] = new_start
-        self.arena.write(pn, self._start(pn, to_bud) * CHUNK, data)
+        self.arena.write(pn, self._first_chunk(pn, to_bud) * CHUNK, data)
         self.handles.set(handle, pn << 15 | to_bud << 13 | size)
         self.objects_moved += 1
 

@@ -316,7 +316,7 @@ class ZsPool(Pool):
         self._zs_free[z] = idx
         self._regroup(z, cls)
 
-    def _place(self, cls: SizeClass, z: int, handle: int, size: int) -> int:
+    def _put(self, cls: SizeClass, z: int, handle: int, size: int) -> int:
         idx = self._take_slot(cls, z)
         self._set_header(z, idx * cls.size, handle << 1 | 1)
         return z << 24 | idx << 13 | size
@@ -370,7 +370,7 @@ class ZsPool(Pool):
         self.bytes_stored += size
         return handle
 
-    def _start(self, loc: int) -> tuple[int, int, int, SizeClass]:
+    def _locate(self, loc: int) -> tuple[int, int, int, SizeClass]:
         """Zspage, byte offset of the payload in it, length and class of a non-huge object."""
         z = loc >> 24
         cls = self.classes[self._zs_class[z]]
@@ -381,7 +381,7 @@ class ZsPool(Pool):
             loc = self.handles.get(handle)
             if loc & HUGE_LOC:
                 return self.arena.read((loc >> 13) & _PN_MASK, 0, loc & _LEN_MASK)
-            z, start, length, _ = self._start(loc)
+            z, start, length, _ = self._locate(loc)
             return self._copy_out(z, start, length)
 
     def free(self, handle: int) -> int:
@@ -394,7 +394,7 @@ class ZsPool(Pool):
                 cls.zspages -= 1
                 cls.inuse -= 1
             else:
-                z, _, _, cls = self._start(loc)
+                z, _, _, cls = self._locate(loc)
                 self._drop_slot(cls, z, (loc >> 13) & _IDX_MASK)
             self.handles.release(handle)
             self.bytes_stored -= length
@@ -432,7 +432,7 @@ class ZsPool(Pool):
                 handle = hdr >> 1
                 length = self.handles.get(handle) & _LEN_MASK
                 data = self._copy_out(src, start + HDR, length)
-                loc = self._place(cls, dst, handle, length)
+                loc = self._put(cls, dst, handle, length)
                 self._copy_in(dst, ((loc >> 13) & _IDX_MASK) * cls.size + HDR, data)
                 self.handles.set(handle, loc)
                 self.objects_moved += 1
