@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         v = sub.add_parser(verb, help=text)
         v.add_argument("name", nargs="?", help="reads /etc/zswapfs/NAME.toml")
         v.add_argument("--config", help="a TOML file instead (NAME: its stem)")
+        v.add_argument(
+            "--stripes",
+            type=int,
+            help="N images, each its own daemon, at one swap priority (default: the config's"
+            " stripes key, 1)",
+        )
         if verb == "swapoff":
             v.add_argument("--keep-mount", action="store_true", help="leave the daemon running")
         v.set_defaults(func=fn)

@@ -77,6 +77,11 @@ def cmd_mount(args: argparse.Namespace) -> int:
     from zswapfs.service import daemon
 
     cfg = _mount_config(args)
+    if cfg.stripes > 1:
+        raise CliError(
+            f"stripes: a swap of {cfg.stripes} stripes is set up by `zswapfs swapon`, which mounts"
+            " each stripe itself"
+        )
     if args.mountpoint:
         mountpoint = os.path.abspath(args.mountpoint)
     elif cfg.mountpoint or args.config:

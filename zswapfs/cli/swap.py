@@ -10,11 +10,12 @@ def cmd_swapon(args: argparse.Namespace) -> int:
 
     try:
         swap.need_root("swapon")
-        target = swap.resolve(args.name, args.config)
-        dev = swap.swapon(target)
+        target = swap.resolve(args.name, args.config, args.stripes)
+        devices = swap.swapon(target)
     except swap.SwapError as exc:
         raise CliError(f"swapon: {exc}") from None
-    print(f"{target.image} on {dev}, swap priority {target.cfg.swap_priority}")
+    for stripe, dev in zip(target.stripes(), devices, strict=True):
+        print(f"{stripe.image} on {dev}, swap priority {stripe.cfg.swap_priority}")
     return 0
 
 
@@ -23,10 +24,11 @@ def cmd_swapoff(args: argparse.Namespace) -> int:
 
     try:
         swap.need_root("swapoff")
-        target = swap.resolve(args.name, args.config)
+        target = swap.resolve(args.name, args.config, args.stripes)
         devices = swap.swapoff(target, keep_mount=args.keep_mount)
     except swap.SwapError as exc:
         raise CliError(f"swapoff: {exc}") from None
-    print(f"swap off: {', '.join(devices) or 'no loop device'}; "
-          f"{'mount kept' if args.keep_mount else 'unmounted'} {target.mountpoint}")  # fmt: skip
+    kept = "mount kept" if args.keep_mount else "unmounted"
+    mounts = ", ".join(str(s.mountpoint) for s in target.stripes())
+    print(f"swap off: {', '.join(devices) or 'no loop device'}; {kept} {mounts}")
     return 0

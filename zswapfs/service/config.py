@@ -18,6 +18,8 @@ _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 #: largest image: page numbers must fit the index and 2**32 pool pages
 MAX_SIZE = 1 << 44
+#: most swap stripes (one daemon each): the kernel stripes across any number, a few cores pay
+MAX_STRIPES = 16
 
 
 class ConfigError(Exception):
@@ -56,6 +58,8 @@ class MountConfig:
     lock_memory: bool = True
     swap_priority: int = 100
     mountpoint: str = ""
+    #: swapon only: this many images, each its own daemon, striped by the kernel at one priority
+    stripes: int = 1
 
     def check(self) -> MountConfig:
         if self.size <= 0 or self.size % PAGE_SIZE:
@@ -91,6 +95,13 @@ class MountConfig:
             raise ConfigError("writeback options need a backing file (backing)")
         if not -1 <= self.swap_priority <= 32767:
             raise ConfigError(f"swap-priority: {self.swap_priority} out of range -1..32767")
+        if not 1 <= self.stripes <= MAX_STRIPES:
+            raise ConfigError(f"stripes: {self.stripes} out of range 1..{MAX_STRIPES}")
+        if self.size // self.stripes < 1 << 20:
+            raise ConfigError(
+                f"stripes: {self.stripes} stripes of a {self.size}-byte image are "
+                "smaller than 1 MiB each"
+            )
         if self.mountpoint and not self.mountpoint.startswith("/"):
             raise ConfigError(f"mountpoint: {self.mountpoint!r} is not an absolute path")
         if not 0.001 <= self.maintenance_interval <= 3600:
@@ -126,6 +137,7 @@ _KEYS = {
     "lock-memory": "lock_memory",
     "swap-priority": "swap_priority",
     "mountpoint": "mountpoint",
+    "stripes": "stripes",
 }
 
 #: what a TOML value of each field must be, and how to say so

@@ -8,19 +8,29 @@ before it. swapoff: swapoff and detach every loop device on the image, then unmo
 
 Configuration: /etc/zswapfs/NAME.toml, or --config FILE (NAME is then the file's stem); the
 mountpoint is the file's `mountpoint` key or /run/zswapfs/NAME.
+
+Stripes (`stripes = N`, or --stripes N): N images, each served by its own daemon at MOUNTPOINT-0
+.. MOUNTPOINT-(N-1), each 1/N of the size and of the memory limit, with backing files BACKING.0
+.. BACKING.(N-1); all swapped on at the same priority, so the kernel spreads swap pages across
+them round-robin. One pyfuse3 session serves its requests on one thread under one GIL: separate
+daemons let swap-out and swap-in use several cores (docs/swap.md has the figures).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from zswapfs.engine.codec import PAGE_SIZE
 from zswapfs.service import config as cfgmod
 from zswapfs.service.config import MountConfig
+
+log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path("/etc/zswapfs")
 RUN_DIR = Path("/run/zswapfs")
@@ -41,8 +51,29 @@ class Target:
     def image(self) -> Path:
         return self.mountpoint / self.cfg.name
 
+    def stripes(self) -> list[Target]:
+        """The images this swap is made of: itself, or its N stripes (see the module doc)."""
+        n = self.cfg.stripes
+        if n == 1:
+            return [self]
+        size = self.cfg.size // n // PAGE_SIZE * PAGE_SIZE
+        limit = self.cfg.mem_limit // n // PAGE_SIZE * PAGE_SIZE
+        out = []
+        for i in range(n):
+            mp = Path(f"{self.mountpoint}-{i}")
+            cfg = dataclasses.replace(
+                self.cfg,
+                size=size,
+                mem_limit=max(limit, 64 * PAGE_SIZE) if limit else 0,
+                backing=f"{self.cfg.backing}.{i}" if self.cfg.backing else "",
+                mountpoint=str(mp),
+                stripes=1,
+            ).check()
+            out.append(Target(f"{self.name}-{i}", cfg, mp, self.config_path))
+        return out
 
-def resolve(name: str | None, config_path: str | None) -> Target:
+
+def resolve(name: str | None, config_path: str | None, stripes: int | None = None) -> Target:
     if config_path:
         path = Path(config_path)
         name = name or path.stem
@@ -52,7 +83,13 @@ def resolve(name: str | None, config_path: str | None) -> Target:
         path = CONFIG_DIR / f"{name}.toml"
     else:
         raise SwapError("give a NAME (for /etc/zswapfs/NAME.toml) or --config FILE")
-    cfg = cfgmod.from_mapping(cfgmod.load_toml(path), where=f"{path}: ").check()
+    cfg = cfgmod.from_mapping(cfgmod.load_toml(path), where=f"{path}: ")
+    if stripes is not None:
+        cfg = dataclasses.replace(cfg, stripes=stripes)
+    try:
+        cfg = cfg.check()
+    except cfgmod.ConfigError as exc:
+        raise SwapError(str(exc)) from None
     mountpoint = Path(cfg.mountpoint) if cfg.mountpoint else RUN_DIR / name
     return Target(name, cfg, mountpoint, path)
 
@@ -82,9 +119,28 @@ def active_swaps() -> set[str]:
         return {line.split()[0] for line in f.read().splitlines()[1:] if line.strip()}
 
 
-def swapon(target: Target) -> str:
-    """Returns the loop device now in use as swap."""
+def swapon(target: Target) -> list[str]:
+    """Swap on every stripe of *target*; returns the loop devices in use as swap. If one stripe
+    fails, the stripes already on are taken down again."""
     need_root("swapon")
+    done: list[Target] = []
+    devices = []
+    try:
+        for stripe in target.stripes():
+            devices.append(_swapon_one(stripe))
+            done.append(stripe)
+    except SwapError:
+        for stripe in done:
+            try:
+                _swapoff_one(stripe, keep_mount=False)
+            except SwapError as exc:
+                log.error("undoing swapon of %s: %s", stripe.image, exc)
+        raise
+    return devices
+
+
+def _swapon_one(target: Target) -> str:
+    """Mount (unless live), losetup, mkswap and swapon one image; its loop device."""
     cfg, mp = target.cfg, target.mountpoint
     mounted_here = False
     if not os.path.ismount(mp):
@@ -106,7 +162,7 @@ def swapon(target: Target) -> str:
     dev = ""
     try:
         dev = _run("losetup", "--direct-io=on", "-f", "--show", str(image))
-        _run("mkswap", "-L", f"zswapfs-{target.name}", dev)
+        _run("mkswap", "-L", f"zswapfs-{target.name}"[:16], dev)
         _run("swapon", "-p", str(cfg.swap_priority), dev)
     except SwapError:
         if dev:
@@ -119,8 +175,15 @@ def swapon(target: Target) -> str:
 
 
 def swapoff(target: Target, keep_mount: bool = False) -> list[str]:
-    """Returns the loop devices taken down."""
+    """Swap off every stripe of *target*; returns the loop devices taken down."""
     need_root("swapoff")
+    devices = []
+    for stripe in target.stripes():
+        devices += _swapoff_one(stripe, keep_mount)
+    return devices
+
+
+def _swapoff_one(target: Target, keep_mount: bool) -> list[str]:
     mp = target.mountpoint
     devices = loop_devices(target.image) if os.path.ismount(mp) else []
     swaps = active_swaps()

@@ -1,0 +1,103 @@
+"""Swap wall time of one zswapfs image against N stripes (one daemon each), beside kernel zram.
+
+Each round runs the same memory hog (`python -m zswapfs.lab.workloads.hog MIB`: fills MIB with
+checksummed, partly compressible pages and verifies them all) in a memory cgroup limited to
+--limit, once per configuration, the configurations interleaved round by round so drift on a
+shared machine hits them alike: zswapfs with 1 stripe, with each N of --stripes, and /dev/zram0
+(lz4). Every swap is the only one on while its hog runs. Prints per-configuration wall times,
+their medians and the ratios of the medians against one stripe and against zram.
+
+    python bench/swap_stripes.py [--mib 512] [--limit 128M] [--stripes 2] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from zswapfs.lab import cgroup, kzram
+from zswapfs.service.config import parse_size
+
+
+def hog_seconds(mib: int, limit: int) -> float:
+    with cgroup.memory_cgroup(f"zswapfs-stripebench-{time.monotonic_ns()}", limit) as cg:
+        t0 = time.monotonic()
+        hog = cg.popen(
+            [sys.executable, "-m", "zswapfs.lab.workloads.hog", str(mib)], stdout=subprocess.PIPE
+        )
+        out = hog.communicate()[0]
+        wall = time.monotonic() - t0
+    if hog.returncode != 0 or json.loads(out)["bad_pages"]:
+        raise SystemExit(f"hog failed ({hog.returncode}): {out}")
+    return wall
+
+
+def zswapfs_round(mib: int, limit: int, stripes: int) -> float:
+    with tempfile.TemporaryDirectory(prefix="zswapfs-stripebench-") as tmp:
+        config = Path(tmp) / "bench.toml"
+        config.write_text(f'size = "{2 * mib}M"\nmountpoint = "{tmp}/mnt"\nstripes = {stripes}\n')
+        zs = [sys.executable, "-m", "zswapfs"]
+        subprocess.run([*zs, "swapon", "--config", str(config)], check=True, capture_output=True)
+        try:
+            return hog_seconds(mib, limit)
+        finally:
+            subprocess.run([*zs, "swapoff", "--config", str(config)], capture_output=True)
+
+
+def zram_round(mib: int, limit: int) -> float:
+    with kzram.configured(2 * mib << 20, "lz4") as dev:
+        subprocess.run(["mkswap", str(dev)], check=True, capture_output=True)
+        subprocess.run(["swapon", "-p", "100", str(dev)], check=True, capture_output=True)
+        try:
+            return hog_seconds(mib, limit)
+        finally:
+            subprocess.run(["swapoff", str(dev)], capture_output=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--mib", type=int, default=512)
+    ap.add_argument("--limit", default="128M")
+    ap.add_argument("--stripes", default="2", help="comma list of stripe counts beside 1")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    limit = parse_size(args.limit)
+    if Path("/proc/swaps").read_text().count("\n") > 1:
+        raise SystemExit("another swap device is on: the comparison needs ours alone")
+    why = kzram.unavailable() or cgroup.unavailable()
+    if why:
+        raise SystemExit(why)
+    counts = [1] + [int(n) for n in args.stripes.split(",") if int(n) != 1]
+    walls: dict[str, list[float]] = {f"stripes={n}": [] for n in counts} | {"zram": []}
+    for r in range(args.rounds):
+        for n in counts:
+            walls[f"stripes={n}"].append(zswapfs_round(args.mib, limit, n))
+        walls["zram"].append(zram_round(args.mib, limit))
+        print(
+            f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in walls.items()),
+            file=sys.stderr,
+            flush=True,
+        )
+    med = {k: statistics.median(v) for k, v in walls.items()}
+    result = {
+        "mib": args.mib,
+        "limit": limit,
+        "rounds": args.rounds,
+        "wall_s": walls,
+        "median_s": med,
+        "vs_one_stripe": {k: v / med["stripes=1"] for k, v in med.items()},
+        "vs_zram": {k: v / med["zram"] for k, v in med.items()},
+        "loadavg_end": list(os.getloadavg()),
+    }
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

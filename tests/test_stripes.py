@@ -1,0 +1,93 @@
+"""Striped swap: N images, each its own daemon, swapped on at one priority."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.test_swap import loops_on, needs_swap, run
+from zswapfs.lab import cgroup
+
+pytestmark = pytest.mark.system
+
+STRIPES = 2
+
+
+@pytest.fixture
+def striped_config(tmp_path: Path) -> Iterator[Path]:
+    """A 512 MiB swap in two stripes on tmp_path/mnt-0 and tmp_path/mnt-1; whatever the test
+    does, every stripe is swapped off, detached and unmounted afterwards."""
+    config = tmp_path / "striped.toml"
+    mp = tmp_path / "mnt"
+    config.write_text(f'size = "512M"\nmountpoint = "{mp}"\nstripes = {STRIPES}\n')
+    yield config
+    run("swapoff", "--config", str(config))
+    for i in range(STRIPES):
+        stripe = Path(f"{mp}-{i}")
+        for dev in loops_on(stripe / "swap.img"):
+            subprocess.run(["swapoff", dev], capture_output=True)
+            subprocess.run(["losetup", "-d", dev], capture_output=True)
+        if os.path.ismount(stripe):
+            subprocess.run(["fusermount3", "-u", "-z", str(stripe)], capture_output=True)
+
+
+@needs_swap
+def test_striped_swap_spreads_pages_over_every_stripe(striped_config: Path, tmp_path: Path) -> None:
+    res = run("swapon", "--config", str(striped_config))
+    assert res.returncode == 0, res.stderr
+    stripes = [Path(f"{tmp_path / 'mnt'}-{i}") for i in range(STRIPES)]
+    devices = [loops_on(s / "swap.img") for s in stripes]
+    assert all(len(d) == 1 for d in devices), devices
+    swaps = {
+        e[0]: e for e in (ln.split() for ln in Path("/proc/swaps").read_text().splitlines()[1:])
+    }
+    for (dev,) in devices:
+        assert swaps[dev][-1] == "100"  # one priority: the kernel stripes across them
+        assert int(swaps[dev][2]) < 300 * 1024  # each stripe is half the size (KiB)
+    with cgroup.memory_cgroup(f"zswapfs-stripes-{os.getpid()}", 96 << 20) as cg:
+        hog = cg.popen(
+            [sys.executable, "-m", "zswapfs.lab.workloads.hog", "256"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            out, err = hog.communicate(timeout=400)
+        finally:
+            if hog.poll() is None:
+                hog.kill()
+                hog.wait()
+    assert hog.returncode == 0, (out, err)
+    assert json.loads(out)["bad_pages"] == 0
+    stored = [json.loads((s / "stats").read_text())["stored_pages"] for s in stripes]
+    assert all(n > 5_000 for n in stored), stored  # every daemon took its share
+    res = run("swapoff", "--config", str(striped_config))
+    assert res.returncode == 0, res.stderr
+    for s, (dev,) in zip(stripes, devices, strict=True):
+        assert not os.path.ismount(s) and not loops_on(s / "swap.img")
+        assert dev not in Path("/proc/swaps").read_text()
+
+
+def test_mount_refuses_a_striped_config(tmp_path: Path) -> None:
+    config = tmp_path / "striped.toml"
+    config.write_text(f'size = "64M"\nstripes = 2\nmountpoint = "{tmp_path / "mnt"}"\n')
+    res = run("mount", "--config", str(config))
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [
+        "zswapfs: stripes: a swap of 2 stripes is set up by `zswapfs swapon`, which mounts each"
+        " stripe itself"
+    ]
+
+
+@pytest.mark.parametrize("stripes", ["0", "17", "'two'"])
+def test_bad_stripes_are_one_line(tmp_path: Path, stripes: str) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(f'size = "64M"\nstripes = {stripes}\nmountpoint = "{tmp_path / "mnt"}"\n')
+    res = run("mount", "--config", str(config))
+    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "stripes" in res.stderr
