@@ -1,7 +1,7 @@
 """The performance targets (docs/performance.md), each as a ratio against a baseline measured
 in the same run, PASS/FAIL.
 
-FUSE path: the null-FUSE file (zswapfs's own fs.py over a store that keeps nothing) and a
+FUSE path: the null-FUSE file (a minimal pyfuse3 file, zswapfs.lab.nullfs) and a
 zswapfs mount (lz4 + zsmalloc) side by side, the same fio jobs on both (O_DIRECT, fio's
 50%-compressible buffers): 4K randwrite/randread at QD1 and QD16, 128K sequential write at QD16;
 directly on the image file and through a loop device with --direct-io=on. Both are mounted at

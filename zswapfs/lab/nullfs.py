@@ -1,58 +1,106 @@
-"""The null-FUSE baseline: zswapfs's own FUSE layer over a store that keeps nothing.
+"""The FUSE yardsticks: a minimal pyfuse3 file system, not zswapfs's own FUSE layer.
 
-Writes are accepted and dropped, reads return zeros. Run through the same fs.py, pyfuse3 and
-trio path as the real daemon, so `real / null` isolates what storage costs (`zswapfs bench
---fio` mounts it for its "null-fuse" row).
+One directory holding one file (`swap.img`), opened with direct_io, served by the fewest lines
+pyfuse3 allows, so `zswapfs / yardstick` measures everything zswapfs adds on top of the FUSE
+round trip itself (its fs.py included):
 
-    python -m zswapfs.lab.nullfs MOUNTPOINT [--size 1G]     (serves until SIGTERM / Ctrl-C)
+    --keep none   writes are dropped, reads return zeros: the ceiling of any request through one
+                  pyfuse3 session (`zswapfs bench --fio` mounts it for its "null-fuse" row)
+    --keep ram    pages are kept in an anonymous mapping of the image's size, uncompressed, and
+                  the daemon locks its memory: the ceiling of any swap served by one pyfuse3
+                  session (swap needs its pages back; bench/swap_wall.py uses it)
+
+    python -m zswapfs.lab.nullfs MOUNTPOINT [--size 1G] [--keep none|ram]
+                                                   (serves until SIGTERM / Ctrl-C; always unmounts)
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
+import mmap
 import os
 import signal
-from typing import Any
+import stat
 
 import pyfuse3
 import trio
 
-from zswapfs.engine.codec import PAGE_SIZE
-from zswapfs.fs import ZswapOperations
 from zswapfs.service.config import ConfigError, parse_size
+from zswapfs.service.hardening import harden
 
-ZERO = bytes(PAGE_SIZE)
+log = logging.getLogger(__name__)
 
-
-class NullStore:
-    """The part of PageStore's interface fs.py uses, keeping nothing."""
-
-    def __init__(self, npages: int) -> None:
-        self.npages = npages
-        self.invalid_io = 0
-
-    def read(self, offset: int, size: int) -> bytes:
-        return ZERO if size == PAGE_SIZE else bytes(size)
-
-    def write(self, offset: int, data: bytes) -> None:
-        pass
-
-    def flush(self) -> int:
-        return 0
-
-    def mem_used_pages(self) -> int:
-        return 0
-
-    def note_invalid_io(self) -> None:
-        self.invalid_io += 1
-
-    def stats(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "null": True}
+PAGE_SIZE = 4096
+NAME = b"swap.img"
+FILE_INODE = pyfuse3.ROOT_INODE + 1
 
 
-def serve(mountpoint: str, size: int) -> None:
-    """Mount the null image on *mountpoint* and serve until SIGTERM/SIGINT; always unmounts."""
-    ops = ZswapOperations(NullStore(size // PAGE_SIZE), "swap.img")  # type: ignore[arg-type]
+class MinimalFile(pyfuse3.Operations):
+    """One regular file of *size* bytes; *keep* None drops writes, else a buffer holds them."""
+
+    def __init__(self, size: int, keep: mmap.mmap | None) -> None:
+        super().__init__()
+        self.size = size
+        self.keep = keep
+
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = inode
+        if inode == pyfuse3.ROOT_INODE:
+            attr.st_mode = stat.S_IFDIR | 0o755
+        elif inode == FILE_INODE:
+            attr.st_mode = stat.S_IFREG | 0o600
+            attr.st_size = self.size
+        else:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        attr.st_blksize = PAGE_SIZE
+        return attr
+
+    async def lookup(
+        self, parent: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        if parent != pyfuse3.ROOT_INODE or name != NAME:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return await self.getattr(FILE_INODE, ctx)
+
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        return inode
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        if start_id == 0:
+            pyfuse3.readdir_reply(token, NAME, await self.getattr(FILE_INODE, None), 1)  # type: ignore[arg-type]
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if inode != FILE_INODE:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        return pyfuse3.FileInfo(fh=inode, direct_io=True)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        end = min(off + size, self.size)
+        if off >= end:
+            return b""
+        if self.keep is None:
+            return bytes(end - off)
+        return self.keep[off:end]
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        if off >= self.size:
+            raise pyfuse3.FUSEError(errno.ENOSPC)
+        n = min(len(buf), self.size - off)
+        if self.keep is not None:
+            self.keep[off : off + n] = buf[:n]
+        return n
+
+
+def serve(mountpoint: str, size: int, keep_ram: bool = False) -> None:
+    """Mount the file on *mountpoint* and serve until SIGTERM/SIGINT; always unmounts."""
+    keep = None
+    if keep_ram:
+        harden(lock_memory=True)  # swap must not page the swap daemon out (logs what it cannot)
+        keep = mmap.mmap(-1, size)
+    ops = MinimalFile(size, keep)
     options = set(pyfuse3.default_options) | {"fsname=zswapfs-null"}
     if os.getuid() == 0:
         options.add("allow_other")  # as the real daemon mounts
@@ -75,14 +123,22 @@ def serve(mountpoint: str, size: int) -> None:
         trio.run(run)
     finally:
         pyfuse3.close(unmount=True)
+        if keep is not None:
+            keep.close()
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
-        prog="zswapfs.lab.nullfs", description="null-FUSE baseline: writes dropped, reads zeros"
+        prog="zswapfs.lab.nullfs", description="minimal pyfuse3 file: the FUSE yardstick"
     )
     ap.add_argument("mountpoint")
     ap.add_argument("--size", default=str(1 << 30), help="image size, e.g. 1G (default 1G)")
+    ap.add_argument(
+        "--keep",
+        choices=["none", "ram"],
+        default="none",
+        help="none: drop writes, read zeros (default); ram: keep pages in memory",
+    )
     args = ap.parse_args(argv)
     try:
         size = parse_size(args.size, "--size")
@@ -90,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(str(exc))
     if size <= 0 or size % PAGE_SIZE:
         ap.error("--size must be a positive multiple of 4096")
-    serve(args.mountpoint, size)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    serve(args.mountpoint, size, keep_ram=args.keep == "ram")
 
 
 if __name__ == "__main__":

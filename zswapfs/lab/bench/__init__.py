@@ -16,8 +16,8 @@ corpus, free a random half (overwritten with zero pages), compact step by step.
 
 With fio options (`--fio`), every pool x codec is also mounted for real (`zswapfs mount` in the
 background, under /tmp/zswapfs-fio-*) and the job files of zswapfs/lab/fio/ run against the image
-with O_DIRECT; the same jobs run on the null-FUSE baseline (zswapfs.lab.nullfs: the same FUSE layer
-over a store that keeps nothing), so each configuration is quoted against it. Every mount is
+with O_DIRECT; the same jobs run on the null-FUSE baseline (zswapfs.lab.nullfs: a minimal pyfuse3
+file that drops writes and reads zeros), so each configuration is quoted against it. Every mount is
 unmounted in a finally clause.
 
 Outputs: bench.json, bench.txt (the tables) and PNG plots (matplotlib, Agg) in the out directory.

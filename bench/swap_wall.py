@@ -1,13 +1,19 @@
-"""Swap wall time of one zswapfs image against N stripes (one daemon each), beside kernel zram.
+"""Swap wall time: zswapfs (one image, and N stripes of one daemon each) against its yardsticks.
 
 Each round runs the same memory hog (`python -m zswapfs.lab.workloads.hog MIB`: fills MIB with
 checksummed, partly compressible pages and verifies them all) in a memory cgroup limited to
 --limit, once per configuration, the configurations interleaved round by round so drift on a
-shared machine hits them alike: zswapfs with 1 stripe, with each N of --stripes, and /dev/zram0
-(lz4). Every swap is the only one on while its hog runs. Prints per-configuration wall times,
-their medians and the ratios of the medians against one stripe and against zram.
+shared machine hits them alike:
+    stripes=1, stripes=N   zswapfs swap (`zswapfs swapon --stripes N`), lz4 + zsmalloc
+    ram-fuse               the minimal pyfuse3 file keeping pages in memory, uncompressed
+                           (`python -m zswapfs.lab.nullfs --keep ram`): the ceiling of any swap
+                           served by one pyfuse3 session
+    zram                   /dev/zram0, lz4
+Every swap is the only one on while its hog runs (loop devices with direct I/O, priority 100).
+Prints per-configuration wall times, their medians and the ratios of the medians against one
+stripe, the RAM-keeping file and zram.
 
-    python bench/swap_stripes.py [--mib 512] [--limit 128M] [--stripes 2] [--rounds 3]
+    python bench/swap_wall.py [--mib 512] [--limit 128M] [--stripes 2] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import time
 from pathlib import Path
 
 from zswapfs.lab import cgroup, kzram
+from zswapfs.lab.procs import reap
 from zswapfs.service.config import parse_size
 
 
@@ -51,6 +58,50 @@ def zswapfs_round(mib: int, limit: int, stripes: int) -> float:
             subprocess.run([*zs, "swapoff", "--config", str(config)], capture_output=True)
 
 
+def ram_fuse_round(mib: int, limit: int) -> float:
+    with tempfile.TemporaryDirectory(prefix="zswapfs-swapbench-") as tmp:
+        mp = Path(tmp) / "mnt"
+        mp.mkdir()
+        with open(Path(tmp) / "ram.log", "wb") as log:
+            daemon = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "zswapfs.lab.nullfs",
+                    str(mp),
+                    "--size",
+                    f"{2 * mib}M",
+                    "--keep",
+                    "ram",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+        dev = ""
+        try:
+            deadline = time.monotonic() + 60
+            while not os.path.ismount(mp):
+                if daemon.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"the RAM-keeping file did not mount: {tmp}/ram.log")
+                time.sleep(0.05)
+            dev = subprocess.run(
+                ["losetup", "--direct-io=on", "-f", "--show", str(mp / "swap.img")],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            subprocess.run(["mkswap", dev], check=True, capture_output=True)
+            subprocess.run(["swapon", "-p", "100", dev], check=True, capture_output=True)
+            return hog_seconds(mib, limit)
+        finally:
+            if dev:
+                subprocess.run(["swapoff", dev], capture_output=True)
+                subprocess.run(["losetup", "-d", dev], capture_output=True)
+            subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
+            reap(daemon, wait=10)
+
+
 def zram_round(mib: int, limit: int) -> float:
     with kzram.configured(2 * mib << 20, "lz4") as dev:
         subprocess.run(["mkswap", str(dev)], check=True, capture_output=True)
@@ -75,10 +126,12 @@ def main() -> None:
     if why:
         raise SystemExit(why)
     counts = [1] + [int(n) for n in args.stripes.split(",") if int(n) != 1]
-    walls: dict[str, list[float]] = {f"stripes={n}": [] for n in counts} | {"zram": []}
+    walls: dict[str, list[float]] = {f"stripes={n}": [] for n in counts}
+    walls |= {"ram-fuse": [], "zram": []}
     for r in range(args.rounds):
         for n in counts:
             walls[f"stripes={n}"].append(zswapfs_round(args.mib, limit, n))
+        walls["ram-fuse"].append(ram_fuse_round(args.mib, limit))
         walls["zram"].append(zram_round(args.mib, limit))
         print(
             f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in walls.items()),
@@ -93,6 +146,7 @@ def main() -> None:
         "wall_s": walls,
         "median_s": med,
         "vs_one_stripe": {k: v / med["stripes=1"] for k, v in med.items()},
+        "vs_ram_fuse": {k: v / med["ram-fuse"] for k, v in med.items()},
         "vs_zram": {k: v / med["zram"] for k, v in med.items()},
         "loadavg_end": list(os.getloadavg()),
     }
