@@ -34,6 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--verbose", "-v", action="store_true")
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     m.add_argument("--resolved-config", help=argparse.SUPPRESS)
+    r = m.add_argument_group("density in the background")
+    r.add_argument(
+        "--recompress",
+        help="recompress idle pages: zstd:LEVEL with a trained dictionary (default zstd:9), off",
+    )
+    r.add_argument("--recompress-idle", type=float, help="seconds idle first (default 20)")
+    r.add_argument("--dict-size", help="bytes of each trained dictionary (default 16K)")
+    r.add_argument("--no-dedup", action="store_true", help="do not merge identical pages")
     w = m.add_argument_group("writeback and memory limit")
     w.add_argument("--backing", help="backing file (raw image, page N at N*4096)")
     w.add_argument("--mem-limit", help="pool memory budget, e.g. 256M (default: none)")

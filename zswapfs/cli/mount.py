@@ -47,11 +47,16 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
         overrides["backing"] = os.path.abspath(args.backing)
     if args.no_lock_memory:
         overrides["lock_memory"] = False
+    if args.no_dedup:
+        overrides["dedup"] = False
+    if args.dict_size is not None:
+        overrides["dict_size"] = cfgmod.parse_size(args.dict_size, "--dict-size")
     for flag in ("aggressive_maintenance", "writeback_huge_first"):
         if getattr(args, flag):
             overrides[flag] = True
     for key in ("codec", "pool", "name", "max_chain", "maintenance_interval", "high_watermark",
-                "low_watermark", "mode", "idle_writeback"):  # fmt: skip
+                "low_watermark", "mode", "idle_writeback", "recompress",
+                "recompress_idle"):  # fmt: skip
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     return dataclasses.replace(cfg, **overrides).check()

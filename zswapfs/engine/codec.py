@@ -120,6 +120,45 @@ class ZstdCodec:
         return out
 
 
+class DictZstdCodec(ZstdCodec):
+    """zstd at a fixed level with a trained dictionary (recompression of idle pages): the
+    dictionary holds what pages have in common, so small payloads compress far better."""
+
+    def __init__(self, level: int, dictionary: bytes) -> None:
+        super().__init__(level)
+        self.dictionary = dictionary
+        self.name = f"zstd:{level}+dict"
+        self._dict = zstandard.ZstdCompressionDict(
+            dictionary, dict_type=zstandard.DICT_TYPE_FULLDICT
+        )
+        self._dict.precompute_compress(level=level)
+
+    def _contexts(self) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+        ctx = getattr(self._local, "ctx", None)
+        if ctx is None:
+            ctx = (
+                zstandard.ZstdCompressor(
+                    level=self.level,
+                    dict_data=self._dict,
+                    write_checksum=False,
+                    write_content_size=False,
+                    write_dict_id=False,
+                ),
+                zstandard.ZstdDecompressor(dict_data=self._dict),
+            )
+            self._local.ctx = ctx
+        return ctx
+
+
+def train_dictionary(pages: list[bytes], size: int, level: int) -> bytes:
+    """A zstd dictionary of at most *size* bytes trained on *pages* (zstandard's trainer)."""
+    samples: list[bytes | bytearray | memoryview] = list(pages)
+    try:
+        return zstandard.train_dictionary(size, samples, level=level).as_bytes()
+    except zstandard.ZstdError as exc:
+        raise CodecError(f"zstd dictionary training: {exc}") from exc
+
+
 CODEC_NAMES = ("lz4", "zstd[:LEVEL]", "none")
 
 

@@ -10,6 +10,8 @@ What a step may touch:
   writeback: one page at a time through store.writeback_page, which takes the store lock (and
       the pool lock inside it, keeping the order store -> pool) to read the entry and again to
       commit it; the backing-file write happens with no lock held.
+  recompression and dedup: see engine/recompress.py (each page its own read and commit under
+      the store lock, codec work unlocked between them).
 Between steps the thread sleeps for SLICE, which also hands the GIL back to the FUSE thread.
 
 When it runs, every `interval` seconds (and at once when a write finds the pool at its limit):
@@ -17,6 +19,8 @@ When it runs, every `interval` seconds (and at once when a write finds the pool 
               one, coldest pages first (incompressible ones first with huge_first), compacting
               after each batch so freed objects become free pages; and pages idle longer than
               idle_writeback seconds, whatever the watermarks
+  recompression  idle pages to zstd with a trained dictionary, identical pages merged (when
+              configured; after writeback, before compaction, which then returns what it freed)
   compaction  when pool.freeable_pages() is at least COMPACT_MIN_PAGES and COMPACT_MIN_SHARE of
               the pool (zs_can_compact's estimate of whole pages that moving objects would free)
   migration   when the arena has at least MIGRATE_MIN_HOLES free pages below its top, enough to
@@ -34,6 +38,7 @@ from typing import Any
 
 from zswapfs.engine.arena import SEG_PAGES
 from zswapfs.engine.pools import Pool
+from zswapfs.engine.recompress import Recompression
 from zswapfs.engine.store import PageStore
 
 log = logging.getLogger(__name__)
@@ -60,6 +65,7 @@ class Maintenance:
         high_watermark: int = 100,
         huge_first: bool = False,
         idle_writeback: float = 0.0,
+        recompression: Recompression | None = None,
     ) -> None:
         self.pool = pool
         self.interval = interval
@@ -73,6 +79,10 @@ class Maintenance:
         self._stopping = threading.Event()
         self._pass_lock = threading.Lock()  # one pass at a time: the thread's or compact_now's
         self._thread: threading.Thread | None = None
+        self.recompression = recompression
+        if recompression is not None:
+            recompression.stopping = self._stopping
+        self.recompressed = 0
         self.runs = 0
         self.compact_steps = 0
         self.pages_freed = 0
@@ -122,6 +132,8 @@ class Maintenance:
             self.runs += 1
             pool = self.pool
             self.writeback()
+            if self.recompression is not None:
+                self.recompressed += self.recompression.step()
             if force or self.compact_worth_it():
                 while not self._stopping.is_set():
                     step = pool.compact_step()
@@ -204,4 +216,9 @@ class Maintenance:
             "seconds": round(self.seconds, 3),
             "interval": self.interval,
             "aggressive": self.aggressive,
+            "recompression": (
+                {"pages_changed": self.recompressed, **self.recompression.stats()}
+                if self.recompression is not None
+                else None
+            ),
         }

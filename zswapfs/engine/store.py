@@ -9,10 +9,19 @@ memory), 8 bytes a page in all:
                      BACKED (2)  written back: the page lives in the backing file only
                      >= 3        a pool handle. An object of exactly PAGE_SIZE bytes is the raw
                                  page (incompressible, "huge"); anything shorter is compressed.
-  meta[pn]  uint32   bits 0-30: second (since start, +1) of the last read or write, the age
-                     writeback picks cold pages by; bit 31 (DIRTY): image mode only, the page
-                     is newer here than in the backing file.
+  meta[pn]  uint32   bits 0-23 (AGE_MASK): second (since start, +1, saturating after 194 days)
+                     of the last read or write, the age writeback and recompression pick cold
+                     pages by; bits 24-29: the page's codec slot, 0 for the write codec (lz4),
+                     else the recompression codec and dictionary it was recompressed with
+                     (`codecs[slot]`); bit 30 (MARK): in slot 0, recompression was tried and
+                     did not pay (not tried again until rewritten); in a later slot, the page
+                     was read since it was recompressed (a second read sends it back to the
+                     write codec); bit 31 (DIRTY): image mode only, the page is newer here
+                     than in the backing file.
 The pool adds its handle table (8 bytes a live object) and its per-page tables (see pools/).
+Shared objects (dedup) have a reference count in `shared` (handle -> references beyond the
+first); recompression slots count their pages in `slot_pages`, and a slot's codec (with its
+dictionary) is dropped when its last page leaves it and a newer slot has taken over.
 
 Lock order: store.lock -> pool.lock. The store lock guards the index, meta and the counters.
 A reader copies the object out while holding the store lock (so no writer can free the handle
@@ -22,14 +31,15 @@ Writeback and flush (background or fsync, other threads) take the store lock to 
 and again to commit it; file I/O and codec calls happen with no lock held. Comparing the entry
 is not enough to know the page was left alone meanwhile: pools reuse a freed handle first, so a
 page rewritten twice can come back to the very handle that was read (ABA). So a page under
-writeback or flush is registered in `_inflight`, every rewrite of it (in _swap) marks it there,
-and the commit is refused when it was marked.
+writeback, flush, recompression or dedup is registered in `_inflight`, every rewrite of it (in
+_swap) marks it there, and the commit is refused when it was marked.
 
 Errors: the store raises StoreError subclasses, never errno values; fs.py maps them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -47,7 +57,12 @@ log = logging.getLogger(__name__)
 EMPTY, SAME, BACKED = 0, 1, 2
 FIRST_HANDLE = 3
 DIRTY = 1 << 31
-AGE_MASK = DIRTY - 1
+MARK = 1 << 30
+SLOT_SHIFT = 24
+#: codec slots a page can name: 0 is the write codec, 1..63 recompression codecs (dictionaries)
+SLOTS = 64
+SLOT_MASK = (SLOTS - 1) << SLOT_SHIFT
+AGE_MASK = (1 << SLOT_SHIFT) - 1
 ZERO_PAGE = bytes(PAGE_SIZE)
 
 
@@ -93,6 +108,18 @@ class PageStore:
         self.index = np.zeros(npages, dtype=np.uint32)
         self.meta = np.zeros(npages, dtype=np.uint32)
         self.fill: dict[int, int] = {}
+        #: codec of each slot (0: the write codec; others: recompression, see meta's slot bits)
+        self.codecs: list[Codec | None] = [codec] + [None] * (SLOTS - 1)
+        #: pages held in each slot (slot 0 not counted: it is every other stored page)
+        self.slot_pages = [0] * SLOTS
+        #: the slot recompression writes to now; older slots are dropped once empty
+        self.current_slot = 0
+        #: bytes a slot's codec keeps (its dictionary), counted in mem_used_total
+        self.slot_bytes = [0] * SLOTS
+        #: dedup: handle -> references beyond the first
+        self.shared: dict[int, int] = {}
+        #: recompressed pages read twice: to go back to the write codec (maintenance does it)
+        self.rewarm: set[int] = set()
         self._t0 = time.monotonic()
         #: pages being written back or flushed -> rewritten meanwhile (store lock held)
         self._inflight: dict[int, bool] = {}
@@ -114,6 +141,11 @@ class PageStore:
         self.reject_compress_poor = 0
         self.reject_alloc_fail = 0
         self.reject_reclaim_fail = 0
+        self.pages_recompressed = 0
+        self.recompress_saved_bytes = 0
+        self.recompress_not_worth = 0
+        self.pages_rewarmed = 0
+        self.dedup_merges = 0
 
     def now(self) -> int:
         """Seconds since the store started, plus one (0 means never touched)."""
@@ -271,11 +303,22 @@ class PageStore:
         elif old == BACKED:
             self.bd_count -= 1
         elif old >= FIRST_HANDLE:
-            old_size = self.pool.free(old)
-            self.compr_data_size -= old_size
             self.stored_pages -= 1
-            if old_size == PAGE_SIZE:
-                self.huge_pages -= 1
+            slot = (self.meta.item(pn) & SLOT_MASK) >> SLOT_SHIFT
+            if slot:
+                self._leave_slot(slot)
+                self.rewarm.discard(pn)
+            refs = self.shared.get(old)
+            if refs:  # another page still uses the object
+                if refs == 1:
+                    del self.shared[old]
+                else:
+                    self.shared[old] = refs - 1
+            else:
+                old_size = self.pool.free(old)
+                self.compr_data_size -= old_size
+                if old_size == PAGE_SIZE:
+                    self.huge_pages -= 1
         self.index[pn] = entry
         if entry == BACKED:
             self.bd_count += 1
@@ -288,12 +331,28 @@ class PageStore:
             if size == PAGE_SIZE:
                 self.huge_pages += 1
 
+    def _leave_slot(self, slot: int) -> None:
+        """A page leaves recompression slot *slot* (store lock held); an old slot's codec and
+        dictionary go with its last page."""
+        self.slot_pages[slot] -= 1
+        if not self.slot_pages[slot] and slot != self.current_slot:
+            self.codecs[slot] = None
+            self.slot_bytes[slot] = 0
+
     # -- reading -------------------------------------------------------------------------------
     def read_page(self, pn: int) -> bytes:
+        codec = self.codec
         with self.lock:
             entry = self.index.item(pn)
             if entry >= FIRST_HANDLE or entry == SAME:
-                self.meta[pn] = (self.meta.item(pn) & DIRTY) | self.now()
+                meta = self.meta.item(pn)
+                slot = (meta & SLOT_MASK) >> SLOT_SHIFT
+                if slot:  # recompressed: a second read sends it back to the write codec
+                    codec = self.codecs[slot]  # type: ignore[assignment]
+                    if meta & MARK:
+                        self.rewarm.add(pn)
+                    meta |= MARK
+                self.meta[pn] = (meta & ~AGE_MASK) | self.now()
             if entry == SAME:
                 word = self.fill.get(pn)
                 return ZERO_PAGE if word is None else fill_page(word)
@@ -310,7 +369,7 @@ class PageStore:
         if len(payload) == PAGE_SIZE:
             return payload
         try:
-            return self.codec.decompress(payload)
+            return codec.decompress(payload)
         except CodecError as exc:
             with self.lock:
                 self.failed_reads += 1
@@ -365,8 +424,10 @@ class PageStore:
             if entry < FIRST_HANDLE:
                 return entry, None
             payload = self.pool.read(entry)
+            codec = self.codecs[(self.meta.item(pn) & SLOT_MASK) >> SLOT_SHIFT]
         if len(payload) != PAGE_SIZE:
-            payload = self.codec.decompress(payload)
+            assert codec is not None
+            payload = codec.decompress(payload)
         return entry, payload
 
     def _rewritten(self, pn: int) -> bool:
@@ -397,7 +458,7 @@ class PageStore:
             if self._rewritten(pn) or entry < FIRST_HANDLE or page is None:
                 return False  # rewritten while we wrote (the pool copy is newer), or failed
             self._swap(pn, BACKED, 0)
-            self.meta[pn] = self.meta.item(pn) & AGE_MASK
+            self.meta[pn] = self.meta.item(pn) & AGE_MASK  # clean, no codec
             self.written_back_pages += 1
             if not clean:
                 self.bd_writes += 1
@@ -422,7 +483,7 @@ class PageStore:
                 raise StorageFailure(f"flush: {exc}") from exc
             with self.lock:
                 if not self._rewritten(pn):  # rewritten meanwhile: stays dirty for next time
-                    self.meta[pn] = self.meta.item(pn) & AGE_MASK
+                    self.meta[pn] = self.meta.item(pn) & ~DIRTY
                     if page is not None:
                         self.bd_writes += 1
         try:
@@ -432,6 +493,162 @@ class PageStore:
                 self.bd_errors += 1
             raise StorageFailure(f"flush: {exc}") from exc
         return written
+
+    # -- recompression and dedup (the maintenance thread) ----------------------------------------
+    def add_slot(self, codec: Codec, nbytes: int) -> int:
+        """Make *codec* (holding *nbytes*, its dictionary) the codec recompression writes with;
+        returns its slot. The previous slot stays until its last page leaves it."""
+        with self.lock:
+            free = [s for s in range(1, SLOTS) if self.codecs[s] is None]
+            if not free:
+                raise StoreFull("every recompression slot is in use")
+            old = self.current_slot
+            slot = free[0]
+            self.codecs[slot] = codec
+            self.slot_bytes[slot] = nbytes
+            self.current_slot = slot
+            if old and not self.slot_pages[old]:
+                self.codecs[old] = None
+                self.slot_bytes[old] = 0
+            return slot
+
+    def idle_pages(self, count: int, min_idle: int) -> list[int]:
+        """Up to *count* pages held in the write codec's slot, idle at least *min_idle* seconds
+        and not yet tried, coldest first (stale swap slots are the coldest there are). Read
+        without the lock: a hint that recompress_page checks again."""
+        meta = self.meta
+        candidates = np.flatnonzero(
+            (self.index >= FIRST_HANDLE) & ((meta & (SLOT_MASK | MARK)) == 0)
+        )
+        if not len(candidates):
+            return []
+        ages = meta[candidates] & AGE_MASK
+        keep = ages <= self.now() - min_idle
+        candidates, ages = candidates[keep], ages[keep]
+        if len(candidates) > count:
+            pick = np.argpartition(ages, count - 1)[:count]
+            candidates, ages = candidates[pick], ages[pick]
+        return [int(pn) for pn in candidates[np.argsort(ages, kind="stable")]]
+
+    def peek_page(self, pn: int) -> bytes | None:
+        """The contents of pool page *pn* without counting it as a read (no age, no mark);
+        None if it holds no pool object or cannot be decoded."""
+        with self.lock:
+            entry = self.index.item(pn)
+            if entry < FIRST_HANDLE:
+                return None
+            payload = self.pool.read(entry)
+            codec = self.codecs[(self.meta.item(pn) & SLOT_MASK) >> SLOT_SHIFT]
+        if len(payload) == PAGE_SIZE:
+            return payload
+        try:
+            return codec.decompress(payload) if codec is not None else None
+        except CodecError:
+            return None
+
+    def _claim(self, pn: int) -> tuple[int, int, bytes] | None:
+        """(handle, meta, payload) of an unshared pool page, registered in flight; None if the
+        page holds no object of its own."""
+        with self.lock:
+            entry = self.index.item(pn)
+            if entry < FIRST_HANDLE or entry in self.shared:
+                return None
+            self._inflight[pn] = False
+            return entry, self.meta.item(pn), self.pool.read(entry)
+
+    def _recode(self, pn: int, to_slot: int, min_gain: int) -> str:
+        """Re-encode page *pn* from its slot's codec into *to_slot*'s. "done", "skip" (did not
+        gain *min_gain* bytes: marked tried), or "gone" (rewritten, shared or not in the pool)."""
+        claimed = self._claim(pn)
+        if claimed is None:
+            return "gone"
+        handle, meta, payload = claimed
+        from_codec = self.codecs[(meta & SLOT_MASK) >> SLOT_SHIFT]
+        to_codec = self.codecs[to_slot]
+        new_handle = 0
+        try:
+            assert from_codec is not None and to_codec is not None
+            page = payload if len(payload) == PAGE_SIZE else from_codec.decompress(payload)
+            new = to_codec.compress(page)
+            if len(new) >= self.pool.raw_threshold:
+                new = page
+            if len(new) + min_gain <= len(payload):
+                new_handle = self.pool.store(new)
+        except (CodecError, PoolFull) as exc:
+            log.warning("re-encoding page %d: %s", pn, exc)
+        with self.lock:
+            if self._rewritten(pn) or self.index.item(pn) != handle or handle in self.shared:
+                if new_handle:
+                    self.pool.free(new_handle)
+                return "gone"
+            meta = self.meta.item(pn)
+            if not new_handle:
+                self.meta[pn] = meta | MARK
+                self.recompress_not_worth += 1
+                return "skip"
+            self._swap(pn, new_handle, len(new))
+            self.meta[pn] = (meta & (AGE_MASK | DIRTY)) | to_slot << SLOT_SHIFT
+            if to_slot:
+                self.slot_pages[to_slot] += 1
+                self.pages_recompressed += 1
+                self.recompress_saved_bytes += len(payload) - len(new)
+            else:
+                self.pages_rewarmed += 1
+            return "done"
+
+    def recompress_page(self, pn: int, min_gain: int = 16) -> str:
+        """Recompress an idle page with the current recompression codec (see _recode)."""
+        if not self.current_slot:
+            return "gone"
+        return self._recode(pn, self.current_slot, min_gain)
+
+    def rewarm_page(self, pn: int) -> str:
+        """Send a recompressed page that is read again back to the write codec."""
+        with self.lock:
+            self.rewarm.discard(pn)
+        return self._recode(pn, 0, -PAGE_SIZE)
+
+    def dedup_scan(self, pages: list[int]) -> int:
+        """Merge pool pages among *pages* whose stored objects are byte-identical (same codec
+        slot, same payload: the same page). A digest only finds candidates; the bytes are
+        compared under the store lock before two pages share one object. Returns the merges."""
+        seen: dict[tuple[int, bytes], tuple[int, int]] = {}
+        merged = 0
+        for pn in pages:
+            with self.lock:
+                handle = self.index.item(pn)
+                if handle < FIRST_HANDLE:
+                    continue
+                slot = self.meta.item(pn) & SLOT_MASK
+                payload = self.pool.read(handle)
+            if len(payload) == PAGE_SIZE:
+                continue  # raw pages: rarely equal, and huge_pages counts them one by one
+            key = (slot, hashlib.blake2b(payload, digest_size=16).digest())
+            first = seen.setdefault(key, (pn, handle))
+            if first[0] == pn:
+                continue
+            with self.lock:
+                other_pn, other = first
+                if (
+                    self.index.item(other_pn) != other
+                    or self.meta.item(other_pn) & SLOT_MASK != slot
+                    or self.index.item(pn) != handle
+                    or self.meta.item(pn) & SLOT_MASK != slot
+                    or handle == other
+                    or handle in self.shared
+                    or self.pool.read(other) != payload  # byte for byte, never by digest alone
+                    or self.pool.read(handle) != payload
+                ):
+                    continue
+                if self._inflight and pn in self._inflight:
+                    self._inflight[pn] = True
+                size = self.pool.free(handle)
+                self.compr_data_size -= size
+                self.index[pn] = other
+                self.shared[other] = self.shared.get(other, 0) + 1
+                self.dedup_merges += 1
+                merged += 1
+        return merged
 
     def cold_pages(self, count: int, huge_first: bool = False, min_idle: int = 0) -> list[int]:
         """Up to *count* pool pages, least recently used first (idle at least *min_idle*
@@ -463,6 +680,15 @@ class PageStore:
             return False
 
     # -- figures -------------------------------------------------------------------------------
+    def _codec_pages(self) -> dict[str, int]:
+        """Pool pages by the codec that holds them (store lock held)."""
+        out = {self.codec.name: self.stored_pages - self.same_pages - sum(self.slot_pages)}
+        for slot in range(1, SLOTS):
+            codec = self.codecs[slot]
+            if codec is not None and self.slot_pages[slot]:
+                out[f"{codec.name}#{slot}"] = self.slot_pages[slot]
+        return out
+
     def mem_used_pages(self) -> int:
         return self.pool.pages_used
 
@@ -482,7 +708,7 @@ class PageStore:
                 "disksize": self.npages * PAGE_SIZE,
                 "orig_data_size": self.stored_pages * PAGE_SIZE,
                 "compr_data_size": self.compr_data_size,
-                "mem_used_total": pool.pages_used * PAGE_SIZE,
+                "mem_used_total": pool.pages_used * PAGE_SIZE + sum(self.slot_bytes),
                 "mem_limit": self.mem_limit,
                 "mem_used_max": pool.arena.pages_max * PAGE_SIZE,
                 "same_pages": self.same_pages,
@@ -502,6 +728,17 @@ class PageStore:
                 "reject_compress_poor": self.reject_compress_poor,
                 "reject_alloc_fail": self.reject_alloc_fail,
                 "reject_reclaim_fail": self.reject_reclaim_fail,
+                "pages_recompressed": self.pages_recompressed,
+                "recompressed_pages": sum(self.slot_pages),
+                "recompress_saved_bytes": self.recompress_saved_bytes,
+                "recompress_not_worth": self.recompress_not_worth,
+                "pages_rewarmed": self.pages_rewarmed,
+                "codec_pages": self._codec_pages(),
+                "dict_count": sum(1 for b in self.slot_bytes if b),
+                "dict_bytes": sum(self.slot_bytes),
+                "pages_deduped": sum(self.shared.values()),
+                "dedup_saved_bytes": sum(pool.size(h) * refs for h, refs in self.shared.items()),
+                "dedup_merges": self.dedup_merges,
                 "codec": self.codec.name,
                 "pool": pool.name,
                 "backing": self.backing.path if self.backing else None,

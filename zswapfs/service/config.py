@@ -58,6 +58,14 @@ class MountConfig:
     lock_memory: bool = True
     swap_priority: int = 100
     mountpoint: str = ""
+    #: background recompression of idle pages: "zstd:LEVEL" (with a trained dictionary) or "off"
+    recompress: str = "zstd:9"
+    #: seconds a page must go unread and unwritten before it is recompressed
+    recompress_idle: float = 20.0
+    #: bytes of each trained dictionary
+    dict_size: int = 16 << 10
+    #: merge identical pages (background, byte for byte)
+    dedup: bool = True
     #: swapon only: this many images, each its own daemon, striped by the kernel at one priority
     stripes: int = 1
 
@@ -95,6 +103,16 @@ class MountConfig:
             raise ConfigError("writeback options need a backing file (backing)")
         if not -1 <= self.swap_priority <= 32767:
             raise ConfigError(f"swap-priority: {self.swap_priority} out of range -1..32767")
+        if self.recompress != "off":
+            name, _, level = self.recompress.partition(":")
+            if name != "zstd" or not level.lstrip("-").isdigit() or not 1 <= int(level) <= 19:
+                raise ConfigError(
+                    f"recompress: {self.recompress!r} is not off or zstd:LEVEL (LEVEL 1..19)"
+                )
+        if self.recompress_idle < 0:
+            raise ConfigError(f"recompress-idle: {self.recompress_idle} s is negative")
+        if not 1 << 10 <= self.dict_size <= 1 << 20:
+            raise ConfigError(f"dict-size: {self.dict_size} bytes out of range 1K..1M")
         if not 1 <= self.stripes <= MAX_STRIPES:
             raise ConfigError(f"stripes: {self.stripes} out of range 1..{MAX_STRIPES}")
         if self.size // self.stripes < 1 << 20:
@@ -138,6 +156,10 @@ _KEYS = {
     "swap-priority": "swap_priority",
     "mountpoint": "mountpoint",
     "stripes": "stripes",
+    "recompress": "recompress",
+    "recompress-idle": "recompress_idle",
+    "dict-size": "dict_size",
+    "dedup": "dedup",
 }
 
 #: what a TOML value of each field must be, and how to say so
@@ -173,7 +195,7 @@ def from_mapping(
         field = _KEYS.get(key)
         if field is None:
             raise ConfigError(f"{where}unknown key {key!r} (known: {', '.join(sorted(_KEYS))})")
-        if field in ("size", "mem_limit"):
+        if field in ("size", "mem_limit", "dict_size"):
             value = parse_size(value, f"{where}{key}")
         else:
             kinds, what = _EXPECT[str(types[field])]

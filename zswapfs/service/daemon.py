@@ -20,6 +20,7 @@ from zswapfs.engine.backing import BackingError, BackingFile
 from zswapfs.engine.codec import make_codec
 from zswapfs.engine.maintenance import Maintenance
 from zswapfs.engine.pools import make_pool
+from zswapfs.engine.recompress import Recompression
 from zswapfs.engine.store import PageStore, StoreError
 from zswapfs.fs import UnknownCommand, ZswapOperations
 from zswapfs.service.config import MountConfig
@@ -70,6 +71,18 @@ def build(cfg: MountConfig) -> PageStore:
                      low_watermark=cfg.low_watermark)  # fmt: skip
 
 
+def recompression_for(cfg: MountConfig, store: PageStore) -> Recompression | None:
+    if cfg.recompress == "off":
+        return None
+    return Recompression(
+        store,
+        level=int(cfg.recompress.partition(":")[2]),
+        idle=cfg.recompress_idle,
+        dict_size=cfg.dict_size,
+        dedup=cfg.dedup,
+    )
+
+
 async def _serve() -> None:
     async with trio.open_nursery() as nursery:
 
@@ -100,6 +113,7 @@ def run(mountpoint: str, cfg: MountConfig, ready_fd: int | None = None) -> None:
         high_watermark=cfg.high_watermark,
         huge_first=cfg.writeback_huge_first,
         idle_writeback=cfg.idle_writeback,
+        recompression=recompression_for(cfg, store),
     )
     store.on_pressure = maintenance.wake
 
