@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,13 +17,16 @@ from zswapfs.lab import bench, kzram
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="reading another process's memory")
 
 
+@pytest.mark.unit
 @needs_root
 def test_capture_pid_finds_the_heap(tmp_path: Path) -> None:
     marker = "ZSWAPFS-CAPTURE-MARKER"
-    prog = f"x = [('{marker}' + str(i)) * 20 for i in range(20000)]\nimport time\ntime.sleep(60)"
-    proc = subprocess.Popen([sys.executable, "-c", prog])
+    prog = (f"x = [('{marker}' + str(i)) * 20 for i in range(20000)]\n"
+            "print('ready', flush=True)\nimport time\ntime.sleep(600)")  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", prog], stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.5)
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n", "the child died before building its heap"
         out = tmp_path / "c.pages"
         res = subprocess.run(zswapfs_cmd("capture", "--pid", str(proc.pid), "--out", str(out)),
                              capture_output=True, text=True, timeout=60)  # fmt: skip
@@ -35,9 +37,10 @@ def test_capture_pid_finds_the_heap(tmp_path: Path) -> None:
         assert proc.poll() is None, "the captured process must go on running"
     finally:
         proc.kill()
-        proc.wait()
+        proc.communicate()  # reaps it and closes the pipe
 
 
+@pytest.mark.unit
 @needs_root
 def test_capture_command_on_signal(tmp_path: Path) -> None:
     out = tmp_path / "w.pages"
@@ -51,6 +54,7 @@ def test_capture_command_on_signal(tmp_path: Path) -> None:
     assert b"item-0000" in data and len(data) >= 8 << 20
 
 
+@pytest.mark.unit
 def test_capture_errors(tmp_path: Path) -> None:
     res = subprocess.run(zswapfs_cmd("capture", "--pid", "999999999", "--out", str(tmp_path / "x")),
                          capture_output=True, text=True)  # fmt: skip
@@ -63,6 +67,7 @@ def test_capture_errors(tmp_path: Path) -> None:
     assert res.returncode == 1 and "exited" in res.stderr
 
 
+@pytest.mark.unit
 def test_bench_replay_every_configuration(tmp_path: Path) -> None:
     codecs = ["lz4", "zstd:1", "zstd:3"]
     run = bench.run(["synthetic:800"], list(POOL_NAMES), codecs, with_zram=False, churn=0.3)
@@ -80,6 +85,7 @@ def test_bench_replay_every_configuration(tmp_path: Path) -> None:
     assert all(p.exists() for p in paths)
 
 
+@pytest.mark.unit
 def test_bench_random_pages_do_not_compress(tmp_path: Path) -> None:
     corpus = tmp_path / "random.pages"
     corpus.write_bytes(os.urandom(300 * PAGE_SIZE))
@@ -89,6 +95,7 @@ def test_bench_random_pages_do_not_compress(tmp_path: Path) -> None:
         assert r["huge_pages"] == 300
 
 
+@pytest.mark.system
 @pytest.mark.skipif(kzram.unavailable() is not None, reason=str(kzram.unavailable()))
 def test_zram_row_and_restore() -> None:
     base = Path("/sys/block/zram0")

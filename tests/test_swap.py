@@ -59,6 +59,7 @@ def swap_config(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
 
 
+@pytest.mark.system
 @needs_swap
 def test_swap_end_to_end(swap_config: Path, tmp_path: Path) -> None:
     """A 128 MiB memory cgroup runs a program that fills 512 MiB with checksummed, partly
@@ -94,6 +95,7 @@ def test_swap_end_to_end(swap_config: Path, tmp_path: Path) -> None:
     assert devices[0] not in Path("/proc/swaps").read_text()
 
 
+@pytest.mark.system
 @needs_swap
 def test_swapon_twice_and_keep_mount(swap_config: Path, tmp_path: Path) -> None:
     assert run("swapon", "--config", str(swap_config)).returncode == 0
@@ -104,6 +106,7 @@ def test_swapon_twice_and_keep_mount(swap_config: Path, tmp_path: Path) -> None:
     assert os.path.ismount(tmp_path / "mnt") and not loops_on(tmp_path / "mnt" / "swap.img")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "body, message",
     [
@@ -125,11 +128,13 @@ def test_config_errors_name_the_key(tmp_path: Path, body: str, message: str) -> 
         assert "Traceback" not in res.stderr
 
 
+@pytest.mark.unit
 def test_missing_named_config(tmp_path: Path) -> None:
     res = run("swapon", "no-such-swap-name-xyz", timeout=60)
     assert res.returncode == 1 and "/etc/zswapfs/no-such-swap-name-xyz.toml" in res.stderr
 
 
+@pytest.mark.unit
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
                     reason="dropping to an unprivileged user needs root and setpriv")  # fmt: skip
 def test_not_root_is_a_clear_error(tmp_path: Path) -> None:
@@ -147,6 +152,7 @@ def test_not_root_is_a_clear_error(tmp_path: Path) -> None:
         assert "needs root" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.unit
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                     reason="systemd-analyze missing (apt-get install systemd)")  # fmt: skip
 def test_systemd_units_verify(tmp_path: Path) -> None:
