@@ -130,14 +130,14 @@ def start_daemon(mountpoint: Path, log: Path, *args: str) -> subprocess.Popen[by
             stdout=subprocess.DEVNULL,
             stderr=err,
         )
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + HANG
     while not os.path.ismount(mountpoint):
         if proc.poll() is not None:
             err = log.with_suffix(".stderr").read_text()
             raise RuntimeError(f"daemon exited with {proc.returncode}: {err}{log_tail(log)}")
         if time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError("daemon did not mount within 20 s" + log_tail(log))
+            raise RuntimeError(f"daemon did not mount within {HANG:.0f} s" + log_tail(log))
         time.sleep(0.02)
     return proc
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import zswapfs_cmd
+from tests.conftest import HANG, wait_for, zswapfs_cmd
 from zswapfs.engine.codec import PAGE_SIZE
 from zswapfs.engine.pools import POOL_NAMES
 from zswapfs.lab import bench, kzram
@@ -95,8 +96,11 @@ def test_bench_random_pages_do_not_compress(tmp_path: Path) -> None:
         assert r["huge_pages"] == 300
 
 
+needs_zram = pytest.mark.skipif(kzram.unavailable() is not None, reason=str(kzram.unavailable()))
+
+
 @pytest.mark.system
-@pytest.mark.skipif(kzram.unavailable() is not None, reason=str(kzram.unavailable()))
+@needs_zram
 def test_zram_row_and_restore() -> None:
     base = Path("/sys/block/zram0")
     algo_before = (base / "comp_algorithm").read_text()
@@ -106,3 +110,41 @@ def test_zram_row_and_restore() -> None:
     assert row["same_pages"] == 50 and row["density"] > 1.0
     assert (base / "disksize").read_text().strip() == "0", "zram0 must be reset"
     assert (base / "comp_algorithm").read_text() == algo_before
+
+
+def flock_waiters(path: Path) -> int:
+    """Processes blocked in flock on *path*, from /proc/locks ("N: -> FLOCK ... MAJ:MIN:INODE")."""
+    st = path.stat()
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    lines = Path("/proc/locks").read_text().splitlines()
+    return sum(1 for line in lines if " -> FLOCK " in line and where in line.split())
+
+
+@pytest.mark.system
+@needs_zram
+def test_zram_runs_wait_for_each_other() -> None:
+    """While one run holds zram0's lock, a second `configured` blocks on it and sets the device
+    up only after the first has let go."""
+    order: list[str] = []
+    failed: list[BaseException] = []
+
+    def second_run() -> None:
+        try:
+            with kzram.configured(1 << 20) as dev:
+                order.append("second configured")
+                assert (Path("/sys/block") / dev.name / "disksize").read_text().strip() != "0"
+        except BaseException as exc:  # reported below
+            failed.append(exc)
+
+    with kzram._locked("zram0") as ours:
+        assert ours, "another run holds zram0"
+        second = threading.Thread(target=second_run)
+        second.start()
+        wait_for(lambda: bool(order or failed or flock_waiters(kzram.lock_path()) > 0),
+                 "the second run to block on the lock")  # fmt: skip
+        assert not order and not failed, (order, failed)
+        order.append("first released")
+    second.join(HANG)
+    assert not second.is_alive() and not failed, failed
+    assert order == ["first released", "second configured"]
+    assert (Path("/sys/block/zram0/disksize")).read_text().strip() == "0", "zram0 must be reset"
