@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mounted, needs_fio, needs_mount, stop_daemon, zswapfs_cmd
+from tests.conftest import HANG, Mounted, needs_fio, needs_mount, stop_daemon, zswapfs_cmd
 from zswapfs.engine.codec import PAGE_SIZE
 from zswapfs.lab.bench.fio import FIO_DIR
 from zswapfs.lab.procs import process_alive
@@ -209,5 +209,5 @@ def test_cli_missing_mountpoint_and_not_mounted(tmp_path: Path) -> None:
 def test_sigterm_unmounts_cleanly(mount: Callable[..., Mounted]) -> None:
     m = mount("--size", "8M")
     m.proc.terminate()
-    assert m.proc.wait(timeout=20) == 0
+    assert m.proc.wait(timeout=HANG) == 0
     assert not os.path.ismount(m.mountpoint)

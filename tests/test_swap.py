@@ -89,7 +89,7 @@ def test_swap_end_to_end(swap_config: Path, tmp_path: Path) -> None:
         hog = cg.popen([sys.executable, "-m", "zswapfs.lab.workloads.hog", "512"],
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
         try:
-            out, err = hog.communicate(timeout=400)
+            out, err = hog.communicate(timeout=280)  # inside the per-test timeout
         finally:
             if hog.poll() is None:
                 hog.kill()
