@@ -20,6 +20,9 @@ from zswapfs.service import swap
 from zswapfs.service.config import ConfigError
 
 REPO = Path(__file__).parent.parent
+#: the highest swap priority: the kernel fills our device before any other swap on the machine,
+#: instead of spreading pages round-robin over every device of equal priority
+PRIORITY = 32767
 
 
 def swap_unavailable() -> str | None:
@@ -60,7 +63,8 @@ def swap_config(tmp_path: Path) -> Iterator[Path]:
     the loop device detached and the daemon unmounted afterwards."""
     config = tmp_path / "swap0.toml"
     mp = tmp_path / "mnt"
-    config.write_text(f'size = "1G"\ncodec = "lz4"\nmountpoint = "{mp}"\nswap-priority = 100\n')
+    config.write_text(f'size = "1G"\ncodec = "lz4"\nmountpoint = "{mp}"\n'
+                      f"swap-priority = {PRIORITY}\n")  # fmt: skip
     try:
         yield config
     finally:
@@ -83,7 +87,7 @@ def test_swap_end_to_end(swap_config: Path, tmp_path: Path) -> None:
     devices = loops_on(mp / "swap.img")
     assert len(devices) == 1
     entry = [line.split() for line in Path("/proc/swaps").read_text().splitlines()[1:]]
-    assert [devices[0], "100"] in [[e[0], e[-1]] for e in entry]
+    assert [devices[0], str(PRIORITY)] in [[e[0], e[-1]] for e in entry]
     before = json.loads((mp / "stats").read_text())
     with cgroup.memory_cgroup(f"zswapfs-test-{os.getpid()}", 128 << 20) as cg:
         hog = cg.popen([sys.executable, "-m", "zswapfs.lab.workloads.hog", "512"],
