@@ -6,6 +6,12 @@ with `-m unit` etc. A test that cannot run here skips and says what is missing; 
 ZSWAPFS_REQUIRE_SYSTEM=1 (set by .ci/run) every such skip fails instead, so CI cannot go green by
 skipping.
 
+Every test carries exactly one tier marker (module-wide `pytestmark` where a whole file is one
+tier); collection stops with an error naming any test that has none or more than one.
+
+No test asserts on elapsed time: background work is waited for through events and counters
+(`wait_for`, Maintenance.wait_passes) under a deadline, HANG, that only ends a hang.
+
 Tier 3 tests start the real daemon as a subprocess on a temp mount and always
 tear it down (fusermount3 -u -z, then terminate, then kill), even when the test fails."""
 
@@ -28,6 +34,33 @@ from zswapfs.lab.procs import reap
 
 #: set by .ci/run: an environment skip is a failure
 REQUIRE_SYSTEM = os.environ.get("ZSWAPFS_REQUIRE_SYSTEM") == "1"
+TIERS = ("unit", "mount", "system")
+#: seconds a test waits for something that should happen: long enough for a loaded one-core
+#: machine, and reached only when the thing waited for is not coming
+HANG = 120.0
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse to run a test without exactly one tier marker (before -m deselects any)."""
+    wrong = []
+    for item in items:
+        tiers = sorted({m.name for m in item.iter_markers() if m.name in TIERS})
+        if len(tiers) != 1:
+            wrong.append(f"  {item.nodeid}: {', '.join(tiers) or 'no tier marker'}")
+    if wrong:
+        raise pytest.UsageError(
+            f"every test needs exactly one tier marker ({', '.join(TIERS)}):\n" + "\n".join(wrong)
+        )
+
+
+def wait_for(cond: Callable[[], bool], what: str, timeout: float = HANG) -> None:
+    """Poll *cond* until it holds; fail naming *what* if it has not after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.01)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -97,14 +130,14 @@ def start_daemon(mountpoint: Path, log: Path, *args: str) -> subprocess.Popen[by
             stdout=subprocess.DEVNULL,
             stderr=err,
         )
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + HANG
     while not os.path.ismount(mountpoint):
         if proc.poll() is not None:
             err = log.with_suffix(".stderr").read_text()
             raise RuntimeError(f"daemon exited with {proc.returncode}: {err}{log_tail(log)}")
         if time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError("daemon did not mount within 20 s" + log_tail(log))
+            raise RuntimeError(f"daemon did not mount within {HANG:.0f} s" + log_tail(log))
         time.sleep(0.02)
     return proc
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import zswapfs_cmd
+from tests.conftest import HANG, wait_for, zswapfs_cmd
 from zswapfs.engine.codec import PAGE_SIZE
 from zswapfs.engine.pools import POOL_NAMES
 from zswapfs.lab import bench, kzram
@@ -18,13 +18,16 @@ from zswapfs.lab import bench, kzram
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="reading another process's memory")
 
 
+@pytest.mark.unit
 @needs_root
 def test_capture_pid_finds_the_heap(tmp_path: Path) -> None:
     marker = "ZSWAPFS-CAPTURE-MARKER"
-    prog = f"x = [('{marker}' + str(i)) * 20 for i in range(20000)]\nimport time\ntime.sleep(60)"
-    proc = subprocess.Popen([sys.executable, "-c", prog])
+    prog = (f"x = [('{marker}' + str(i)) * 20 for i in range(20000)]\n"
+            "print('ready', flush=True)\nimport time\ntime.sleep(600)")  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", prog], stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.5)
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n", "the child died before building its heap"
         out = tmp_path / "c.pages"
         res = subprocess.run(zswapfs_cmd("capture", "--pid", str(proc.pid), "--out", str(out)),
                              capture_output=True, text=True, timeout=60)  # fmt: skip
@@ -35,9 +38,10 @@ def test_capture_pid_finds_the_heap(tmp_path: Path) -> None:
         assert proc.poll() is None, "the captured process must go on running"
     finally:
         proc.kill()
-        proc.wait()
+        proc.communicate()  # reaps it and closes the pipe
 
 
+@pytest.mark.unit
 @needs_root
 def test_capture_command_on_signal(tmp_path: Path) -> None:
     out = tmp_path / "w.pages"
@@ -51,6 +55,7 @@ def test_capture_command_on_signal(tmp_path: Path) -> None:
     assert b"item-0000" in data and len(data) >= 8 << 20
 
 
+@pytest.mark.unit
 def test_capture_errors(tmp_path: Path) -> None:
     res = subprocess.run(zswapfs_cmd("capture", "--pid", "999999999", "--out", str(tmp_path / "x")),
                          capture_output=True, text=True)  # fmt: skip
@@ -63,6 +68,7 @@ def test_capture_errors(tmp_path: Path) -> None:
     assert res.returncode == 1 and "exited" in res.stderr
 
 
+@pytest.mark.unit
 def test_bench_replay_every_configuration(tmp_path: Path) -> None:
     codecs = ["lz4", "zstd:1", "zstd:3"]
     run = bench.run(["synthetic:800"], list(POOL_NAMES), codecs, with_zram=False, churn=0.3)
@@ -80,6 +86,7 @@ def test_bench_replay_every_configuration(tmp_path: Path) -> None:
     assert all(p.exists() for p in paths)
 
 
+@pytest.mark.unit
 def test_bench_random_pages_do_not_compress(tmp_path: Path) -> None:
     corpus = tmp_path / "random.pages"
     corpus.write_bytes(os.urandom(300 * PAGE_SIZE))
@@ -89,7 +96,11 @@ def test_bench_random_pages_do_not_compress(tmp_path: Path) -> None:
         assert r["huge_pages"] == 300
 
 
-@pytest.mark.skipif(kzram.unavailable() is not None, reason=str(kzram.unavailable()))
+needs_zram = pytest.mark.skipif(kzram.unavailable() is not None, reason=str(kzram.unavailable()))
+
+
+@pytest.mark.system
+@needs_zram
 def test_zram_row_and_restore() -> None:
     base = Path("/sys/block/zram0")
     algo_before = (base / "comp_algorithm").read_text()
@@ -99,3 +110,41 @@ def test_zram_row_and_restore() -> None:
     assert row["same_pages"] == 50 and row["density"] > 1.0
     assert (base / "disksize").read_text().strip() == "0", "zram0 must be reset"
     assert (base / "comp_algorithm").read_text() == algo_before
+
+
+def flock_waiters(path: Path) -> int:
+    """Processes blocked in flock on *path*, from /proc/locks ("N: -> FLOCK ... MAJ:MIN:INODE")."""
+    st = path.stat()
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    lines = Path("/proc/locks").read_text().splitlines()
+    return sum(1 for line in lines if " -> FLOCK " in line and where in line.split())
+
+
+@pytest.mark.system
+@needs_zram
+def test_zram_runs_wait_for_each_other() -> None:
+    """While one run holds zram0's lock, a second `configured` blocks on it and sets the device
+    up only after the first has let go."""
+    order: list[str] = []
+    failed: list[BaseException] = []
+
+    def second_run() -> None:
+        try:
+            with kzram.configured(1 << 20) as dev:
+                order.append("second configured")
+                assert (Path("/sys/block") / dev.name / "disksize").read_text().strip() != "0"
+        except BaseException as exc:  # reported below
+            failed.append(exc)
+
+    with kzram._locked("zram0") as ours:
+        assert ours, "another run holds zram0"
+        second = threading.Thread(target=second_run)
+        second.start()
+        wait_for(lambda: bool(order or failed or flock_waiters(kzram.lock_path()) > 0),
+                 "the second run to block on the lock")  # fmt: skip
+        assert not order and not failed, (order, failed)
+        order.append("first released")
+    second.join(HANG)
+    assert not second.is_alive() and not failed, failed
+    assert order == ["first released", "second configured"]
+    assert (Path("/sys/block/zram0/disksize")).read_text().strip() == "0", "zram0 must be reset"

@@ -17,6 +17,8 @@ from zswapfs.engine.codec import (
     same_filled_value,
 )
 
+pytestmark = pytest.mark.unit
+
 SPECS = ["lz4", "zstd", "zstd:1", "zstd:3", "zstd:19", "zstd:-3", "none"]
 
 

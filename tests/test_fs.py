@@ -18,6 +18,8 @@ from zswapfs.engine.pools import make_pool
 from zswapfs.engine.store import PageStore
 from zswapfs.fs import IMAGE_INODE, ROOT_INODE, STATS_INODE, ZswapOperations
 
+pytestmark = pytest.mark.unit
+
 NPAGES = 16
 SIZE = NPAGES * PAGE_SIZE
 
@@ -106,10 +108,31 @@ def test_same_size_setattr_and_times_allowed() -> None:
     assert out.st_size == SIZE and out.st_mtime_ns == 1234
 
 
-@pytest.mark.parametrize("op", ["create", "mknod", "mkdir", "unlink", "rmdir", "rename", "link"])
+#: each namespace change with the arguments pyfuse3 passes it, for a request that would succeed
+#: on an ordinary directory
+NAMESPACE_CHANGES: dict[str, tuple[Any, ...]] = {
+    "create": (ROOT_INODE, b"new", 0o100644, os.O_RDWR | os.O_CREAT, Ctx()),
+    "mknod": (ROOT_INODE, b"new", 0o100644, 0, Ctx()),
+    "mkdir": (ROOT_INODE, b"new", 0o40755, Ctx()),
+    "symlink": (ROOT_INODE, b"new", b"swap.img", Ctx()),
+    "link": (IMAGE_INODE, ROOT_INODE, b"new", Ctx()),
+    "unlink": (ROOT_INODE, b"swap.img", Ctx()),
+    "rmdir": (ROOT_INODE, b"stats", Ctx()),
+    "rename": (ROOT_INODE, b"swap.img", ROOT_INODE, b"new", 0, Ctx()),
+}
+
+
+@pytest.mark.parametrize("op", sorted(NAMESPACE_CHANGES))
 def test_namespace_changes_refused(op: str) -> None:
+    """Each change is refused with EPERM and leaves the directory and the image as they were."""
     ops = make_ops()
-    assert errno_of(getattr(ops, op), ROOT_INODE, b"x", 0o644, 0, Ctx()) == errno.EPERM
+    page = b"kept " * (PAGE_SIZE // 5)
+    run(ops.write, IMAGE_INODE, 0, page)
+    assert errno_of(getattr(ops, op), *NAMESPACE_CHANGES[op]) == errno.EPERM
+    assert errno_of(ops.lookup, ROOT_INODE, b"new", Ctx()) == errno.ENOENT
+    assert run(ops.lookup, ROOT_INODE, b"swap.img", Ctx()).st_ino == IMAGE_INODE
+    assert run(ops.lookup, ROOT_INODE, b"stats", Ctx()).st_ino == STATS_INODE
+    assert run(ops.read, IMAGE_INODE, 0, len(page)) == page
 
 
 def test_lookup_and_attrs() -> None:

@@ -7,13 +7,21 @@ import os
 import random
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import Mounted, needs_fio, needs_mount, pool_resident, zswapfs_cmd
+from tests.conftest import (
+    HANG,
+    Mounted,
+    needs_fio,
+    needs_mount,
+    pool_resident,
+    wait_for,
+    zswapfs_cmd,
+)
 from zswapfs.engine.codec import PAGE_SIZE, make_codec
 from zswapfs.engine.maintenance import Maintenance
 from zswapfs.engine.pools import POOL_NAMES, make_pool
@@ -26,48 +34,58 @@ def page_for(rnd: random.Random, tag: int) -> bytes:
     return (body + rnd.randbytes(rnd.randint(0, 1500))).ljust(PAGE_SIZE, b"\0")[:PAGE_SIZE]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("pool", POOL_NAMES)
 def test_store_stays_exact_under_aggressive_maintenance(pool: str) -> None:
     """The FUSE thread's view (writes, overwrites, reads) stays byte-exact while the background
-    thread compacts and migrates continuously."""
+    thread compacts and migrates continuously: after every block of writes the test waits for a
+    pass to end, so passes fall between (and, as the scheduler likes, inside) the blocks."""
     npages = 3000
+    blocks, block = 80, 200
     store = PageStore(npages, make_codec("lz4"), make_pool(pool, npages))
     maint = Maintenance(store.pool, interval=0.001, aggressive=True)
     rnd = random.Random(5)
     model: dict[int, bytes] = {}
     maint.start()
     try:
-        deadline = time.monotonic() + 6
-        i = 0
-        while time.monotonic() < deadline:
-            pn = rnd.randrange(npages)
-            if rnd.random() < 0.3:
-                page = bytes(PAGE_SIZE)  # frees the old object: fragmentation to compact
-            else:
-                page = page_for(rnd, i)
-            store.write_page(pn, page)
-            model[pn] = page
-            probe = rnd.choice(list(model))
-            assert store.read_page(probe) == model[probe]
-            i += 1
+        for b in range(blocks):
+            for i in range(b * block, (b + 1) * block):
+                pn = rnd.randrange(npages)
+                if rnd.random() < 0.3:
+                    page = bytes(PAGE_SIZE)  # frees the old object: fragmentation to compact
+                else:
+                    page = page_for(rnd, i)
+                store.write_page(pn, page)
+                model[pn] = page
+                probe = rnd.choice(list(model))
+                assert store.read_page(probe) == model[probe]
+            assert maint.wait_passes(maint.passes_finished + 1, HANG), "maintenance stalled"
     finally:
         maint.stop()
     for pn, page in model.items():
         assert store.read_page(pn) == page
     st = maint.stats()
-    assert st["runs"] > 10
-    assert st["compact_steps"] + st["migrated_pages"] > 0, st
+    assert st["runs"] >= blocks
+    assert st["compact_steps"] > 0 and st["migrated_pages"] > 0, st
 
 
+@pytest.mark.unit
 def test_maintenance_stops_promptly() -> None:
+    """stop() wakes a thread that sleeps for an hour between passes: it returns, and the thread
+    is gone (the deadline only ends a hang; a stop that waited out the interval would hit it)."""
     store = PageStore(100, make_codec("lz4"), make_pool("zsmalloc", 100))
     maint = Maintenance(store.pool, interval=3600)
     maint.start()
-    t0 = time.monotonic()
-    maint.stop()
-    assert time.monotonic() - t0 < 2
+    thread = maint._thread
+    assert thread is not None and thread.is_alive()
+    stopper = threading.Thread(target=maint.stop)
+    stopper.start()
+    stopper.join(HANG)
+    assert not stopper.is_alive(), "stop() did not return while the thread slept"
+    assert not thread.is_alive() and maint.runs == 0
 
 
+@pytest.mark.mount
 @needs_mount
 @pytest.mark.parametrize("rewrite", ["zeros", "compressible"])
 def test_churn_then_compact_returns_memory(mount: Callable[..., Mounted], rewrite: str) -> None:
@@ -115,19 +133,25 @@ def test_churn_then_compact_returns_memory(mount: Callable[..., Mounted], rewrit
             assert f.read(PAGE_SIZE) == page, f"page {pn} changed through compaction"
 
 
-def churn_writer(image: Path, first: int, last: int, stop: threading.Event) -> int:
-    """Overwrite random pages in [first, last) with zeros or fresh data until *stop*."""
+def churn_writer(image: Path, first: int, last: int, stop: threading.Event,
+                 done: list[int]) -> None:  # fmt: skip
+    """Overwrite random pages in [first, last) with zeros or fresh data until *stop*, counting
+    the pages written in done[0]."""
     rnd = random.Random(4)
-    n = 0
     with open(image, "r+b", buffering=0) as f:
         while not stop.is_set():
             pn = rnd.randrange(first, last)
             f.seek(pn * PAGE_SIZE)
             f.write(bytes(PAGE_SIZE) if rnd.random() < 0.5 else page_for(rnd, pn))
-            n += 1
-    return n
+            done[0] += 1
 
 
+def moved(maint: dict[str, Any]) -> int:
+    """Objects and pages maintenance has moved so far: compaction steps plus migrated pages."""
+    return int(maint["compact_steps"] + maint["migrated_pages"])
+
+
+@pytest.mark.mount
 @needs_mount
 @needs_fio
 @pytest.mark.parametrize("pool", POOL_NAMES)
@@ -136,7 +160,8 @@ def test_fio_verify_during_continuous_maintenance(
 ) -> None:
     """fio verifies the first half of the image while another writer churns the second half
     (frees and new objects in the same zspages/pages) and maintenance compacts and migrates
-    continuously: zero verify errors."""
+    continuously: zero verify errors. fio starts only once the churn has made maintenance both
+    compact and migrate, and the test checks maintenance went on moving objects while fio ran."""
     size = 64 << 20
     m = mount("--size", str(size), "--pool", pool, "--maintenance-interval", "0.005",
               "--aggressive-maintenance")  # fmt: skip
@@ -148,32 +173,48 @@ def test_fio_verify_during_continuous_maintenance(
     job = FIO_DIR / "verify-randrw.fio"
     out = tmp_path / "fio.json"
     stop = threading.Event()
-    churned: list[int] = []
+    churned = [0]
     writer = threading.Thread(
-        target=lambda: churned.append(churn_writer(m.image, npages // 2, npages, stop))
+        target=churn_writer, args=(m.image, npages // 2, npages, stop, churned)
     )
+    filled = m.stats()["maintenance"]
     writer.start()
     try:
+
+        def churn_compacted_and_migrated() -> bool:
+            now = m.stats()["maintenance"]
+            return (churned[0] > 0 and now["compact_steps"] > filled["compact_steps"]
+                    and now["migrated_pages"] > filled["migrated_pages"])  # fmt: skip
+
+        wait_for(churn_compacted_and_migrated, "maintenance compacting and migrating the churn")
+        before, churned_before = m.stats()["maintenance"], churned[0]
         res = subprocess.run(
             ["fio", f"--filename={m.image}", f"--size={size // 2}", "--output-format=json",
              f"--output={out}", str(job)],
             capture_output=True, text=True, timeout=280,
         )  # fmt: skip
+        during = m.stats()["maintenance"]
     finally:
         stop.set()
         writer.join()
     assert res.returncode == 0, res.stderr
     job_out = json.loads(out.read_text())["jobs"][0]
     assert job_out["error"] == 0
+    assert job_out["read"]["io_bytes"] > 0 and job_out["write"]["io_bytes"] > 0
     st = m.stats()
     assert st["failed_reads"] == st["failed_writes"] == 0
-    maint = st["maintenance"]
-    assert maint["runs"] > 50 and maint["aggressive"] and churned[0] > 100
-    assert maint["compact_steps"] + maint["migrated_pages"] > 0, maint
+    assert during["aggressive"]
+    # while fio ran: passes ran, they moved objects, and the churn went on
+    assert during["runs"] > before["runs"], (before, during)
+    assert moved(during) > moved(before), (before, during)
+    assert churned[0] > churned_before
     assert os.path.ismount(m.mountpoint)
 
 
-def test_stop_waits_for_a_pass_run_from_another_thread() -> None:
+@pytest.mark.unit
+def test_stop_waits_for_a_pass_run_from_another_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """compact_now runs in a worker thread; stop() is called while that pass is inside the pool
+    and must not return before the pass has made its last pool call."""
     store = PageStore(4000, make_codec("lz4"), make_pool("zsmalloc", 4000))
     rnd = random.Random(2)
     for pn in range(4000):
@@ -181,12 +222,32 @@ def test_stop_waits_for_a_pass_run_from_another_thread() -> None:
     for pn in range(0, 4000, 2):
         store.write_page(pn, bytes(PAGE_SIZE))  # plenty to compact
     maint = Maintenance(store.pool, interval=3600)
+    pool = store.pool
+    events: list[str] = []
+    in_pass = threading.Event()
+    real_step, real_release = pool.compact_step, pool.release_segments
+
+    def step() -> int:
+        if not in_pass.is_set():
+            in_pass.set()
+            # hold this first step until stop() has begun: the pass is surely running then
+            assert maint._stopping.wait(HANG), "stop() was never called"
+        return real_step()
+
+    def release() -> int:
+        events.append("last pool call")  # the pass's final step, under its lock
+        return real_release()
+
+    monkeypatch.setattr(pool, "compact_step", step)
+    monkeypatch.setattr(pool, "release_segments", release)
     maint.start()
     worker = threading.Thread(target=maint.compact_now)
     worker.start()
-    time.sleep(0.05)
+    assert in_pass.wait(HANG), "compact_now never reached the pool"
     maint.stop()  # must not return while the worker's pass still touches the pool
+    events.append("stop returned")
+    assert events == ["last pool call", "stop returned"]
     assert not maint._pass_lock.locked()
-    store.pool.close()
-    worker.join(timeout=10)
-    assert not worker.is_alive()
+    pool.close()
+    worker.join(HANG)
+    assert not worker.is_alive() and maint.passes_finished == 1

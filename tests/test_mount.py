@@ -12,15 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mounted, needs_fio, needs_mount, stop_daemon, zswapfs_cmd
+from tests.conftest import HANG, Mounted, needs_fio, needs_mount, stop_daemon, zswapfs_cmd
 from zswapfs.engine.codec import PAGE_SIZE
 from zswapfs.lab.bench.fio import FIO_DIR
 from zswapfs.lab.procs import process_alive
 
-pytestmark = needs_mount
 SIZE = 64 << 20
 
 
+@pytest.mark.mount
+@needs_mount
 def test_round_trip_unaligned(mount: Callable[..., Mounted]) -> None:
     m = mount("--size", str(SIZE))
     rnd = random.Random(11)
@@ -50,6 +51,8 @@ def test_round_trip_unaligned(mount: Callable[..., Mounted]) -> None:
     assert st["failed_reads"] == st["failed_writes"] == 0
 
 
+@pytest.mark.mount
+@needs_mount
 def test_stats_match_what_was_written(mount: Callable[..., Mounted]) -> None:
     m = mount("--size", str(SIZE))
     rnd = random.Random(2)
@@ -75,6 +78,8 @@ def test_stats_match_what_was_written(mount: Callable[..., Mounted]) -> None:
     assert st["codec"] == "lz4" and st["pool"] == "zsmalloc"
 
 
+@pytest.mark.mount
+@needs_mount
 def test_bad_input_gets_errno(mount: Callable[..., Mounted]) -> None:
     m = mount("--size", str(SIZE))
     mp = m.mountpoint
@@ -108,6 +113,8 @@ def test_bad_input_gets_errno(mount: Callable[..., Mounted]) -> None:
     assert sorted(os.listdir(mp)) == ["control", "stats", "swap.img"]
 
 
+@pytest.mark.mount
+@needs_mount
 @needs_fio
 @pytest.mark.parametrize(
     "pool, codec", [("zsmalloc", "lz4"), ("zsmalloc", "zstd:1"), ("zbud", "lz4"), ("z3fold", "lz4")]
@@ -139,6 +146,8 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
     return subprocess.run(zswapfs_cmd(*args), capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.mount
+@needs_mount
 def test_cli_background_mount_stats_umount(tmp_path: Path) -> None:
     mp = tmp_path / "bg"
     mp.mkdir()
@@ -166,6 +175,7 @@ def test_cli_background_mount_stats_umount(tmp_path: Path) -> None:
     assert "Traceback" not in log.read_text()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -185,6 +195,7 @@ def test_cli_mount_errors(tmp_path: Path, args: list[str], message: str) -> None
     assert not os.path.ismount(mp)
 
 
+@pytest.mark.unit
 def test_cli_missing_mountpoint_and_not_mounted(tmp_path: Path) -> None:
     res = run_cli("mount", str(tmp_path / "nope"))
     assert res.returncode == 1 and "does not exist" in res.stderr
@@ -193,8 +204,10 @@ def test_cli_missing_mountpoint_and_not_mounted(tmp_path: Path) -> None:
         assert res.returncode == 1 and "not mounted" in res.stderr
 
 
+@pytest.mark.mount
+@needs_mount
 def test_sigterm_unmounts_cleanly(mount: Callable[..., Mounted]) -> None:
     m = mount("--size", "8M")
     m.proc.terminate()
-    assert m.proc.wait(timeout=20) == 0
+    assert m.proc.wait(timeout=HANG) == 0
     assert not os.path.ismount(m.mountpoint)

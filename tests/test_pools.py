@@ -21,6 +21,8 @@ from zswapfs.engine.arena import PAGE_SIZE
 from zswapfs.engine.pools import POOL_NAMES, Pool, PoolFull, buddy, make_pool
 from zswapfs.engine.pools import zsmalloc as zs
 
+pytestmark = pytest.mark.unit
+
 CLASSES, _, HUGE_CLASS_SIZE = zs.build_classes(zs.DEFAULT_CHAIN)
 #: sizes at and around every class edge (payload = slot - header), plus the page itself
 EDGES = sorted(
@@ -32,6 +34,7 @@ EDGES = sorted(
     }
     | {1, 2, 64, 128, HUGE_CLASS_SIZE - zs.HDR, PAGE_SIZE - 1, PAGE_SIZE}
 )
+
 sizes = st.one_of(st.integers(1, PAGE_SIZE), st.sampled_from(EDGES), st.integers(1, 300))
 
 

@@ -15,6 +15,8 @@ from zswapfs.engine.pools import POOL_NAMES, make_pool
 from zswapfs.engine.pools.zsmalloc import ZsPool
 from zswapfs.engine.store import PageStore, StorageFailure, StoreFull
 
+pytestmark = pytest.mark.unit
+
 NPAGES = 64
 KINDS = ["zero", "fill", "random", "half", "text", "sparse"]
 

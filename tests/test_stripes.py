@@ -14,8 +14,6 @@ import pytest
 from tests.test_swap import loops_on, needs_swap, run
 from zswapfs.lab import cgroup
 
-pytestmark = pytest.mark.system
-
 STRIPES = 2
 
 
@@ -25,7 +23,9 @@ def striped_config(tmp_path: Path) -> Iterator[Path]:
     does, every stripe is swapped off, detached and unmounted afterwards."""
     config = tmp_path / "striped.toml"
     mp = tmp_path / "mnt"
-    config.write_text(f'size = "512M"\nmountpoint = "{mp}"\nstripes = {STRIPES}\n')
+    config.write_text(
+        f'size = "512M"\nmountpoint = "{mp}"\nstripes = {STRIPES}\nswap-priority = 32767\n'
+    )
     yield config
     run("swapoff", "--config", str(config))
     for i in range(STRIPES):
@@ -37,6 +37,7 @@ def striped_config(tmp_path: Path) -> Iterator[Path]:
             subprocess.run(["fusermount3", "-u", "-z", str(stripe)], capture_output=True)
 
 
+@pytest.mark.system
 @needs_swap
 def test_striped_swap_spreads_pages_over_every_stripe(striped_config: Path, tmp_path: Path) -> None:
     res = run("swapon", "--config", str(striped_config))
@@ -48,7 +49,7 @@ def test_striped_swap_spreads_pages_over_every_stripe(striped_config: Path, tmp_
         e[0]: e for e in (ln.split() for ln in Path("/proc/swaps").read_text().splitlines()[1:])
     }
     for (dev,) in devices:
-        assert swaps[dev][-1] == "100"  # one priority: the kernel stripes across them
+        assert swaps[dev][-1] == "32767"  # one priority: the kernel stripes across them
         assert int(swaps[dev][2]) < 300 * 1024  # each stripe is half the size (KiB)
     with cgroup.memory_cgroup(f"zswapfs-stripes-{os.getpid()}", 96 << 20) as cg:
         hog = cg.popen(
@@ -73,6 +74,7 @@ def test_striped_swap_spreads_pages_over_every_stripe(striped_config: Path, tmp_
         assert dev not in Path("/proc/swaps").read_text()
 
 
+@pytest.mark.unit
 def test_mount_refuses_a_striped_config(tmp_path: Path) -> None:
     config = tmp_path / "striped.toml"
     config.write_text(f'size = "64M"\nstripes = 2\nmountpoint = "{tmp_path / "mnt"}"\n')
@@ -84,6 +86,7 @@ def test_mount_refuses_a_striped_config(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("stripes", ["0", "17", "'two'"])
 def test_bad_stripes_are_one_line(tmp_path: Path, stripes: str) -> None:
     config = tmp_path / "bad.toml"

@@ -33,6 +33,7 @@ def make_store(tmp_path: Path, npages: int = 512, persistent: bool = False,
 
 
 # -- in-process -----------------------------------------------------------------------------------
+@pytest.mark.unit
 def test_writeback_moves_pages_and_reads_them_back(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     rnd = random.Random(1)
@@ -56,6 +57,7 @@ def test_writeback_moves_pages_and_reads_them_back(tmp_path: Path) -> None:
     assert store.bd_count == 49 and store.read_page(cold[0]) == bytes(PAGE_SIZE)
 
 
+@pytest.mark.unit
 def test_cold_pages_oldest_first_and_huge_first(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     rnd = random.Random(2)
@@ -69,6 +71,7 @@ def test_cold_pages_oldest_first_and_huge_first(tmp_path: Path) -> None:
     assert store.cold_pages(1, huge_first=True) == [1]
 
 
+@pytest.mark.unit
 def test_memory_limit_without_backing_is_hard() -> None:
     store = PageStore(4096, make_codec("none"), make_pool("zsmalloc", 4096), mem_limit=64 * 4096)
     with pytest.raises(StoreFull):
@@ -93,6 +96,7 @@ class BrokenCodec:
         return bytes(self.inner.decompress(payload))
 
 
+@pytest.mark.unit
 def test_codec_failure_is_counted_and_sent_to_the_file(tmp_path: Path) -> None:
     backing = BackingFile(str(tmp_path / "backing.img"), 16, False)
     store = PageStore(16, BrokenCodec(), make_pool("zsmalloc", 16), backing=backing)  # type: ignore[arg-type]
@@ -109,6 +113,7 @@ def test_codec_failure_is_counted_and_sent_to_the_file(tmp_path: Path) -> None:
     assert bare.read_page(2) == kept  # the old contents are kept
 
 
+@pytest.mark.unit
 def test_pool_out_of_room_is_counted_and_sent_to_the_file(tmp_path: Path) -> None:
     store = make_store(tmp_path, npages=64)
 
@@ -123,6 +128,7 @@ def test_pool_out_of_room_is_counted_and_sent_to_the_file(tmp_path: Path) -> Non
     assert store.stats()["reject_alloc_fail"] == 1
 
 
+@pytest.mark.unit
 def test_limit_with_backing_goes_straight_to_the_file(tmp_path: Path) -> None:
     store = make_store(tmp_path, npages=2048, mem_limit=64 * PAGE_SIZE)
     pages = [os.urandom(PAGE_SIZE) for _ in range(300)]
@@ -134,6 +140,7 @@ def test_limit_with_backing_goes_straight_to_the_file(tmp_path: Path) -> None:
         assert store.read_page(pn) == page
 
 
+@pytest.mark.unit
 def test_background_writeback_between_watermarks(tmp_path: Path) -> None:
     limit = 128 * PAGE_SIZE
     store = make_store(tmp_path, npages=4096, mem_limit=limit)
@@ -150,6 +157,7 @@ def test_background_writeback_between_watermarks(tmp_path: Path) -> None:
         assert store.read_page(pn) == page
 
 
+@pytest.mark.unit
 def test_idle_writeback(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     rnd = random.Random(4)
@@ -164,6 +172,7 @@ def test_idle_writeback(tmp_path: Path) -> None:
     assert store.index.item(15) != BACKED
 
 
+@pytest.mark.unit
 def test_image_mode_flush_and_reopen(tmp_path: Path) -> None:
     store = make_store(tmp_path, persistent=True)
     rnd = random.Random(5)
@@ -185,6 +194,7 @@ def test_image_mode_flush_and_reopen(tmp_path: Path) -> None:
         assert again.read_page(pn) == pages.get(pn, bytes(PAGE_SIZE))
 
 
+@pytest.mark.unit
 def test_backing_file_errors(tmp_path: Path) -> None:
     path = tmp_path / "b.img"
     path.write_bytes(b"x" * 8192)
@@ -202,6 +212,7 @@ def test_backing_file_errors(tmp_path: Path) -> None:
     assert info.value.errno == errno.ENOENT
 
 
+@pytest.mark.unit
 def test_backing_read_failure_is_eio_for_that_page(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     store.write_page(3, text_page(random.Random(6), 3))
@@ -215,6 +226,7 @@ def test_backing_read_failure_is_eio_for_that_page(tmp_path: Path) -> None:
 
 
 # -- mounted ---------------------------------------------------------------------------------
+@pytest.mark.mount
 @needs_mount
 @needs_fio
 def test_fio_4x_mem_limit_with_backing(mount: Callable[..., Mounted], tmp_path: Path) -> None:
@@ -262,6 +274,7 @@ def read_pages(image: Path, pns: list[int]) -> dict[int, bytes]:
         return out
 
 
+@pytest.mark.mount
 @needs_mount
 def test_image_mode_survives_kill_and_remount(
     mount: Callable[..., Mounted], tmp_path: Path
@@ -290,6 +303,7 @@ def test_image_mode_survives_kill_and_remount(
     assert m3.stats()["mode"] == "image"
 
 
+@pytest.mark.mount
 @needs_mount
 def test_backing_file_on_a_full_tmpfs(mount: Callable[..., Mounted], tmp_path: Path) -> None:
     small = tmp_path / "small"
@@ -318,6 +332,7 @@ def test_backing_file_on_a_full_tmpfs(mount: Callable[..., Mounted], tmp_path: P
         subprocess.run(["umount", "-l", str(small)], capture_output=True)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("what", ["writeback", "flush"])
 def test_page_rewritten_twice_during_the_file_write_is_not_lost(tmp_path: Path,
                                                                   what: str) -> None:  # fmt: skip
@@ -356,6 +371,7 @@ def test_page_rewritten_twice_during_the_file_write_is_not_lost(tmp_path: Path,
         assert backing.read_page(5) == new
 
 
+@pytest.mark.unit
 def test_huge_first_skips_the_pool_only_above_the_low_watermark(tmp_path: Path) -> None:
     unlimited = make_store(tmp_path)
     unlimited.huge_to_backing = True

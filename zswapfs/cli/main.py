@@ -1,10 +1,28 @@
-"""Command line entry: the argument parser and main(); each verb lives in its group module."""
+"""Command line entry: the argument parser and main(); each verb lives in its group module.
+
+A verb's module is imported only when that verb runs, so parsing and a verb's own first checks
+need nothing but the standard library: `zswapfs swapon` run by an unprivileged user stops at its
+root check without loading the engine (numpy, lz4, pyfuse3), whatever it could import.
+"""
 
 import argparse
+import importlib
 import sys
+from collections.abc import Callable
 
-from zswapfs.cli import CliError, lab, mount, swap
-from zswapfs.service.config import ConfigError
+from zswapfs.cli import CliError
+
+Verb = Callable[[argparse.Namespace], int]
+
+
+def _verb(module: str, name: str) -> Verb:
+    """zswapfs.cli.MODULE.NAME, imported when it is called."""
+
+    def call(args: argparse.Namespace) -> int:
+        fn: Verb = getattr(importlib.import_module(f"zswapfs.cli.{module}"), name)
+        return fn(args)
+
+    return call
 
 
 # -- entry ---------------------------------------------------------------------------------------
@@ -53,20 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write back incompressible pages before others")  # fmt: skip
     w.add_argument("--idle-writeback", type=float,
                    help="write back pages idle this many seconds (0: off)")  # fmt: skip
-    m.set_defaults(func=mount.cmd_mount)
+    m.set_defaults(func=_verb("mount", "cmd_mount"))
 
     u = sub.add_parser("umount", help="unmount and wait for the daemon to exit")
     u.add_argument("mountpoint")
-    u.set_defaults(func=mount.cmd_umount)
+    u.set_defaults(func=_verb("mount", "cmd_umount"))
 
     s = sub.add_parser("stats", help="zram-style figures of a mount")
     s.add_argument("mountpoint")
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func=mount.cmd_stats)
+    s.set_defaults(func=_verb("mount", "cmd_stats"))
 
-    for verb, fn, text in (
-        ("swapon", swap.cmd_swapon, "mount (if needed), losetup, mkswap and swapon an image"),
-        ("swapoff", swap.cmd_swapoff, "swapoff, detach the loop device and unmount"),
+    for verb, text in (
+        ("swapon", "mount (if needed), losetup, mkswap and swapon an image"),
+        ("swapoff", "swapoff, detach the loop device and unmount"),
     ):
         v = sub.add_parser(verb, help=text)
         v.add_argument("name", nargs="?", help="reads /etc/zswapfs/NAME.toml")
@@ -79,11 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if verb == "swapoff":
             v.add_argument("--keep-mount", action="store_true", help="leave the daemon running")
-        v.set_defaults(func=fn)
+        v.set_defaults(func=_verb("swap", f"cmd_{verb}"))
 
     k = sub.add_parser("compact", help="compact the pool and release memory now")
     k.add_argument("mountpoint")
-    k.set_defaults(func=mount.cmd_compact)
+    k.set_defaults(func=_verb("mount", "cmd_compact"))
 
     c = sub.add_parser(
         "capture",
@@ -98,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--delay", type=float, help="seconds to let the command run first")
     c.add_argument("--on-signal", action="store_true", help="snapshot on SIGUSR1 from the command")
     c.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ...")
-    c.set_defaults(func=lab.cmd_capture)
+    c.set_defaults(func=_verb("lab", "cmd_capture"))
 
     b = sub.add_parser("bench", help="compare pools and codecs on real corpora, beside zram")
     b.add_argument("--pools", default="zbud,z3fold,zsmalloc")
@@ -125,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--fio-size", default="256M", help="region the timed fio jobs use (256M)")
     b.add_argument("--fio-verify-size", default="64M", help="region the verify job checks (64M)")
     b.add_argument("--no-plots", action="store_true", help="write no PNG plots")
-    b.set_defaults(func=lab.cmd_bench)
+    b.set_defaults(func=_verb("lab", "cmd_bench"))
     return p
 
 
@@ -133,8 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (CliError, ConfigError) as exc:
+    except CliError as exc:
         print(f"zswapfs: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        from zswapfs.service.config import ConfigError  # loaded already if it was raised
+
+        if not isinstance(exc, ConfigError):
+            raise
+        print(f"zswapfs: {exc}", file=sys.stderr)
+        return 1

@@ -1,15 +1,25 @@
-"""Verbs that set an image up as swap: swapon, swapoff."""
+"""Verbs that set an image up as swap: swapon, swapoff.
+
+Each checks for root before it imports anything beyond the standard library, so an unprivileged
+user gets that one line whatever the interpreter can import.
+"""
 
 import argparse
+import os
 
 from zswapfs.cli import CliError
 
 
+def need_root(verb: str) -> None:
+    if os.geteuid() != 0:
+        raise CliError(f"{verb} needs root: losetup, mkswap and swapon do")
+
+
 def cmd_swapon(args: argparse.Namespace) -> int:
+    need_root("swapon")
     from zswapfs.service import swap
 
     try:
-        swap.need_root("swapon")
         target = swap.resolve(args.name, args.config, args.stripes)
         devices = swap.swapon(target)
     except swap.SwapError as exc:
@@ -20,10 +30,10 @@ def cmd_swapon(args: argparse.Namespace) -> int:
 
 
 def cmd_swapoff(args: argparse.Namespace) -> int:
+    need_root("swapoff")
     from zswapfs.service import swap
 
     try:
-        swap.need_root("swapoff")
         target = swap.resolve(args.name, args.config, args.stripes)
         devices = swap.swapoff(target, keep_mount=args.keep_mount)
     except swap.SwapError as exc:

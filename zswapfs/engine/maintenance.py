@@ -27,6 +27,9 @@ When it runs, every `interval` seconds (and at once when a write finds the pool 
               empty a whole segment; then segments without live pages are unmapped
 `aggressive` (a test knob) does both on every pass whatever the estimates; compact_now (behind
 `zswapfs compact`) does both to the end, once.
+
+`passes_finished` counts passes that have ended (failed ones too) and `wait_passes(n, timeout)`
+blocks until n have: a test waits on work having happened instead of guessing from elapsed time.
 """
 
 from __future__ import annotations
@@ -84,6 +87,8 @@ class Maintenance:
             recompression.stopping = self._stopping
         self.recompressed = 0
         self.runs = 0
+        self.passes_finished = 0
+        self._finished = threading.Condition()  # notified each time a pass ends
         self.compact_steps = 0
         self.pages_freed = 0
         self.migrated_pages = 0
@@ -109,6 +114,12 @@ class Maintenance:
     def wake(self) -> None:
         self._wake.set()
 
+    def wait_passes(self, count: int, timeout: float) -> bool:
+        """Block until *count* passes have ended since this object was made (the thread's and
+        compact_now's alike), or *timeout* seconds; True if they have."""
+        with self._finished:
+            return self._finished.wait_for(lambda: self.passes_finished >= count, timeout)
+
     def run(self) -> None:
         while not self._stopping.is_set():
             self._wake.wait(self.interval)
@@ -127,6 +138,14 @@ class Maintenance:
 
     def pass_once(self, force: bool = False, to_the_end: bool = False) -> None:
         """One maintenance pass; *force* skips the worth-it checks."""
+        try:
+            self._pass(force, to_the_end)
+        finally:
+            with self._finished:
+                self.passes_finished += 1
+                self._finished.notify_all()
+
+    def _pass(self, force: bool, to_the_end: bool) -> None:
         with self._pass_lock:
             t0 = time.perf_counter()
             self.runs += 1

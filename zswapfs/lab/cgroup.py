@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path("/sys/fs/cgroup")
+#: seconds remove() waits for killed processes to leave: generous, as it only ends a hang
+REMOVE_WAIT = 60.0
 
 
 def unavailable() -> str | None:
@@ -56,7 +58,11 @@ class MemoryCgroup:
         return 0
 
     def remove(self) -> None:
-        for _ in range(100):
+        """Kill what runs in the cgroup and remove it. A killed process can take a while to go
+        (one swapping in from a slow device exits only when that read completes), so this waits
+        up to REMOVE_WAIT seconds for the cgroup to empty before rmdir."""
+        deadline = time.monotonic() + REMOVE_WAIT
+        while time.monotonic() < deadline:
             pids = [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
             if not pids:
                 break
