@@ -56,9 +56,7 @@ class NullStore:
 def serve(mountpoint: str, size: int) -> None:
     """Mount the null image on *mountpoint* and serve until SIGTERM/SIGINT; always unmounts."""
     ops = ZswapOperations(NullStore(size // PAGE_SIZE), "swap.img")  # type: ignore[arg-type]
-    options = set(pyfuse3.default_options) | {"fsname=zswapfs-null"}
-    if os.getuid() == 0:
-        options.add("allow_other")  # as the real daemon mounts
+    options = set(pyfuse3.default_options) | {"fsname=zswapfs-null"}  # as the real daemon
     pyfuse3.init(ops, mountpoint, options)
 
     async def run() -> None:
