@@ -180,10 +180,10 @@ class BackingFile:
             log.warning("taking over backing file %s (%s mode) in %s mode as told by force",
                         path, mark[0], self.mode)  # fmt: skip
         if self.persistent:
-            if st.st_size not in (0, self.size) or (
-                mark is not None and mark[0] == "image" and mark[1] != self.size
-            ):
-                held = mark[1] if mark is not None and mark[0] == "image" else st.st_size
+            held = st.st_size
+            if mark is not None and mark[0] == "image" and mark[1] != self.size:
+                held = mark[1]  # the size it was made for, whatever it holds now
+            if held not in (0, self.size):
                 raise BackingRefused(
                     f"backing file {path} holds {held} bytes but the image is {self.size}: "
                     f"refusing to resize it in image mode; mount it with --size {held}",
