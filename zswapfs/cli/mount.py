@@ -161,6 +161,13 @@ def _spawn(args: argparse.Namespace, cfg: MountConfig, mountpoint: str, image: s
 def read_stats(mountpoint: str) -> dict[str, Any]:
     path = os.path.join(mountpoint, "stats")
     if not os.path.ismount(mountpoint):
+        try:
+            os.stat(mountpoint)
+        except PermissionError:  # a zswapfs mount lets in only the user who made it
+            raise CliError(f"{mountpoint}: permission denied (run as the user who mounted it, "
+                           "root for the daemon)") from None  # fmt: skip
+        except OSError:
+            pass
         raise CliError(f"{mountpoint} is not mounted")
     try:
         with open(path) as f:
