@@ -260,16 +260,23 @@ def test_existing_data_file_is_refused_and_taken_over_with_force(
 
 
 @pytest.mark.mount
-def test_backing_in_a_directory_others_can_write_is_refused(tmp_path: Path,
-                                                            mountpoint: Path) -> None:  # fmt: skip
+@pytest.mark.parametrize("which", ["--backing", "--log"])
+def test_file_in_a_directory_others_can_write_is_refused(tmp_path: Path, mountpoint: Path,
+                                                         which: str) -> None:  # fmt: skip
     loose = tmp_path / "loose"
     loose.mkdir()
     loose.chmod(0o777)  # no sticky bit: anyone could rename our file away and plant a link
-    backing = loose / "swap.img"
-    res = zswapfs("mount", str(mountpoint), "--size", "16M", "--backing", str(backing),
-                  "--log", str(tmp_path / "d.log"))  # fmt: skip
+    target = loose / ("swap.img" if which == "--backing" else "d.log")
+    paths = {
+        "--backing": str(tmp_path / "b.img"),
+        "--log": str(tmp_path / "d.log"),
+        which: str(target),
+    }
+    res = zswapfs(
+        "mount", str(mountpoint), "--size", "16M", *(x for kv in paths.items() for x in kv)
+    )
     assert_refused(res, loose, "without the sticky bit")
-    assert not backing.exists() and not os.path.ismount(mountpoint)
+    assert not target.exists() and not os.path.ismount(mountpoint)
 
 
 @pytest.mark.mount
