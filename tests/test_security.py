@@ -24,6 +24,7 @@ import pytest
 from tests.conftest import mount_unavailable, start_daemon, stop_daemon, zswapfs_cmd
 from zswapfs.engine.backing import MARK_XATTR, read_mark
 from zswapfs.engine.codec import PAGE_SIZE
+from zswapfs.service import safepath
 from zswapfs.service.safepath import ROOT_LOG_DIR
 
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
@@ -44,8 +45,9 @@ def _unavailable() -> str | None:
     return None
 
 
-#: every test here needs root, a FUSE mount and setpriv; each carries its own tier marker
-pytestmark = pytest.mark.skipif(_unavailable() is not None, reason=str(_unavailable()))
+#: the mount and system tests need root, a FUSE mount, setpriv and the user nobody
+needs_mount_and_nobody = pytest.mark.skipif(_unavailable() is not None,
+                                            reason=str(_unavailable()))  # fmt: skip
 
 
 def as_nobody(*cmd: str) -> subprocess.CompletedProcess[str]:
@@ -122,6 +124,7 @@ def plant(kind: str, path: Path, victim: Path) -> None:
 
 # -- log files -----------------------------------------------------------------------------------
 @pytest.mark.mount
+@needs_mount_and_nobody
 @pytest.mark.parametrize("kind, words", [("symlink", "symbolic link"),
                                           ("fifo", "not a regular file"),
                                           ("foreign file", "owned by uid"),
@@ -144,6 +147,7 @@ def test_log_path_planted_by_another_user_is_refused(
 
 
 @pytest.mark.mount
+@needs_mount_and_nobody
 def test_default_log_is_not_in_tmp(victim: Path, mountpoint: Path) -> None:
     """The old predictable /tmp/zswapfs-<mountpoint>.log, planted as a link, is left alone; the
     log goes to a root-only directory instead."""
@@ -169,6 +173,7 @@ def test_default_log_is_not_in_tmp(victim: Path, mountpoint: Path) -> None:
 
 
 @pytest.mark.mount
+@needs_mount_and_nobody
 def test_under_systemd_the_daemon_logs_to_the_journal(tmp_path: Path, mountpoint: Path) -> None:
     """JOURNAL_STREAM naming our stderr (as systemd sets it) sends the daemon's log there and
     creates no log file."""
@@ -191,6 +196,7 @@ def test_under_systemd_the_daemon_logs_to_the_journal(tmp_path: Path, mountpoint
 
 # -- backing files -------------------------------------------------------------------------------
 @pytest.mark.mount
+@needs_mount_and_nobody
 @pytest.mark.parametrize("kind, words", [("symlink", "symbolic link"),
                                           ("fifo", "not a regular file"),
                                           ("foreign file", "owned by uid"),
@@ -214,6 +220,7 @@ def test_backing_path_planted_by_another_user_is_refused(
 
 
 @pytest.mark.mount
+@needs_mount_and_nobody
 @pytest.mark.parametrize("mode", ["swap", "image"])
 def test_existing_data_file_is_refused_and_taken_over_with_force(
     tmp_path: Path, mountpoint: Path, mode: str
@@ -260,6 +267,7 @@ def test_existing_data_file_is_refused_and_taken_over_with_force(
 
 
 @pytest.mark.mount
+@needs_mount_and_nobody
 @pytest.mark.parametrize("which", ["--backing", "--log"])
 def test_file_in_a_directory_others_can_write_is_refused(tmp_path: Path, mountpoint: Path,
                                                          which: str) -> None:  # fmt: skip
@@ -280,6 +288,7 @@ def test_file_in_a_directory_others_can_write_is_refused(tmp_path: Path, mountpo
 
 
 @pytest.mark.mount
+@needs_mount_and_nobody
 def test_missing_backing_directories_are_created_0700(tmp_path: Path, mountpoint: Path) -> None:
     backing = tmp_path / "state" / "zswapfs" / "swap.img"
     log = tmp_path / "d.log"
@@ -311,6 +320,7 @@ def loose_config(tmp_path: Path, mountpoint: Path, victim: Path, loose: str) -> 
 
 
 @pytest.mark.mount
+@needs_mount_and_nobody
 @pytest.mark.parametrize("loose", ["group-writable", "owned by nobody"])
 def test_loose_config_is_refused(tmp_path: Path, victim: Path, mountpoint: Path,
                                  loose: str) -> None:  # fmt: skip
@@ -323,6 +333,7 @@ def test_loose_config_is_refused(tmp_path: Path, victim: Path, mountpoint: Path,
 
 
 @pytest.mark.system
+@needs_mount_and_nobody
 @pytest.mark.parametrize("loose", ["group-writable", "owned by nobody"])
 def test_loose_config_is_refused_by_swapon(tmp_path: Path, victim: Path, mountpoint: Path,
                                            loose: str) -> None:  # fmt: skip
@@ -342,6 +353,7 @@ def test_loose_config_is_refused_by_swapon(tmp_path: Path, victim: Path, mountpo
 
 # -- the mount itself ----------------------------------------------------------------------------
 @pytest.mark.mount
+@needs_mount_and_nobody
 def test_another_user_cannot_reach_the_image_or_stats(shared_tmp: Path, tmp_path: Path) -> None:
     """The image is 0600 and the mount has no allow_other: nobody can neither read nor write
     the image, nor read the stats, though it can reach the directory the mount is in."""
@@ -375,3 +387,58 @@ def test_another_user_cannot_reach_the_image_or_stats(shared_tmp: Path, tmp_path
         assert before[0] == secret
     finally:
         stop_daemon(mp, proc)
+
+
+# -- the checks themselves -------------------------------------------------------------------
+@pytest.mark.unit
+def test_ensure_directory_makes_each_level_0700_whatever_the_umask(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b" / "c"
+    old = os.umask(0)
+    try:
+        created = safepath.ensure_directory(target, "test")
+    finally:
+        os.umask(old)
+    assert created == [str(tmp_path / "a"), str(tmp_path / "a" / "b"), str(target)]
+    for d in created:
+        assert stat.S_IMODE(os.lstat(d).st_mode) == 0o700, d
+    assert safepath.ensure_directory(target, "test") == []  # already there: nothing made
+
+
+@pytest.mark.unit
+def test_own_directory_refuses_a_link_and_tightens_a_wide_mode(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o755)
+    real.chmod(0o755)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    with pytest.raises(safepath.UnsafePath, match="not a directory"):
+        safepath.own_directory(link, "log directory")
+    safepath.own_directory(real, "log directory")
+    assert stat.S_IMODE(os.lstat(real).st_mode) == 0o700
+
+
+@pytest.mark.unit
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a directory of another user needs root")
+def test_check_directory_refuses_another_users_directory(tmp_path: Path) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, 65534, 65534)
+    with pytest.raises(safepath.UnsafePath, match="owned by uid 65534"):
+        safepath.check_directory(theirs / "sub", "backing file x")
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    safepath.check_directory(sticky, "backing file x")  # like /tmp: allowed
+
+
+@pytest.mark.unit
+def test_stderr_is_journal_compares_device_and_inode(monkeypatch: pytest.MonkeyPatch) -> None:
+    st = os.fstat(2)
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+    assert safepath.stderr_is_journal()
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino + 1}")
+    assert not safepath.stderr_is_journal()
+    monkeypatch.setenv("JOURNAL_STREAM", "garbage")
+    assert not safepath.stderr_is_journal()
+    monkeypatch.delenv("JOURNAL_STREAM")
+    assert not safepath.stderr_is_journal()
