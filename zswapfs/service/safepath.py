@@ -73,8 +73,7 @@ def check_directory(path: str | os.PathLike[str], what: str) -> None:
             )
         writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
         if writable and not st.st_mode & stat.S_ISVTX:
-            by = "group and others" if writable == stat.S_IWGRP | stat.S_IWOTH else (
-                "its group" if writable == stat.S_IWGRP else "others")  # fmt: skip
+            by = {stat.S_IWGRP: "its group", stat.S_IWOTH: "others"}.get(writable, "all")
             raise UnsafePath(
                 f"{what}: directory {d} is writable by {by} (mode "
                 f"{stat.S_IMODE(st.st_mode):04o}) without the sticky bit, so another user could "
