@@ -198,15 +198,30 @@ def test_image_mode_flush_and_reopen(tmp_path: Path) -> None:
 def test_backing_file_errors(tmp_path: Path) -> None:
     path = tmp_path / "b.img"
     path.write_bytes(b"x" * 8192)
+    for persistent in (True, False):  # not made by zswapfs: refused in either mode
+        with pytest.raises(BackingError, match="not created by zswapfs"):
+            BackingFile(str(path), 16, persistent=persistent)
+    assert path.read_bytes() == b"x" * 8192
     with pytest.raises(BackingError, match="refusing to resize"):
-        BackingFile(str(path), 16, persistent=True)
+        BackingFile(str(path), 16, persistent=True, force=True)
     assert path.stat().st_size == 8192, "image mode never truncates a wrong-sized file"
-    BackingFile(str(path), 16, persistent=False).close()  # swap mode empties it
+    BackingFile(str(path), 16, persistent=False, force=True).close()  # swap mode empties it
     assert path.stat().st_size == 16 * PAGE_SIZE and path.read_bytes() == bytes(16 * PAGE_SIZE)
-    assert oct(path.stat().st_mode & 0o777) in (oct(0o600), oct(0o644))
+    assert path.stat().st_mode & 0o777 == 0o600
+    BackingFile(str(path), 8, persistent=False).close()  # now marked as ours: no force needed
+    with pytest.raises(BackingError, match="stale pages of a swap-mode"):
+        BackingFile(str(path), 8, persistent=True)
     new = tmp_path / "new.img"
     BackingFile(str(new), 4, persistent=True).close()
     assert new.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(BackingError, match="persistent zswapfs image"):
+        BackingFile(str(new), 4, persistent=False)
+    with pytest.raises(BackingError, match="refusing to resize"):
+        BackingFile(str(new), 8, persistent=True)
+    held = BackingFile(str(new), 4, persistent=True)
+    with pytest.raises(BackingError, match="in use by another zswapfs daemon"):
+        BackingFile(str(new), 4, persistent=True)
+    held.close()
     with pytest.raises(BackingError) as info:
         BackingFile(str(tmp_path / "missing-dir" / "x.img"), 4, persistent=True)
     assert info.value.errno == errno.ENOENT

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--no-lock-memory", action="store_true",
                    help="do not mlockall (only for images not used as swap)")  # fmt: skip
     m.add_argument("--foreground", "-f", action="store_true", help="serve in this process")
-    m.add_argument("--log", help="log file (default: stderr in the foreground, /tmp otherwise)")
+    m.add_argument("--log", help="log file (default: stderr in the foreground or under systemd,"
+                   " /var/log/zswapfs/MOUNTPOINT.log otherwise)")  # fmt: skip
     m.add_argument("--verbose", "-v", action="store_true")
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     m.add_argument("--resolved-config", help=argparse.SUPPRESS)
@@ -62,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-dedup", action="store_true", help="do not merge identical pages")
     w = m.add_argument_group("writeback and memory limit")
     w.add_argument("--backing", help="backing file (raw image, page N at N*4096)")
+    w.add_argument("--force", action="store_true", help="take over an existing backing file "
+                   "zswapfs did not create (swap mode destroys its contents)")  # fmt: skip
     w.add_argument("--mem-limit", help="pool memory budget, e.g. 256M (default: none)")
     w.add_argument("--high-watermark", type=int, help="%% of mem-limit to start writeback (100)")
     w.add_argument("--low-watermark", type=int, help="%% of mem-limit to stop writeback (90)")

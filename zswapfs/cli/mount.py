@@ -5,7 +5,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from typing import Any
 from zswapfs.cli import CliError
 from zswapfs.lab.procs import process_alive
 from zswapfs.service import config as cfgmod
+from zswapfs.service import safepath
 from zswapfs.service.config import MountConfig
 
 #: how long `mount` waits for a background daemon to report the mount live
@@ -24,9 +24,17 @@ STOP_TIMEOUT = 30.0
 
 
 def _setup_logging(verbose: bool, logfile: str | None = None) -> None:
-    handler: logging.Handler = (
-        logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
-    )
+    """Log to *logfile* (opened as safepath.open_append does: no links, FIFOs or foreign files)
+    or to stderr (the terminal, the journal under systemd, or the file `mount` opened for us)."""
+    handler: logging.Handler
+    if logfile:
+        try:
+            fd = safepath.open_append(logfile)
+        except safepath.UnsafePath as exc:
+            raise CliError(str(exc)) from None
+        handler = logging.StreamHandler(os.fdopen(fd, "a", buffering=1))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -51,7 +59,7 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
         overrides["dedup"] = False
     if args.dict_size is not None:
         overrides["dict_size"] = cfgmod.parse_size(args.dict_size, "--dict-size")
-    for flag in ("aggressive_maintenance", "writeback_huge_first"):
+    for flag in ("aggressive_maintenance", "writeback_huge_first", "force"):
         if getattr(args, flag):
             overrides[flag] = True
     for key in ("codec", "pool", "name", "max_chain", "maintenance_interval", "high_watermark",
@@ -71,11 +79,6 @@ def _usage_lines(image: str) -> str:
         "and undo it:\n"
         f'  swapoff "$dev"; losetup -d "$dev"; zswapfs umount {os.path.dirname(image)}\n'
     )
-
-
-def _default_log(mountpoint: str) -> str:
-    tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.abspath(mountpoint)).strip("_") or "root"
-    return f"/tmp/zswapfs-{tag}.log"
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
@@ -119,20 +122,25 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 def _spawn(args: argparse.Namespace, cfg: MountConfig, mountpoint: str, image: str) -> int:
     """Start the daemon in its own session and return once it reports the mount live."""
-    logfile = args.log or _default_log(mountpoint)
+    # the daemon logs to its stderr: the journal when we run under systemd, else a file opened
+    # here, once, safely (never a predictable name in a world-writable directory)
+    if args.log is None and safepath.stderr_is_journal():
+        logfile, out = "the journal", 2
+    else:
+        try:
+            logfile = args.log or safepath.default_log(mountpoint)
+            out = safepath.open_append(logfile)
+        except safepath.UnsafePath as exc:
+            raise CliError(str(exc)) from None
     read_end, write_end = os.pipe()
     cmd = [
         sys.executable, "-m", "zswapfs", "mount", mountpoint, "--foreground",
-        "--ready-fd", str(write_end), "--log", logfile,
+        "--ready-fd", str(write_end),
         "--resolved-config", json.dumps(dataclasses.asdict(cfg)),
     ]  # fmt: skip
     if args.verbose:
         cmd.append("--verbose")
     try:
-        out = open(logfile, "ab")
-    except OSError as exc:
-        raise CliError(f"cannot open log file {logfile}: {exc.strerror}") from None
-    with out:
         proc = subprocess.Popen(
             cmd,
             pass_fds=(write_end,),
@@ -141,6 +149,9 @@ def _spawn(args: argparse.Namespace, cfg: MountConfig, mountpoint: str, image: s
             stderr=out,
             start_new_session=True,
         )
+    finally:
+        if out != 2:
+            os.close(out)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as ready:
         msg = ready.read().decode(errors="replace").strip()  # EOF: ready, or the daemon died
@@ -160,6 +171,13 @@ def _spawn(args: argparse.Namespace, cfg: MountConfig, mountpoint: str, image: s
 def read_stats(mountpoint: str) -> dict[str, Any]:
     path = os.path.join(mountpoint, "stats")
     if not os.path.ismount(mountpoint):
+        try:
+            os.stat(mountpoint)
+        except PermissionError:  # a zswapfs mount lets in only the user who made it
+            raise CliError(f"{mountpoint}: permission denied (run as the user who mounted it, "
+                           "root for the daemon)") from None  # fmt: skip
+        except OSError:
+            pass
         raise CliError(f"{mountpoint} is not mounted")
     try:
         with open(path) as f:

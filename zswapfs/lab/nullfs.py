@@ -20,7 +20,6 @@ import argparse
 import errno
 import logging
 import mmap
-import os
 import signal
 import stat
 
@@ -101,9 +100,7 @@ def serve(mountpoint: str, size: int, keep_ram: bool = False) -> None:
         harden(lock_memory=True)  # swap must not page the swap daemon out (logs what it cannot)
         keep = mmap.mmap(-1, size)
     ops = MinimalFile(size, keep)
-    options = set(pyfuse3.default_options) | {"fsname=zswapfs-null"}
-    if os.getuid() == 0:
-        options.add("allow_other")  # as the real daemon mounts
+    options = set(pyfuse3.default_options) | {"fsname=zswapfs-null"}  # as the real daemon
     pyfuse3.init(ops, mountpoint, options)
 
     async def run() -> None:

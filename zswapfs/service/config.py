@@ -5,7 +5,9 @@ Every problem is a ConfigError naming the key or option, so the CLI can print on
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any
 
 from zswapfs.engine.codec import PAGE_SIZE, CodecError, make_codec
 from zswapfs.engine.pools import POOL_NAMES
+from zswapfs.service.safepath import UnsafePath, check_directory
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
@@ -49,6 +52,7 @@ class MountConfig:
     maintenance_interval: float = 1.0
     aggressive_maintenance: bool = False
     backing: str = ""
+    force: bool = False
     mem_limit: int = 0
     high_watermark: int = 100
     low_watermark: int = 90
@@ -146,6 +150,7 @@ _KEYS = {
     "maintenance-interval": "maintenance_interval",
     "backing": "backing",
     "writeback-device": "backing",
+    "force": "force",
     "mem-limit": "mem_limit",
     "high-watermark": "high_watermark",
     "low-watermark": "low_watermark",
@@ -174,6 +179,7 @@ _EXPECT: dict[str, tuple[tuple[type, ...], str]] = {
 def load_toml(path: str | Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
+            check_config_file(f.fileno(), path)
             data = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
@@ -182,6 +188,29 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"config file {path}: {exc.strerror}") from None
     return data
+
+
+def check_config_file(fd: int, path: str | Path) -> None:
+    """As sshd's StrictModes: when zswapfs runs as root, a config file another user could have
+    written (not owned by root, writable by group or others, or in a directory such a user can
+    change) is refused, since it decides which files root empties and writes."""
+    if os.geteuid() != 0:
+        return
+    st = os.fstat(fd)
+    if st.st_uid != 0:
+        raise ConfigError(
+            f"config file {path} is owned by uid {st.st_uid}, not root; as root zswapfs reads "
+            f"only root's files: chown root {path}"
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(
+            f"config file {path} is writable by group or others (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}); run chmod go-w {path}"
+        )
+    try:
+        check_directory(os.path.dirname(os.path.abspath(path)), f"config file {path}")
+    except UnsafePath as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def from_mapping(

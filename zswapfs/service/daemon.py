@@ -23,6 +23,7 @@ from zswapfs.engine.pools import make_pool
 from zswapfs.engine.recompress import Recompression
 from zswapfs.engine.store import PageStore, StoreError
 from zswapfs.fs import UnknownCommand, ZswapOperations
+from zswapfs.service import safepath
 from zswapfs.service.config import MountConfig
 from zswapfs.service.hardening import harden, sd_notify
 
@@ -56,13 +57,27 @@ def check_mountpoint(mountpoint: str) -> None:
         raise MountError("/dev/fuse is missing: load the fuse module (modprobe fuse)")
 
 
+def prepare_backing_directory(path: str) -> None:
+    """The backing file's directory: each missing level created 0700 (and logged); the whole
+    chain checked so that no other user can swap the file for a link (safepath)."""
+    what = f"backing file {path}"
+    try:
+        for d in safepath.ensure_directory(os.path.dirname(os.path.abspath(path)), what):
+            log.info("created directory %s (mode 0700) for the backing file", d)
+    except safepath.UnsafePath as exc:
+        raise MountError(str(exc)) from None
+
+
 def build(cfg: MountConfig) -> PageStore:
     """Codec, pool, backing file and store for *cfg*; MountError if the backing file is bad."""
     codec = make_codec(cfg.codec)
     backing = None
     if cfg.backing:
+        prepare_backing_directory(cfg.backing)
         try:
-            backing = BackingFile(cfg.backing, cfg.npages, persistent=cfg.mode == "image")
+            backing = BackingFile(
+                cfg.backing, cfg.npages, persistent=cfg.mode == "image", force=cfg.force
+            )
         except BackingError as exc:
             raise MountError(str(exc)) from None
     pool = make_pool(cfg.pool, cfg.npages, max_chain=cfg.max_chain)
@@ -133,9 +148,9 @@ def run(mountpoint: str, cfg: MountConfig, ready_fd: int | None = None) -> None:
     ops = ZswapOperations(
         store, cfg.name, stats_source=stats, direct_io=cfg.direct_io, control=control
     )
+    # default_permissions, and no allow_other: only the user who mounted (root) can reach the
+    # mount at all, whatever the file modes say (docs/security.md)
     options = set(pyfuse3.default_options) | {"fsname=zswapfs", "subtype=zswapfs"}
-    if os.getuid() == 0:
-        options.add("allow_other")
     try:
         pyfuse3.init(ops, mountpoint, options)
     except RuntimeError as exc:
