@@ -5,7 +5,6 @@ Every problem is a ConfigError naming the key or option, so the CLI can print on
 
 from __future__ import annotations
 
-import re
 import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -13,9 +12,8 @@ from typing import Any
 
 from zswapfs.engine.codec import PAGE_SIZE, CodecError, make_codec
 from zswapfs.engine.pools import POOL_NAMES
+from zswapfs.service import sizeexpr
 
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 #: largest image: page numbers must fit the index and 2**32 pool pages
 MAX_SIZE = 1 << 44
 
@@ -25,15 +23,16 @@ class ConfigError(Exception):
 
 
 def parse_size(text: str | int, what: str = "size") -> int:
-    """'1G', '512M', '4096', '64KiB' -> bytes (binary units)."""
+    """'1G', '512M', '4096', '64KiB', or an expression in zram-generator's grammar such as
+    'min(ram / 2, 4G)' (zswapfs.service.sizeexpr) -> bytes (binary units)."""
     if isinstance(text, int) and not isinstance(text, bool):
-        value = text
-    else:
-        m = _SIZE_RE.match(str(text))
-        if not m:
-            raise ConfigError(f"{what}: cannot read {text!r} as a size (examples: 1G, 512M, 4096)")
-        value = int(m.group(1)) * _UNITS[m.group(2).upper()]
-    return value
+        return text
+    if not isinstance(text, str):
+        raise ConfigError(f'{what}: expected a size such as "1G" or "ram / 2", got {text!r}')
+    try:
+        return sizeexpr.evaluate(text)
+    except sizeexpr.SizeError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
 
 
 @dataclass(frozen=True)
