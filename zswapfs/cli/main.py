@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write back incompressible pages before others")  # fmt: skip
     w.add_argument("--idle-writeback", type=float,
                    help="write back pages idle this many seconds (0: off)")  # fmt: skip
+    mx = m.add_argument_group("metrics")
+    mx.add_argument("--metrics-port", type=int, metavar="PORT",
+                    help="serve Prometheus metrics on this port (default: none)")  # fmt: skip
+    mx.add_argument("--metrics-address", metavar="ADDR",
+                    help="address the metrics port listens on (default 127.0.0.1)")  # fmt: skip
     m.set_defaults(func=mount.cmd_mount)
 
     u = sub.add_parser("umount", help="unmount and wait for the daemon to exit")
@@ -53,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("stats", help="zram-style figures of a mount")
     s.add_argument("mountpoint")
-    s.add_argument("--json", action="store_true")
+    fmt = s.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--prometheus", action="store_true", help="Prometheus text format")
     s.set_defaults(func=mount.cmd_stats)
 
     for verb, fn, text in (

@@ -51,7 +51,8 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
         if getattr(args, flag):
             overrides[flag] = True
     for key in ("codec", "pool", "name", "max_chain", "maintenance_interval", "high_watermark",
-                "low_watermark", "mode", "idle_writeback"):  # fmt: skip
+                "low_watermark", "mode", "idle_writeback", "metrics_port",
+                "metrics_address"):  # fmt: skip
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     return dataclasses.replace(cfg, **overrides).check()
@@ -209,7 +210,12 @@ def format_stats(st: dict[str, Any]) -> str:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     st = read_stats(os.path.abspath(args.mountpoint))
-    print(json.dumps(st, indent=1) if args.json else format_stats(st))
+    if args.prometheus:
+        from zswapfs.service.metrics import render
+
+        print(render(st), end="")
+    else:
+        print(json.dumps(st, indent=1) if args.json else format_stats(st))
     return 0
 
 

@@ -55,6 +55,8 @@ class MountConfig:
     lock_memory: bool = True
     swap_priority: int = 100
     mountpoint: str = ""
+    metrics_port: int = 0  # 0: no metrics endpoint
+    metrics_address: str = "127.0.0.1"
 
     def check(self) -> MountConfig:
         if self.size <= 0 or self.size % PAGE_SIZE:
@@ -96,6 +98,10 @@ class MountConfig:
             raise ConfigError(
                 f"maintenance-interval: {self.maintenance_interval} s out of range 0.001..3600"
             )
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics-port: {self.metrics_port} out of range 0..65535 (0: off)")
+        if not self.metrics_address:
+            raise ConfigError("metrics-address: empty (127.0.0.1 serves this machine only)")
         return self
 
     @property
@@ -125,6 +131,8 @@ _KEYS = {
     "lock-memory": "lock_memory",
     "swap-priority": "swap_priority",
     "mountpoint": "mountpoint",
+    "metrics-port": "metrics_port",
+    "metrics-address": "metrics_address",
 }
 
 #: what a TOML value of each field must be, and how to say so
