@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from zswapfs.cli import CliError, lab, mount, swap
+from zswapfs.cli import CliError, lab, listing, mount, swap
 from zswapfs.service.config import ConfigError
 
 
@@ -73,6 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "swapoff":
             v.add_argument("--keep-mount", action="store_true", help="leave the daemon running")
         v.set_defaults(func=fn)
+
+    ls = sub.add_parser(
+        "list",
+        aliases=["status"],
+        help="one line per mounted zswapfs image, like zramctl",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="columns:\n" + listing.columns_help(),
+    )
+    ls.add_argument("mountpoint", nargs="*", help="only these mounts (default: all)")
+    ls.add_argument("--output", "-o", metavar="COLUMNS",
+                    help="comma list of columns, or +LIST to add to the default ones")  # fmt: skip
+    ls.add_argument("--json", action="store_true", help="JSON, sizes in bytes")
+    ls.add_argument("--bytes", "-b", action="store_true", help="sizes in bytes, not 1.5G")
+    ls.add_argument("--noheadings", "-n", action="store_true", help="no header line")
+    ls.set_defaults(func=listing.cmd_list)
 
     k = sub.add_parser("compact", help="compact the pool and release memory now")
     k.add_argument("mountpoint")
