@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--fio-size", default="256M", help="region the timed fio jobs use (256M)")
     b.add_argument("--fio-verify-size", default="64M", help="region the verify job checks (64M)")
     b.add_argument("--no-plots", action="store_true", help="write no PNG plots")
+    b.add_argument("--verbose", "-v", action="store_true",
+                   help="a timestamped line a step on stderr (default: a progress bar on a"
+                   " terminal, nothing in a pipe)")  # fmt: skip
     b.set_defaults(func=lab.cmd_bench)
     return p
 
