@@ -74,6 +74,8 @@ def test_ram_is_memtotal() -> None:
         ("ram * ram", 5, "'*'", "cannot multiply a size by a size"),
         ("2 / ram", 3, "'/'", "cannot divide a plain number by a size"),
         ("min 1G", 5, "'1G'", "expected '(' after min"),
+        ("(" * 101 + "1G" + ")" * 101, 101, "'('", "nested more than 100 deep"),
+        ("-" * 500 + "1G", 101, "'-'", "nested more than 100 deep"),
     ],
 )
 def test_errors_point_at_the_token(text: str, col: int, token: str, problem: str) -> None:

@@ -42,6 +42,8 @@ _TOKEN_RE = re.compile(
     r"|(?P<op>[-+*/(),])"
 )
 FUNCTIONS = ("min", "max")
+#: deepest nesting read: far beyond any real size, well within Python's recursion limit
+MAX_DEPTH = 100
 
 
 class SizeError(ValueError):
@@ -86,6 +88,7 @@ class _Parser:
         self.text = text
         self.tokens = tokenize(text)
         self.pos = 0
+        self.depth = 0
         self.ram = ram
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -149,12 +152,19 @@ class _Parser:
         return left
 
     def unary(self) -> Value:
-        if self.take("-"):
-            inner = self.unary()
-            return Value(-inner.amount, inner.is_size)
-        if self.take("+"):
-            return self.unary()
-        return self.atom()
+        # every nesting level (parentheses, function arguments, signs) passes through here
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.fail(self.tok, f"nested more than {MAX_DEPTH} deep")
+        try:
+            if self.take("-"):
+                inner = self.unary()
+                return Value(-inner.amount, inner.is_size)
+            if self.take("+"):
+                return self.unary()
+            return self.atom()
+        finally:
+            self.depth -= 1
 
     def atom(self) -> Value:
         tok = self.tok
