@@ -159,7 +159,7 @@ def test_bench_end_to_end_with_fio(tmp_path: Path) -> None:
     res = subprocess.run(
         zswapfs_cmd("bench", "--pools", ",".join(POOL_NAMES), "--codecs", ",".join(codecs),
                     "--corpus", "synthetic:600", "--corpus", str(rand), "--no-zram", "--churn", "0",
-                    "--fio",
+                    "--fio", "--verbose",
                     "--fio-runtime", "0.5", "--fio-size", "8M", "--fio-verify-size", "4M",
                     "--out", str(out)),
         capture_output=True, text=True, timeout=240,

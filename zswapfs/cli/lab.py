@@ -4,6 +4,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from zswapfs.cli import CliError
 from zswapfs.service import config as cfgmod
@@ -33,11 +34,34 @@ def cmd_capture(args: argparse.Namespace) -> int:
     return 0
 
 
+class Progress:
+    """The bench's progress callback: a progress bar on a terminal, nothing in a pipe; with
+    verbose, one timestamped line a step wherever stderr goes."""
+
+    def __init__(self, total: int, verbose: bool) -> None:
+        self.verbose = verbose
+        self.bar: Any = None
+        if not verbose and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, file=sys.stderr, unit="step", leave=False,
+                            dynamic_ncols=True, bar_format="{l_bar}{bar}| {n}/{total} "
+                            "[{elapsed}<{remaining}]")  # fmt: skip
+
+    def __call__(self, msg: str) -> None:
+        if self.verbose:
+            print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+        elif self.bar is not None:
+            self.bar.update(1)  # step n of total has started
+            self.bar.set_description_str(msg)  # and refreshes, whatever tqdm's rate limit
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from zswapfs.lab import bench
-
-    def progress(msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     fio = None
     if args.fio:
@@ -50,11 +74,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
         why = bench.plotting_unavailable()
         if why:
             raise CliError(f"bench: {why}")
+    specs = args.corpus or ["builtin:py_dicts:64"]
+    pools = [p.strip() for p in args.pools.split(",") if p.strip()]
+    codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
+    progress = Progress(
+        bench.planned_steps(len(specs), pools, codecs, not args.no_zram, fio is not None),
+        args.verbose,
+    )
     try:
         result = bench.run(
-            args.corpus or ["builtin:py_dicts:64"],
-            [p.strip() for p in args.pools.split(",") if p.strip()],
-            [c.strip() for c in args.codecs.split(",") if c.strip()],
+            specs,
+            pools,
+            codecs,
             with_zram=not args.no_zram,
             churn=args.churn,
             progress=progress,
@@ -62,6 +93,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
     except (bench.BenchError, ValueError) as exc:
         raise CliError(f"bench: {exc}") from None
+    finally:
+        progress.close()
     print(bench.format_table(result))
     paths = bench.write_outputs(result, Path(args.out))
     if not args.no_plots:

@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write back incompressible pages before others")  # fmt: skip
     w.add_argument("--idle-writeback", type=float,
                    help="write back pages idle this many seconds (0: off)")  # fmt: skip
+    mx = m.add_argument_group("metrics")
+    mx.add_argument("--metrics-port", type=int, metavar="PORT",
+                    help="serve Prometheus metrics on this port (default: none)")  # fmt: skip
+    mx.add_argument("--metrics-address", metavar="ADDR",
+                    help="address the metrics port listens on (default 127.0.0.1)")  # fmt: skip
     m.set_defaults(func=_verb("mount", "cmd_mount"))
 
     u = sub.add_parser("umount", help="unmount and wait for the daemon to exit")
@@ -82,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("stats", help="zram-style figures of a mount")
     s.add_argument("mountpoint")
-    s.add_argument("--json", action="store_true")
+    fmt = s.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--prometheus", action="store_true", help="Prometheus text format")
     s.set_defaults(func=_verb("mount", "cmd_stats"))
 
     for verb, text in (
@@ -101,6 +108,23 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "swapoff":
             v.add_argument("--keep-mount", action="store_true", help="leave the daemon running")
         v.set_defaults(func=_verb("swap", f"cmd_{verb}"))
+
+    from zswapfs.cli import listing  # standard library only: the root check stays cheap
+
+    ls = sub.add_parser(
+        "list",
+        aliases=["status"],
+        help="one line per mounted zswapfs image, like zramctl",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="columns:\n" + listing.columns_help(),
+    )
+    ls.add_argument("mountpoint", nargs="*", help="only these mounts (default: all)")
+    ls.add_argument("--output", "-o", metavar="COLUMNS",
+                    help="comma list of columns, or +LIST to add to the default ones")  # fmt: skip
+    ls.add_argument("--json", action="store_true", help="JSON, sizes in bytes")
+    ls.add_argument("--bytes", "-b", action="store_true", help="sizes in bytes, not 1.5G")
+    ls.add_argument("--noheadings", "-n", action="store_true", help="no header line")
+    ls.set_defaults(func=_verb("listing", "cmd_list"))
 
     k = sub.add_parser("compact", help="compact the pool and release memory now")
     k.add_argument("mountpoint")
@@ -146,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--fio-size", default="256M", help="region the timed fio jobs use (256M)")
     b.add_argument("--fio-verify-size", default="64M", help="region the verify job checks (64M)")
     b.add_argument("--no-plots", action="store_true", help="write no PNG plots")
+    b.add_argument("--verbose", "-v", action="store_true",
+                   help="a timestamped line a step on stderr (default: a progress bar on a"
+                   " terminal, nothing in a pipe)")  # fmt: skip
     b.set_defaults(func=_verb("lab", "cmd_bench"))
     return p
 

@@ -64,7 +64,7 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
             overrides[flag] = True
     for key in ("codec", "pool", "name", "max_chain", "maintenance_interval", "high_watermark",
                 "low_watermark", "mode", "idle_writeback", "recompress",
-                "recompress_idle"):  # fmt: skip
+                "recompress_idle", "metrics_port", "metrics_address"):  # fmt: skip
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     return dataclasses.replace(cfg, **overrides).check()
@@ -237,7 +237,12 @@ def format_stats(st: dict[str, Any]) -> str:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     st = read_stats(os.path.abspath(args.mountpoint))
-    print(json.dumps(st, indent=1) if args.json else format_stats(st))
+    if args.prometheus:
+        from zswapfs.service.metrics import render
+
+        print(render(st), end="")
+    else:
+        print(json.dumps(st, indent=1) if args.json else format_stats(st))
     return 0
 
 

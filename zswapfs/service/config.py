@@ -6,7 +6,6 @@ Every problem is a ConfigError naming the key or option, so the CLI can print on
 from __future__ import annotations
 
 import os
-import re
 import stat
 import tomllib
 from dataclasses import dataclass, fields, replace
@@ -15,10 +14,9 @@ from typing import Any
 
 from zswapfs.engine.codec import PAGE_SIZE, CodecError, make_codec
 from zswapfs.engine.pools import POOL_NAMES
+from zswapfs.service import sizeexpr
 from zswapfs.service.safepath import UnsafePath, check_directory
 
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 #: largest image: page numbers must fit the index and 2**32 pool pages
 MAX_SIZE = 1 << 44
 #: most swap stripes (one daemon each): the kernel stripes across any number, a few cores pay
@@ -30,15 +28,16 @@ class ConfigError(Exception):
 
 
 def parse_size(text: str | int, what: str = "size") -> int:
-    """'1G', '512M', '4096', '64KiB' -> bytes (binary units)."""
+    """'1G', '512M', '4096', '64KiB', or an expression in zram-generator's grammar such as
+    'min(ram / 2, 4G)' (zswapfs.service.sizeexpr) -> bytes (binary units)."""
     if isinstance(text, int) and not isinstance(text, bool):
-        value = text
-    else:
-        m = _SIZE_RE.match(str(text))
-        if not m:
-            raise ConfigError(f"{what}: cannot read {text!r} as a size (examples: 1G, 512M, 4096)")
-        value = int(m.group(1)) * _UNITS[m.group(2).upper()]
-    return value
+        return text
+    if not isinstance(text, str):
+        raise ConfigError(f'{what}: expected a size such as "1G" or "ram / 2", got {text!r}')
+    try:
+        return sizeexpr.evaluate(text)
+    except sizeexpr.SizeError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -72,6 +71,8 @@ class MountConfig:
     dedup: bool = True
     #: swapon only: this many images, each its own daemon, striped by the kernel at one priority
     stripes: int = 1
+    metrics_port: int = 0  # 0: no metrics endpoint
+    metrics_address: str = "127.0.0.1"
 
     def check(self) -> MountConfig:
         if self.size <= 0 or self.size % PAGE_SIZE:
@@ -130,6 +131,10 @@ class MountConfig:
             raise ConfigError(
                 f"maintenance-interval: {self.maintenance_interval} s out of range 0.001..3600"
             )
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics-port: {self.metrics_port} out of range 0..65535 (0: off)")
+        if not self.metrics_address:
+            raise ConfigError("metrics-address: empty (127.0.0.1 serves this machine only)")
         return self
 
     @property
@@ -165,6 +170,8 @@ _KEYS = {
     "recompress-idle": "recompress_idle",
     "dict-size": "dict_size",
     "dedup": "dedup",
+    "metrics-port": "metrics_port",
+    "metrics-address": "metrics_address",
 }
 
 #: what a TOML value of each field must be, and how to say so

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import Callable
 from typing import Any
 
 import pyfuse3
@@ -26,6 +27,7 @@ from zswapfs.fs import UnknownCommand, ZswapOperations
 from zswapfs.service import safepath
 from zswapfs.service.config import MountConfig
 from zswapfs.service.hardening import harden, sd_notify
+from zswapfs.service.metrics import MetricsError, MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,17 @@ def recompression_for(cfg: MountConfig, store: PageStore) -> Recompression | Non
     )
 
 
+def _metrics_server(cfg: MountConfig, source: Callable[[], dict[str, Any]]) -> MetricsServer | None:
+    """The metrics endpoint, bound now (a taken port fails the mount before it is made) and
+    started once the mount is live; None without a metrics port."""
+    if not cfg.metrics_port:
+        return None
+    try:
+        return MetricsServer(source, cfg.metrics_address, cfg.metrics_port)
+    except MetricsError as exc:
+        raise MountError(str(exc)) from None
+
+
 async def _serve() -> None:
     async with trio.open_nursery() as nursery:
 
@@ -117,6 +130,7 @@ def run(mountpoint: str, cfg: MountConfig, ready_fd: int | None = None) -> None:
     """Mount and serve until told to stop. Raises MountError if the mount cannot be made."""
     mountpoint = os.path.abspath(mountpoint)
     check_mountpoint(mountpoint)
+    metrics = _metrics_server(cfg, lambda: stats())
     harden(lock_memory=cfg.lock_memory)
     store = build(cfg)
     image = os.path.join(mountpoint, cfg.name)
@@ -154,11 +168,15 @@ def run(mountpoint: str, cfg: MountConfig, ready_fd: int | None = None) -> None:
     try:
         pyfuse3.init(ops, mountpoint, options)
     except RuntimeError as exc:
+        if metrics is not None:
+            metrics.stop()
         if store.backing is not None:
             store.backing.close()
         raise MountError(f"cannot mount on {mountpoint}: {exc}") from None
     log.info("mounted %s: %d bytes, codec %s, pool %s", image, cfg.size, store.codec.name, cfg.pool)
     maintenance.start()
+    if metrics is not None:
+        metrics.start()
     try:
         if ready_fd is not None:
             os.write(ready_fd, b"READY\n")
@@ -167,6 +185,8 @@ def run(mountpoint: str, cfg: MountConfig, ready_fd: int | None = None) -> None:
         trio.run(_serve)
     finally:
         sd_notify("STOPPING=1")
+        if metrics is not None:
+            metrics.stop()
         maintenance.stop()
         pyfuse3.close(unmount=True)
         if store.backing is not None:

@@ -27,7 +27,14 @@ from zswapfs.lab.bench.corpus import BUILTIN, BenchError, Corpus, load_spec, syn
 from zswapfs.lab.bench.fio import FIO_DIR, FIO_JOBS, FioOptions, null_baseline, parse_fio, run_fio
 from zswapfs.lab.bench.plots import plotting_unavailable, write_plots
 from zswapfs.lab.bench.report import format_table, write_outputs
-from zswapfs.lab.bench.run import BenchRun, machine_info, memory_timeline, run, zram_row
+from zswapfs.lab.bench.run import (
+    BenchRun,
+    machine_info,
+    memory_timeline,
+    planned_steps,
+    run,
+    zram_row,
+)
 
 __all__ = [
     "BUILTIN",
@@ -42,6 +49,7 @@ __all__ = [
     "machine_info",
     "memory_timeline",
     "null_baseline",
+    "planned_steps",
     "parse_fio",
     "plotting_unavailable",
     "run",

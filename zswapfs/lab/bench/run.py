@@ -20,7 +20,7 @@ from zswapfs.engine.pools import POOL_NAMES, make_pool
 from zswapfs.engine.store import PageStore, StoreError
 from zswapfs.lab import kzram
 from zswapfs.lab.bench.corpus import BenchError, Corpus, load_spec
-from zswapfs.lab.bench.fio import FioOptions, run_fio
+from zswapfs.lab.bench.fio import FIO_JOBS, FioOptions, run_fio
 from zswapfs.lab.replay import replay
 
 
@@ -179,6 +179,21 @@ def memory_timeline(
         "mem_used": [p[1] for p in points],
         "compr_data_size": [p[2] for p in points],
     }
+
+
+def planned_steps(
+    corpora: int, pools: list[str], codecs: list[str], with_zram: bool, fio: bool,
+    timeline: bool = True,
+) -> int:  # fmt: skip
+    """How many times run() calls its progress callback (one call a step): a progress bar's
+    length. Per corpus: loading it, the zram row (or the note why there is none), every pool x
+    codec, a timeline per pool; with fio: a header, then every job on every mount (null-FUSE at
+    the start and the end, every pool x codec), skipped jobs included."""
+    per_corpus = 1 + int(with_zram) + len(pools) * len(codecs) + (len(pools) if timeline else 0)
+    steps = corpora * per_corpus
+    if fio:
+        steps += 1 + (2 + len(pools) * len(codecs)) * len(FIO_JOBS)
+    return steps
 
 
 def run(
