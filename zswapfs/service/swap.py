@@ -86,10 +86,7 @@ def resolve(name: str | None, config_path: str | None, stripes: int | None = Non
     cfg = cfgmod.from_mapping(cfgmod.load_toml(path), where=f"{path}: ")
     if stripes is not None:
         cfg = dataclasses.replace(cfg, stripes=stripes)
-    try:
-        cfg = cfg.check()
-    except cfgmod.ConfigError as exc:
-        raise SwapError(str(exc)) from None
+    cfg = cfg.check()
     mountpoint = Path(cfg.mountpoint) if cfg.mountpoint else RUN_DIR / name
     return Target(name, cfg, mountpoint, path)
 
