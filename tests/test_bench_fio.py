@@ -95,7 +95,15 @@ def test_plots_without_fio(tmp_path: Path) -> None:
     run = bench.run(["synthetic:400"], ["zbud", "zsmalloc"], ["lz4", "zstd:1"], with_zram=False)
     paths = bench.write_plots(run, tmp_path)
     names = sorted(p.name for p in paths)
-    assert names == ["density.png", "memory-synthetic400.png", "throughput.png"]
+    assert names == [
+        "density-settling.png",
+        "density.png",
+        "memory-synthetic400.png",
+        "throughput.png",
+    ]
+    for r in run.rows:  # the background recompression settled every replay, and gained
+        assert r["settled_density"] > r["density"] and r["recompressed_pages"] > 0, r
+        assert r["settle_timeline"][-1][1] == pytest.approx(r["settled_density"], abs=1e-3)
     for p in paths:
         w, h = png_size(p)
         assert 300 <= w <= 800 and 200 <= h <= 600, (p, w, h)

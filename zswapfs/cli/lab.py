@@ -88,6 +88,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             codecs,
             with_zram=not args.no_zram,
             churn=args.churn,
+            recompress=None if args.recompress == "off" else args.recompress,
             progress=progress,
             fio=fio,
         )

@@ -160,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-zram", action="store_true", help="leave /dev/zram0 alone")
     b.add_argument("--churn", type=float, default=0.3, help="share of pages rewritten (0..1)")
     b.add_argument(
+        "--recompress",
+        default="zstd:9",
+        help="settle each replay with this background recompression (default zstd:9, as the"
+        " daemon), or off",
+    )
+    b.add_argument(
         "--fio",
         action=argparse.BooleanOptionalAction,
         default=False,

@@ -58,6 +58,7 @@ class Recompression:
         dict_size: int = 16 << 10,
         dedup: bool = True,
         min_pages: int = TRAIN_MIN_PAGES,
+        pages_per_step: int = STEP_PAGES,
         pause: Callable[[], None] = lambda: time.sleep(0.0005),
         stopping: threading.Event | None = None,
     ) -> None:
@@ -67,6 +68,7 @@ class Recompression:
         self.dict_size = dict_size
         self.dedup = dedup
         self.min_pages = min_pages
+        self.pages_per_step = pages_per_step
         self.pause = pause
         self.stopping = stopping or threading.Event()
         self.trainings = 0
@@ -81,7 +83,7 @@ class Recompression:
         self._maybe_train()
         if not self.store.current_slot:
             return changed
-        pages = self.store.idle_pages(STEP_PAGES, max(0, int(self.idle)))
+        pages = self.store.idle_pages(self.pages_per_step, max(0, int(self.idle)))
         if self.dedup and len(pages) > 1:
             changed += self.store.dedup_scan(pages)
         for i, pn in enumerate(pages):

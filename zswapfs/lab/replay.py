@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from zswapfs.engine.codec import PAGE_SIZE, make_codec
 from zswapfs.engine.pools import make_pool
+from zswapfs.engine.recompress import Recompression
 from zswapfs.engine.store import PageStore
+
+#: pages one recompression step takes while settling: small enough to draw density over time
+SETTLE_STEP_PAGES = 1024
 
 
 def load_corpus(path: str | Path) -> bytes:
@@ -42,6 +46,14 @@ class ReplayResult:
     churn_mem_used: int = 0
     compacted_mem_used: int = 0
     compact_seconds: float = 0.0
+    #: after the background recompression and dedup settled (every page idle), with compaction
+    settled_density: float = 0.0
+    settle_seconds: float = 0.0
+    #: (seconds into settling, density) while the loop works
+    settle_timeline: list[tuple[float, float]] = field(default_factory=list)
+    recompressed_pages: int = 0
+    dict_bytes: int = 0
+    pages_deduped: int = 0
 
     @property
     def density(self) -> float:
@@ -64,9 +76,44 @@ class ReplayResult:
         return out
 
 
-def replay(corpus: bytes, pool: str, codec: str, churn: float = 0.0, seed: int = 1) -> ReplayResult:
-    """Store every page of *corpus*, read them all back (checked), and optionally churn:
-    overwrite a *churn* share of pages with other corpus pages, then compact."""
+def density(store: PageStore) -> float:
+    st = store.stats()
+    return float(st["orig_data_size"] / max(1, st["mem_used_total"] + st["metadata_bytes"]))
+
+
+def settle(store: PageStore, result: ReplayResult, level: int) -> None:
+    """Every page idle: run the recompression loop (default settings but *level*) and compaction
+    as the maintenance thread would, until a step changes nothing; record how long it took,
+    the density over that time and after it."""
+    work = Recompression(store, level=level, pages_per_step=SETTLE_STEP_PAGES, pause=lambda: None)
+    store._t0 -= work.idle + 1  # the writes ended long enough ago: every page is idle
+    t0 = time.perf_counter()
+    timeline = [(0.0, density(store))]
+    while work.step():
+        store.pool.compact()
+        timeline.append((time.perf_counter() - t0, density(store)))
+    store.pool.compact()
+    result.settle_seconds = time.perf_counter() - t0
+    timeline.append((result.settle_seconds, density(store)))
+    result.settle_timeline = [(round(s, 4), round(d, 4)) for s, d in timeline]
+    result.settled_density = density(store)
+    st = store.stats()
+    result.recompressed_pages = st["recompressed_pages"]
+    result.dict_bytes = st["dict_bytes"]
+    result.pages_deduped = st["pages_deduped"]
+
+
+def replay(
+    corpus: bytes,
+    pool: str,
+    codec: str,
+    churn: float = 0.0,
+    seed: int = 1,
+    recompress: str | None = None,
+) -> ReplayResult:
+    """Store every page of *corpus*, read them all back (checked), optionally churn: overwrite
+    a *churn* share of pages with other corpus pages, then compact; and with *recompress*
+    ("zstd:LEVEL"), let the background recompression settle and read everything back again."""
     npages = len(corpus) // PAGE_SIZE
     store = PageStore(npages, make_codec(codec), make_pool(pool, npages))
     pages = [corpus[i * PAGE_SIZE : (i + 1) * PAGE_SIZE] for i in range(npages)]
@@ -106,5 +153,10 @@ def replay(corpus: bytes, pool: str, codec: str, churn: float = 0.0, seed: int =
         for pn, page in enumerate(pages):
             if store.read_page(pn) != page:
                 raise AssertionError(f"{pool}/{codec}: page {pn} wrong after churn and compaction")
+    if recompress:
+        settle(store, result, int(recompress.partition(":")[2]))
+        for pn, page in enumerate(pages):
+            if store.peek_page(pn) not in (page, None) or store.read_page(pn) != page:
+                raise AssertionError(f"{pool}/{codec}: page {pn} wrong after recompression")
     store.pool.close()
     return result

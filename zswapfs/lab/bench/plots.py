@@ -41,7 +41,8 @@ def _config_colors(pools: list[str], codecs: list[str]) -> dict[str, tuple[float
 
 
 def write_plots(run_: BenchRun, out_dir: Path) -> list[Path]:
-    """density.png, throughput.png, fio.png (with fio rows), memory-CORPUS.png (with timelines)."""
+    """density.png, throughput.png, fio.png (with fio rows), memory-CORPUS.png (with timelines),
+    density-settling.png (with settled replays)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,4 +183,27 @@ def write_plots(run_: BenchRun, out_dir: Path) -> list[Path]:
         axes[0][0].legend(handles=handles, loc="upper left", frameon=False)
         fig.suptitle(f"{corpus}: fill, free a random half, compact")
         save(fig, f"memory-{corpus}.png")
+
+    # density over time while the background recompression settles, a panel per corpus
+    settling = [r for r in replays if r.get("settle_timeline")]
+    if settling:
+        fig, axes = plt.subplots(
+            1, len(corpora), figsize=FIGSIZE, sharey=True, layout="constrained", squeeze=False
+        )
+        zram = {r["corpus"]: r["density"] for r in run_.rows if r["pool"] == "zram"}
+        for ax, corpus in zip(axes[0], corpora, strict=True):
+            for r in (r for r in settling if r["corpus"] == corpus):
+                label = f"{r['pool']} {r['codec']}"
+                secs = [s for s, _ in r["settle_timeline"]]
+                dens = [d for _, d in r["settle_timeline"]]
+                ax.plot(secs, dens, color=colors[label], label=label, marker=".", markersize=3)
+            if corpus in zram:
+                ax.axhline(zram[corpus], color=REFERENCE_COLOR, linestyle="--", linewidth=0.8)
+                ax.axhline(1.5 * zram[corpus], color=REFERENCE_COLOR, linestyle=":", linewidth=0.8)
+            ax.set_title(corpus)
+            ax.set_xlabel("seconds of recompression work")
+        axes[0][0].set_ylabel("density: stored / (pool + dictionaries + metadata)")
+        axes[0][0].legend(loc="lower right", frameon=False)
+        fig.suptitle("Density while idle pages are recompressed (dashed: zram lz4, dotted: 1.5x)")
+        save(fig, "density-settling.png")
     return written

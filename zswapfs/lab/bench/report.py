@@ -25,6 +25,20 @@ def format_table(run_: BenchRun) -> str:
                  if r.get("churn_mem_used") else f"{'-':>10}{'-':>9}")  # fmt: skip
         lines.append(f"{r['corpus']:<14}{r['pool']:<10}{r['codec']:<9}{r['density']:>8.3f}{vs:>8}"
                      f"{r['pool_density']:>10.3f}{r['efficiency']:>7.3f}{rate}{churn}")  # fmt: skip
+    settled = [r for r in run_.rows if r.get("settled_density")]
+    if settled:
+        lines += ["", f"after the background recompression ({run_.settings.get('recompress')},"
+                      " trained dictionary) and dedup settled, every page idle",
+                  f"{'corpus':<14}{'pool':<10}{'codec':<9}{'density':>8}"
+                  f"{'settled':>8}{'vs zram':>8}{'settle s':>9}{'recomp.':>8}"
+                  f"{'dict KiB':>9}{'dedup':>7}"]  # fmt: skip
+        for r in settled:
+            vs = (f"{r['settled_density'] / zram[r['corpus']]:>8.3f}" if r["corpus"] in zram
+                  else f"{'-':>8}")  # fmt: skip
+            lines.append(f"{r['corpus']:<14}{r['pool']:<10}{r['codec']:<9}{r['density']:>8.3f}"
+                         f"{r['settled_density']:>8.3f}{vs}{r['settle_seconds']:>9.2f}"
+                         f"{r['recompressed_pages']:>8}{r['dict_bytes'] / 1024:>9.0f}"
+                         f"{r['pages_deduped']:>7}")  # fmt: skip
     if run_.timelines:
         lines += ["", "pool memory through fill / free a random half (zero pages) / compact, MiB",
                   f"{'corpus':<14}{'pool':<10}{'codec':<9}{'filled':>9}{'freed':>9}"

@@ -205,7 +205,11 @@ def run(
     progress: Callable[[str], None] = lambda msg: None,
     fio: FioOptions | None = None,
     timeline: bool = True,
+    recompress: str | None = "zstd:9",
 ) -> BenchRun:
+    """*recompress* ("zstd:LEVEL", the daemon's default, or None) adds "density after settling"
+    and "time to settle" to each replayed row: the background recompression and dedup run
+    until they change nothing, as they would once the writes ended."""
     check_configurations(pools, codecs)
     if fio is not None:
         why = fio.unavailable()
@@ -216,6 +220,7 @@ def run(
         "pools": pools,
         "codecs": codecs,
         "churn": churn,
+        "recompress": recompress,
         "zram": with_zram,
         "timeline_codec": codecs[0] if timeline else None,
         "fio": fio.as_dict() if fio else None,
@@ -238,7 +243,9 @@ def run(
             for codec in codecs:
                 progress(f"{corpus.name}: {pool} {codec}")
                 try:
-                    replayed = replay(corpus.data, pool, codec, churn).as_dict()
+                    replayed = replay(
+                        corpus.data, pool, codec, churn, recompress=recompress
+                    ).as_dict()
                 except StoreError as exc:
                     raise BenchError(f"{corpus.name}: {pool} {codec}: {exc}") from None
                 result.rows.append({"corpus": corpus.name, **replayed})
