@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,14 +13,13 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from tests.conftest import Mounted, needs_mount, wait_for
 from tests.test_store import make_page
 from zswapfs.engine.backing import BackingFile
 from zswapfs.engine.codec import PAGE_SIZE, make_codec, same_filled_value
 from zswapfs.engine.pools import POOL_NAMES, make_pool
 from zswapfs.engine.recompress import Recompression
 from zswapfs.engine.store import BACKED, MARK, SLOT_MASK, PageStore
-
-pytestmark = pytest.mark.unit
 
 
 def record_page(rnd: random.Random, tag: int) -> bytes:
@@ -47,6 +47,7 @@ def age(store: PageStore, seconds: int) -> None:
     store._t0 -= seconds
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("pool", POOL_NAMES)
 def test_idle_pages_are_recompressed_and_read_back(pool: str) -> None:
     store = make_store(pool=pool)
@@ -72,6 +73,7 @@ def test_idle_pages_are_recompressed_and_read_back(pool: str) -> None:
         assert store.read_page(pn) == page
 
 
+@pytest.mark.unit
 def test_fresh_pages_wait_and_incompressible_ones_are_tried_once() -> None:
     store = make_store()
     rnd = random.Random(2)
@@ -94,6 +96,7 @@ def test_fresh_pages_wait_and_incompressible_ones_are_tried_once() -> None:
         assert store.read_page(pn) == page
 
 
+@pytest.mark.unit
 def test_a_page_read_twice_returns_to_the_write_codec() -> None:
     store = make_store()
     rnd = random.Random(3)
@@ -113,6 +116,7 @@ def test_a_page_read_twice_returns_to_the_write_codec() -> None:
     assert store.read_page(7) == pages[7]
 
 
+@pytest.mark.unit
 def test_a_page_rewritten_during_recompression_keeps_the_new_contents(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -140,6 +144,7 @@ def test_a_page_rewritten_during_recompression_keeps_the_new_contents(
     assert store.read_page(10) == newest
 
 
+@pytest.mark.unit
 def test_retraining_keeps_old_pages_readable_and_frees_the_old_dictionary() -> None:
     store = make_store()
     rnd = random.Random(5)
@@ -167,6 +172,7 @@ def test_retraining_keeps_old_pages_readable_and_frees_the_old_dictionary() -> N
     assert store.slot_bytes[first] == 0
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("pool", POOL_NAMES)
 def test_identical_pages_are_stored_once(pool: str) -> None:
     store = make_store(pool=pool)
@@ -191,6 +197,7 @@ def test_identical_pages_are_stored_once(pool: str) -> None:
     assert store.pool.objects == objects - merged - 1 + 1  # the twin object is gone, page 0 new
 
 
+@pytest.mark.unit
 def test_dedup_compares_bytes_not_only_digests(monkeypatch: pytest.MonkeyPatch) -> None:
     store = make_store()
     rnd = random.Random(7)
@@ -210,6 +217,7 @@ def test_dedup_compares_bytes_not_only_digests(monkeypatch: pytest.MonkeyPatch) 
     assert store.read_page(0) == a and store.read_page(1) == b
 
 
+@pytest.mark.unit
 def test_shared_and_recompressed_pages_write_back(tmp_path: Path) -> None:
     store = make_store(npages=512, backing=tmp_path / "backing.img")
     rnd = random.Random(8)
@@ -229,6 +237,7 @@ def test_shared_and_recompressed_pages_write_back(tmp_path: Path) -> None:
         assert store.read_page(pn) == page
 
 
+@pytest.mark.unit
 def test_stats_of_a_store_without_recompression() -> None:
     st = make_store().stats()
     assert st["recompressed_pages"] == 0 and st["dict_count"] == 0 and st["pages_deduped"] == 0
@@ -312,14 +321,47 @@ class DensityMachine(RuleBasedStateMachine):
         assert sum(s.slot_pages) == sum(1 for pn in range(256) if s.meta.item(pn) & SLOT_MASK)
 
 
-TestDensityMachine = DensityMachine.TestCase
+TestDensityMachine = pytest.mark.unit(DensityMachine.TestCase)
 TestDensityMachine.settings = settings(
     max_examples=30, stateful_step_count=80, deadline=None, derandomize=True
 )
 
 
+@pytest.mark.unit
 def test_the_machine_reaches_recompression() -> None:
     """The state machine above is only worth its runs if recompression happened in them."""
     DensityMachine.seen_slots.clear()
     TestDensityMachine("runTest").runTest()
     assert DensityMachine.seen_slots, "no run of the machine recompressed a page"
+
+
+@pytest.mark.mount
+@needs_mount
+def test_the_daemon_recompresses_idle_pages(mount: Callable[..., Mounted]) -> None:
+    """Through a real mount: pages written, left idle, recompressed by the maintenance thread
+    with a trained dictionary, then read back byte for byte; the pool shrinks."""
+    m = mount("--size", "16M", "--recompress-idle", "1", "--maintenance-interval", "0.2")
+    rnd = random.Random(11)
+    pages = [record_page(rnd, pn) for pn in range(1500)]
+    with open(m.image, "r+b", buffering=0) as f:
+        f.write(b"".join(pages))
+    written = m.stats()
+    wait_for(lambda: m.stats()["recompressed_pages"] > 1200, "idle pages to be recompressed")
+    wait_for(lambda: m.stats()["mem_used_total"] < 0.8 * written["mem_used_total"], "the pool")
+    st = m.stats()
+    assert st["dict_count"] >= 1 and st["maintenance"]["recompression"]["dict_trainings"] >= 1
+    with open(m.image, "rb", buffering=0) as f:
+        assert f.read(len(pages) * PAGE_SIZE) == b"".join(pages)
+    assert m.stats()["failed_reads"] == 0
+
+
+@pytest.mark.mount
+@needs_mount
+def test_recompress_off_leaves_pages_alone(mount: Callable[..., Mounted]) -> None:
+    m = mount("--size", "8M", "--recompress", "off", "--maintenance-interval", "0.05")
+    with open(m.image, "r+b", buffering=0) as f:
+        f.write(b"".join(record_page(random.Random(1), pn) for pn in range(600)))
+    runs = m.stats()["maintenance"]["runs"]
+    wait_for(lambda: m.stats()["maintenance"]["runs"] > runs + 5, "maintenance passes")
+    st = m.stats()
+    assert st["recompressed_pages"] == 0 and st["maintenance"]["recompression"] is None
