@@ -68,6 +68,29 @@ TOP: list[Row] = [
      "Writes that found the pool at its limit (zswap pool_limit_hit)."),
     ("reject_compress_poor", "zswapfs_reject_compress_poor_total", "counter",
      "Incompressible pages sent to the backing file (zswap reject_compress_poor)."),
+    ("reject_compress_fail", "zswapfs_reject_compress_fail_total", "counter",
+     "Pages the codec failed on (zswap reject_compress_fail)."),
+    ("reject_alloc_fail", "zswapfs_reject_alloc_fail_total", "counter",
+     "Pages the pool had no room for (zswap reject_alloc_fail)."),
+    ("reject_reclaim_fail", "zswapfs_reject_reclaim_fail_total", "counter",
+     "Pages refused at the memory limit with no backing file (zswap reject_reclaim_fail)."),
+    ("pages_recompressed", "zswapfs_recompressed_pages_total", "counter",
+     "Idle pages recompressed with a trained dictionary."),
+    ("recompressed_pages", "zswapfs_recompressed_held_pages", "gauge",
+     "Pages held recompressed now."),
+    ("recompress_saved_bytes", "zswapfs_recompress_saved_bytes_total", "counter",
+     "Bytes saved by recompression."),
+    ("recompress_not_worth", "zswapfs_recompress_not_worth_pages_total", "counter",
+     "Pages tried that recompression would not shrink."),
+    ("pages_rewarmed", "zswapfs_rewarmed_pages_total", "counter",
+     "Recompressed pages read twice and sent back to the write codec."),
+    ("dict_count", "zswapfs_dictionaries", "gauge", "Trained dictionaries in use."),
+    ("dict_bytes", "zswapfs_dictionary_bytes", "gauge",
+     "Bytes of the trained dictionaries (counted in mem_used_total)."),
+    ("pages_deduped", "zswapfs_deduped_pages", "gauge",
+     "Pages sharing another page's object now."),
+    ("dedup_saved_bytes", "zswapfs_dedup_saved_bytes", "gauge", "Bytes dedup saves now."),
+    ("dedup_merges", "zswapfs_dedup_merges_total", "counter", "Pages merged by dedup."),
     ("metadata_bytes", "zswapfs_metadata_bytes", "gauge",
      "Index and pool tables outside the pool's pages."),
     ("rss_bytes", "zswapfs_daemon_resident_bytes", "gauge",
@@ -203,6 +226,16 @@ def families(st: Stats) -> Iterator[Metric]:
                 fam.add_metric([mp, str(row["class_size"])], value)
         if classes:
             yield fam
+    codec_pages = st.get("codec_pages") or {}
+    if codec_pages:
+        fam = GaugeMetricFamily(
+            "zswapfs_codec_pages",
+            "Pool pages by the codec (and dictionary slot) that holds them.",
+            labels=["mountpoint", "codec"],
+        )
+        for codec, pages in codec_pages.items():
+            fam.add_metric([mp, str(codec)], float(pages))
+        yield fam
 
 
 class StatsCollector:
