@@ -101,8 +101,10 @@ def test_plots_without_fio(tmp_path: Path) -> None:
         "memory-synthetic400.png",
         "throughput.png",
     ]
-    for r in run.rows:  # the background recompression settled every replay, and gained
-        assert r["settled_density"] > r["density"] and r["recompressed_pages"] > 0, r
+    for r in run.rows:  # the background recompression settled every replay
+        assert r["recompressed_pages"] > 0, r
+        if r["pool"] == "zsmalloc":  # size classes turn smaller objects into less memory
+            assert r["settled_density"] > r["density"], r
         assert r["settle_timeline"][-1][1] == pytest.approx(r["settled_density"], abs=1e-3)
     for p in paths:
         w, h = png_size(p)
