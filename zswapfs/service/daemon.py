@@ -91,6 +91,9 @@ def build(cfg: MountConfig) -> PageStore:
 def recompression_for(cfg: MountConfig, store: PageStore) -> Recompression | None:
     if cfg.recompress == "off":
         return None
+    if cfg.pool == "zbud":
+        log.info("recompression off: zbud holds two objects a page whatever their size")
+        return None
     return Recompression(
         store,
         level=int(cfg.recompress.partition(":")[2]),
