@@ -19,7 +19,7 @@ from zswapfs.engine.backing import BackingFile
 from zswapfs.engine.codec import PAGE_SIZE, make_codec, same_filled_value
 from zswapfs.engine.pools import POOL_NAMES, make_pool
 from zswapfs.engine.recompress import Recompression
-from zswapfs.engine.store import BACKED, MARK, SLOT_MASK, PageStore
+from zswapfs.engine.store import BACKED, MARK, SHARED, SLOT_MASK, PageStore
 
 
 def record_page(rnd: random.Random, tag: int) -> bytes:
@@ -189,7 +189,9 @@ def test_identical_pages_are_stored_once(pool: str) -> None:
     st = store.stats()
     assert st["pages_deduped"] == merged and st["dedup_saved_bytes"] > 0
     assert st["stored_pages"] == 60
+    assert all(store.meta.item(pn) & SHARED for pn in range(0, 60, 2))
     store.write_page(0, record_page(rnd, 3))  # a rewrite of one sharer leaves the others
+    assert not store.meta.item(0) & SHARED
     for pn in range(2, 60, 2):
         assert store.read_page(pn) == twin
     for pn in range(2, 60, 2):

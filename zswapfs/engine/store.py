@@ -9,9 +9,11 @@ memory), 8 bytes a page in all:
                      BACKED (2)  written back: the page lives in the backing file only
                      >= 3        a pool handle. An object of exactly PAGE_SIZE bytes is the raw
                                  page (incompressible, "huge"); anything shorter is compressed.
-  meta[pn]  uint32   bits 0-23 (AGE_MASK): second (since start, +1, saturating after 194 days)
+  meta[pn]  uint32   bits 0-22 (AGE_MASK): second (since start, +1, saturating after 97 days)
                      of the last read or write, the age writeback and recompression pick cold
-                     pages by; bits 24-29: the page's codec slot, 0 for the write codec (lz4),
+                     pages by; bit 23 (SHARED): the page's object is, or was, shared with
+                     other pages (dedup): its rewrite must drop a reference, not free it, so
+                     a compiled request loop leaves such a page to this code; bits 24-29: the page's codec slot, 0 for the write codec (lz4),
                      else the recompression codec and dictionary it was recompressed with
                      (`codecs[slot]`); bit 30 (MARK): in slot 0, recompression was tried and
                      did not pay (not tried again until rewritten); in a later slot, the page
@@ -58,11 +60,12 @@ EMPTY, SAME, BACKED = 0, 1, 2
 FIRST_HANDLE = 3
 DIRTY = 1 << 31
 MARK = 1 << 30
+SHARED = 1 << 23
 SLOT_SHIFT = 24
 #: codec slots a page can name: 0 is the write codec, 1..63 recompression codecs (dictionaries)
 SLOTS = 64
 SLOT_MASK = (SLOTS - 1) << SLOT_SHIFT
-AGE_MASK = (1 << SLOT_SHIFT) - 1
+AGE_MASK = SHARED - 1
 ZERO_PAGE = bytes(PAGE_SIZE)
 
 
@@ -587,7 +590,7 @@ class PageStore:
                 self.recompress_not_worth += 1
                 return "skip"
             self._swap(pn, new_handle, len(new))
-            self.meta[pn] = (meta & (AGE_MASK | DIRTY)) | to_slot << SLOT_SHIFT
+            self.meta[pn] = (meta & (AGE_MASK | DIRTY)) | to_slot << SLOT_SHIFT  # not SHARED
             if to_slot:
                 self.slot_pages[to_slot] += 1
                 self.pages_recompressed += 1
@@ -645,6 +648,8 @@ class PageStore:
                 size = self.pool.free(handle)
                 self.compr_data_size -= size
                 self.index[pn] = other
+                self.meta[pn] = self.meta.item(pn) | SHARED
+                self.meta[other_pn] = self.meta.item(other_pn) | SHARED
                 self.shared[other] = self.shared.get(other, 0) + 1
                 self.dedup_merges += 1
                 merged += 1
