@@ -35,8 +35,12 @@ def bench_mounts() -> list[str]:
 
 
 def fio_report(iops: float, p99_ns: int, io_bytes: int) -> dict[str, Any]:
-    side = {"iops": iops, "bw_bytes": int(iops * 4096), "io_bytes": io_bytes,
-            "clat_ns": {"mean": p99_ns / 2, "percentile": {"99.000000": p99_ns}}}  # fmt: skip
+    side = {
+        "iops": iops,
+        "bw_bytes": int(iops * 4096),
+        "io_bytes": io_bytes,
+        "clat_ns": {"mean": p99_ns / 2, "percentile": {"99.000000": p99_ns}},
+    }
     idle = {"iops": 0.0, "bw_bytes": 0, "io_bytes": 0, "clat_ns": {"mean": 0.0}}
     return {"jobs": [{"error": 0, "job_runtime": 2000, "read": side, "write": idle}]}
 
@@ -167,13 +171,34 @@ def test_bench_end_to_end_with_fio(tmp_path: Path) -> None:
     out = tmp_path / "out"
     codecs = ["lz4", "zstd:1"]
     res = subprocess.run(
-        zswapfs_cmd("bench", "--pools", ",".join(POOL_NAMES), "--codecs", ",".join(codecs),
-                    "--corpus", "synthetic:600", "--corpus", str(rand), "--no-zram", "--churn", "0",
-                    "--fio", "--verbose",
-                    "--fio-runtime", "0.5", "--fio-size", "8M", "--fio-verify-size", "4M",
-                    "--out", str(out)),
-        capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
+        zswapfs_cmd(
+            "bench",
+            "--pools",
+            ",".join(POOL_NAMES),
+            "--codecs",
+            ",".join(codecs),
+            "--corpus",
+            "synthetic:600",
+            "--corpus",
+            str(rand),
+            "--no-zram",
+            "--churn",
+            "0",
+            "--fio",
+            "--verbose",
+            "--fio-runtime",
+            "0.5",
+            "--fio-size",
+            "8M",
+            "--fio-verify-size",
+            "4M",
+            "--out",
+            str(out),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert res.returncode == 0, res.stderr
     assert not bench_mounts(), "the bench left a mount behind"
     assert "fio null-fuse start randrw-4k" in res.stderr  # progress lines
@@ -184,8 +209,9 @@ def test_bench_end_to_end_with_fio(tmp_path: Path) -> None:
     )
 
     rows = {(r["corpus"], r["pool"], r["codec"]): r for r in doc["rows"]}
-    assert set(rows) == {(c, p, k) for c in ("synthetic600", "random") for p in POOL_NAMES
-                         for k in codecs}  # fmt: skip
+    assert set(rows) == {
+        (c, p, k) for c in ("synthetic600", "random") for p in POOL_NAMES for k in codecs
+    }
     for (corpus, _, _), r in rows.items():
         if corpus == "random":
             assert r["pool_density"] == pytest.approx(1.0), r
@@ -224,8 +250,13 @@ def test_bench_end_to_end_with_fio(tmp_path: Path) -> None:
 
     table = (out / "bench.txt").read_text()
     assert "null-fuse" in table and "verify-randrw" in table and "fill" in table
-    pngs = ["density.png", "throughput.png", "fio.png", "memory-synthetic600.png",
-            "memory-random.png"]  # fmt: skip
+    pngs = [
+        "density.png",
+        "throughput.png",
+        "fio.png",
+        "memory-synthetic600.png",
+        "memory-random.png",
+    ]
     for name in pngs:
         w, h = png_size(out / name)
         assert w > 300 and h > 200

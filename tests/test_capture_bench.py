@@ -22,15 +22,21 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="reading another proce
 @needs_root
 def test_capture_pid_finds_the_heap(tmp_path: Path) -> None:
     marker = "ZSWAPFS-CAPTURE-MARKER"
-    prog = (f"x = [('{marker}' + str(i)) * 20 for i in range(20000)]\n"
-            "print('ready', flush=True)\nimport time\ntime.sleep(600)")  # fmt: skip
+    prog = (
+        f"x = [('{marker}' + str(i)) * 20 for i in range(20000)]\n"
+        "print('ready', flush=True)\nimport time\ntime.sleep(600)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", prog], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline() == "ready\n", "the child died before building its heap"
         out = tmp_path / "c.pages"
-        res = subprocess.run(zswapfs_cmd("capture", "--pid", str(proc.pid), "--out", str(out)),
-                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        res = subprocess.run(
+            zswapfs_cmd("capture", "--pid", str(proc.pid), "--out", str(out)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert res.returncode == 0, res.stderr
         data = out.read_bytes()
         assert len(data) % PAGE_SIZE == 0 and len(data) >= 4 << 20
@@ -46,10 +52,21 @@ def test_capture_pid_finds_the_heap(tmp_path: Path) -> None:
 def test_capture_command_on_signal(tmp_path: Path) -> None:
     out = tmp_path / "w.pages"
     res = subprocess.run(
-        zswapfs_cmd("capture", "--on-signal", "--out", str(out), "--",
-                    sys.executable, "-m", "zswapfs.lab.workloads.py_dicts", "8"),
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        zswapfs_cmd(
+            "capture",
+            "--on-signal",
+            "--out",
+            str(out),
+            "--",
+            sys.executable,
+            "-m",
+            "zswapfs.lab.workloads.py_dicts",
+            "8",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     data = out.read_bytes()
     assert b"item-0000" in data and len(data) >= 8 << 20
@@ -57,14 +74,22 @@ def test_capture_command_on_signal(tmp_path: Path) -> None:
 
 @pytest.mark.unit
 def test_capture_errors(tmp_path: Path) -> None:
-    res = subprocess.run(zswapfs_cmd("capture", "--pid", "999999999", "--out", str(tmp_path / "x")),
-                         capture_output=True, text=True)  # fmt: skip
+    res = subprocess.run(
+        zswapfs_cmd("capture", "--pid", "999999999", "--out", str(tmp_path / "x")),
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 1 and "no process" in res.stderr
-    res = subprocess.run(zswapfs_cmd("capture", "--out", str(tmp_path / "x")),
-                         capture_output=True, text=True)  # fmt: skip
+    res = subprocess.run(
+        zswapfs_cmd("capture", "--out", str(tmp_path / "x")), capture_output=True, text=True
+    )
     assert res.returncode == 1 and "exactly one" in res.stderr
-    res = subprocess.run(zswapfs_cmd("capture", "--out", str(tmp_path / "x"), "--", "false"),
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    res = subprocess.run(
+        zswapfs_cmd("capture", "--out", str(tmp_path / "x"), "--", "false"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 1 and "exited" in res.stderr
 
 
@@ -140,8 +165,10 @@ def test_zram_runs_wait_for_each_other() -> None:
         assert ours, "another run holds zram0"
         second = threading.Thread(target=second_run)
         second.start()
-        wait_for(lambda: bool(order or failed or flock_waiters(kzram.lock_path()) > 0),
-                 "the second run to block on the lock")  # fmt: skip
+        wait_for(
+            lambda: bool(order or failed or flock_waiters(kzram.lock_path()) > 0),
+            "the second run to block on the lock",
+        )
         assert not order and not failed, (order, failed)
         order.append("first released")
     second.join(HANG)

@@ -47,8 +47,11 @@ def test_mountinfo_finds_zswapfs_mounts_only(tmp_path: Path) -> None:
 
 @pytest.mark.unit
 def test_loop_devices_and_swaps(tmp_path: Path) -> None:
-    for name, backing in (("loop0", "/run/zswapfs/swap0/swap.img\n"), ("loop1", None),
-                          ("loop2", "/tmp/old.img (deleted)\n")):  # fmt: skip
+    for name, backing in (
+        ("loop0", "/run/zswapfs/swap0/swap.img\n"),
+        ("loop1", None),
+        ("loop2", "/tmp/old.img (deleted)\n"),
+    ):
         (tmp_path / name).mkdir()
         if backing is not None:
             (tmp_path / name / "loop").mkdir()
@@ -60,19 +63,39 @@ def test_loop_devices_and_swaps(tmp_path: Path) -> None:
     swaps_file = tmp_path / "swaps"
     swaps_file.write_text(SWAPS)
     got = mounts.swaps(str(swaps_file))
-    assert got["/dev/loop3"] == mounts.SwapArea("/dev/loop3", "partition", 1048572 * 1024,
-                                                2048 * 1024, 100)  # fmt: skip
+    assert got["/dev/loop3"] == mounts.SwapArea(
+        "/dev/loop3", "partition", 1048572 * 1024, 2048 * 1024, 100
+    )
     assert got["/swap file"].priority == -2
 
 
 def fake_row(**stats: Any) -> dict[str, Any]:
-    st = {"image": "/m/swap.img", "disksize": 1 << 30, "codec": "lz4", "pool": "zsmalloc",
-          "mode": "swap", "pid": 9, "stored_pages": 3000, "orig_data_size": 3000 * PAGE_SIZE,
-          "compr_data_size": 5_000_000, "mem_used_total": 5 << 20, "mem_limit": 0,
-          "mem_used_max": 6 << 20, "same_pages": 10, "huge_pages": 1, "backing": None,
-          "bd_count": 0, **stats}  # fmt: skip
-    return {"mountpoint": "/m", "stats": st, "error": None, "loops": ["/dev/loop3"],
-            "swap": mounts.SwapArea("/dev/loop3", "partition", 1 << 30, 8192, 100)}  # fmt: skip
+    st = {
+        "image": "/m/swap.img",
+        "disksize": 1 << 30,
+        "codec": "lz4",
+        "pool": "zsmalloc",
+        "mode": "swap",
+        "pid": 9,
+        "stored_pages": 3000,
+        "orig_data_size": 3000 * PAGE_SIZE,
+        "compr_data_size": 5_000_000,
+        "mem_used_total": 5 << 20,
+        "mem_limit": 0,
+        "mem_used_max": 6 << 20,
+        "same_pages": 10,
+        "huge_pages": 1,
+        "backing": None,
+        "bd_count": 0,
+        **stats,
+    }
+    return {
+        "mountpoint": "/m",
+        "stats": st,
+        "error": None,
+        "loops": ["/dev/loop3"],
+        "swap": mounts.SwapArea("/dev/loop3", "partition", 1 << 30, 8192, 100),
+    }
 
 
 @pytest.mark.unit
@@ -80,13 +103,33 @@ def test_table_is_aligned_with_human_sizes() -> None:
     rows = [fake_row(), fake_row(backing="/var/lib/b.img", bd_count=256, mem_used_total=0)]
     rows[1]["mountpoint"] = "/run/zswapfs/longer"
     rows[1]["loops"], rows[1]["swap"] = [], None
-    rows.append({"mountpoint": "/dead", "stats": None, "error": "stats unreadable: x",
-                 "loops": [], "swap": None})  # fmt: skip
+    rows.append(
+        {
+            "mountpoint": "/dead",
+            "stats": None,
+            "error": "stats unreadable: x",
+            "loops": [],
+            "swap": None,
+        }
+    )
     text = listing.format_table(rows, listing.choose_columns(None), raw_bytes=False)
     lines = text.splitlines()
     assert lines[0].split() == list(listing.DEFAULT_COLUMNS)
-    assert lines[1].split() == ["/m", "1G", "lz4", "zsmalloc", "3000", "11.7M", "4.8M", "5M",
-                                "2.34", "-", "-", "/dev/loop3", "100"]  # fmt: skip
+    assert lines[1].split() == [
+        "/m",
+        "1G",
+        "lz4",
+        "zsmalloc",
+        "3000",
+        "11.7M",
+        "4.8M",
+        "5M",
+        "2.34",
+        "-",
+        "-",
+        "/dev/loop3",
+        "100",
+    ]
     assert lines[2].split()[-5:] == ["-", "/var/lib/b.img", "1M", "-", "-"]
     assert lines[3].split() == ["/dead"] + ["?"] * 10 + ["-", "-"]
     # aligned: every column starts at the same offset on every line
@@ -123,12 +166,26 @@ def test_list_shows_every_mount_from_its_stats(
     mount: Callable[..., Mounted], tmp_path: Path
 ) -> None:
     a = mount("--size", "16M")
-    b = mount("--size", "min(ram / 2, 32M)", "--codec", "zstd:1", "--pool", "zbud",
-              "--backing", str(tmp_path / "b.backing"), "--mem-limit", "256K")  # fmt: skip
+    b = mount(
+        "--size",
+        "min(ram / 2, 32M)",
+        "--codec",
+        "zstd:1",
+        "--pool",
+        "zbud",
+        "--backing",
+        str(tmp_path / "b.backing"),
+        "--mem-limit",
+        "256K",
+    )
     write_pages(a, 100)
     write_pages(b, 200, random=True)
-    res = run("list", "--json", "-o", "mountpoint,size,codec,pool,pages,data,total,backing,"
-              "bd-used,loop,prio")  # fmt: skip
+    res = run(
+        "list",
+        "--json",
+        "-o",
+        "mountpoint,size,codec,pool,pages,data,total,backing,bd-used,loop,prio",
+    )
     assert res.returncode == 0, res.stderr
     rows = {r["mountpoint"]: r for r in json.loads(res.stdout)["mounts"]}
     for m in (a, b):
@@ -136,9 +193,13 @@ def test_list_shows_every_mount_from_its_stats(
         r = rows[str(m.mountpoint)]
         assert r["error"] is None and r["loop"] is None and r["prio"] is None
         assert (r["size"], r["codec"], r["pool"], r["pages"], r["data"], r["total"]) == (
-            st["disksize"], st["codec"], st["pool"], st["stored_pages"], st["orig_data_size"],
+            st["disksize"],
+            st["codec"],
+            st["pool"],
+            st["stored_pages"],
+            st["orig_data_size"],
             st["mem_used_total"],
-        )  # fmt: skip
+        )
     assert rows[str(a.mountpoint)]["pages"] == 100 and rows[str(a.mountpoint)]["backing"] is None
     assert rows[str(b.mountpoint)]["size"] == 32 << 20
     assert rows[str(b.mountpoint)]["backing"] == str(tmp_path / "b.backing")
@@ -165,8 +226,9 @@ def test_unreadable_stats_show_a_marker(mount: Callable[..., Mounted]) -> None:
     dead.proc.wait(timeout=30)
     os.kill(stopped.proc.pid, signal.SIGSTOP)
     try:
-        res = run("list", "-o", "mountpoint,size,codec", str(stopped.mountpoint),
-                  str(dead.mountpoint))  # fmt: skip
+        res = run(
+            "list", "-o", "mountpoint,size,codec", str(stopped.mountpoint), str(dead.mountpoint)
+        )
     finally:
         os.kill(stopped.proc.pid, signal.SIGCONT)
     assert res.returncode == 0, res.stderr
@@ -200,8 +262,9 @@ def swap_config(tmp_path: Path) -> Iterator[Path]:
     yield config
     run("swapoff", "--config", str(config))
     if os.path.ismount(mp):  # swapoff failed: take everything down by hand
-        out = subprocess.run(["losetup", "-j", str(mp / "swap.img")], capture_output=True,
-                             text=True).stdout  # fmt: skip
+        out = subprocess.run(
+            ["losetup", "-j", str(mp / "swap.img")], capture_output=True, text=True
+        ).stdout
         for dev in [line.split(":")[0] for line in out.splitlines() if line.strip()]:
             subprocess.run(["swapoff", dev], capture_output=True)
             subprocess.run(["losetup", "-d", dev], capture_output=True)
@@ -218,9 +281,14 @@ def test_list_shows_loop_device_and_swap_priority(swap_config: Path, tmp_path: P
     assert mounts.swaps()[dev].priority == 7
     doc = json.loads(run("list", "--json", "-o", "mountpoint,loop,prio,swap-used", str(mp)).stdout)
     assert doc["mounts"] == [
-        {"mountpoint": str(mp), "loop": dev, "prio": 7, "swap-used": mounts.swaps()[dev].used_bytes,
-         "error": None}
-    ]  # fmt: skip
+        {
+            "mountpoint": str(mp),
+            "loop": dev,
+            "prio": 7,
+            "swap-used": mounts.swaps()[dev].used_bytes,
+            "error": None,
+        }
+    ]
     res = run("swapoff", "--config", str(swap_config), "--keep-mount")
     assert res.returncode == 0, res.stderr
     doc = json.loads(run("list", "--json", "-o", "loop,prio", str(mp)).stdout)

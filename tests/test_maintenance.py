@@ -114,8 +114,9 @@ def test_churn_then_compact_returns_memory(mount: Callable[..., Mounted], rewrit
             f.write(page)
             if pn in watched:
                 expected[pn] = page
-    res = subprocess.run(zswapfs_cmd("compact", str(m.mountpoint)), capture_output=True,
-                         text=True, timeout=120)  # fmt: skip
+    res = subprocess.run(
+        zswapfs_cmd("compact", str(m.mountpoint)), capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 0, res.stderr
     after = m.stats()
     shm_after = pool_resident(after["pid"])
@@ -133,8 +134,9 @@ def test_churn_then_compact_returns_memory(mount: Callable[..., Mounted], rewrit
             assert f.read(PAGE_SIZE) == page, f"page {pn} changed through compaction"
 
 
-def churn_writer(image: Path, first: int, last: int, stop: threading.Event,
-                 done: list[int]) -> None:  # fmt: skip
+def churn_writer(
+    image: Path, first: int, last: int, stop: threading.Event, done: list[int]
+) -> None:
     """Overwrite random pages in [first, last) with zeros or fresh data until *stop*, counting
     the pages written in done[0]."""
     rnd = random.Random(4)
@@ -163,8 +165,15 @@ def test_fio_verify_during_continuous_maintenance(
     continuously: zero verify errors. fio starts only once the churn has made maintenance both
     compact and migrate, and the test checks maintenance went on moving objects while fio ran."""
     size = 64 << 20
-    m = mount("--size", str(size), "--pool", pool, "--maintenance-interval", "0.005",
-              "--aggressive-maintenance")  # fmt: skip
+    m = mount(
+        "--size",
+        str(size),
+        "--pool",
+        pool,
+        "--maintenance-interval",
+        "0.005",
+        "--aggressive-maintenance",
+    )
     npages = size // PAGE_SIZE
     rnd = random.Random(1)
     with open(m.image, "r+b", buffering=0) as f:
@@ -183,16 +192,27 @@ def test_fio_verify_during_continuous_maintenance(
 
         def churn_compacted_and_migrated() -> bool:
             now = m.stats()["maintenance"]
-            return (churned[0] > 0 and now["compact_steps"] > filled["compact_steps"]
-                    and now["migrated_pages"] > filled["migrated_pages"])  # fmt: skip
+            return (
+                churned[0] > 0
+                and now["compact_steps"] > filled["compact_steps"]
+                and now["migrated_pages"] > filled["migrated_pages"]
+            )
 
         wait_for(churn_compacted_and_migrated, "maintenance compacting and migrating the churn")
         before, churned_before = m.stats()["maintenance"], churned[0]
         res = subprocess.run(
-            ["fio", f"--filename={m.image}", f"--size={size // 2}", "--output-format=json",
-             f"--output={out}", str(job)],
-            capture_output=True, text=True, timeout=280,
-        )  # fmt: skip
+            [
+                "fio",
+                f"--filename={m.image}",
+                f"--size={size // 2}",
+                "--output-format=json",
+                f"--output={out}",
+                str(job),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=280,
+        )
         during = m.stats()["maintenance"]
     finally:
         stop.set()

@@ -94,8 +94,14 @@ def test_every_figure_is_exported_with_its_value(pool: str) -> None:
     assert fams["zswapfs_stored_pages"].type == "gauge"
     info = fams["zswapfs_info"].samples[0]
     assert info.name == "zswapfs_info" and info.value == 1
-    assert info.labels == {"mountpoint": "/run/zswapfs/a b", "codec": "lz4", "pool": pool,
-                           "mode": "swap", "backing": "", "image": ""}  # fmt: skip
+    assert info.labels == {
+        "mountpoint": "/run/zswapfs/a b",
+        "codec": "lz4",
+        "pool": pool,
+        "mode": "swap",
+        "backing": "",
+        "image": "",
+    }
     for fam in fams.values():
         assert fam.name.startswith("zswapfs")
         if fam.type == "counter":
@@ -104,8 +110,14 @@ def test_every_figure_is_exported_with_its_value(pool: str) -> None:
 
 @pytest.mark.unit
 def test_unknown_figures_are_still_exported() -> None:
-    st = {"mountpoint": "/m", "codec": "lz4", "stored_pages": 3, "new_figure": 12,
-          "pool_stats": {"odd-key": 2.5}, "maintenance": {}}  # fmt: skip
+    st = {
+        "mountpoint": "/m",
+        "codec": "lz4",
+        "stored_pages": 3,
+        "new_figure": 12,
+        "pool_stats": {"odd-key": 2.5},
+        "maintenance": {},
+    }
     got = samples(metrics.render(st))
     assert got[("zswapfs_new_figure", (("mountpoint", "/m"),))] == 12
     assert got[("zswapfs_pool_odd_key", (("mountpoint", "/m"),))] == 2.5
@@ -158,8 +170,12 @@ def test_metrics_port_matches_the_stats_file(mount: Callable[..., Mounted]) -> N
     after = m.stats()
     assert before["stored_pages"] == 76 and before["same_pages"] == 8
     assert check_matches(text, before, after) >= 30
-    promcli = subprocess.run(zswapfs_cmd("stats", "--prometheus", str(m.mountpoint)),
-                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    promcli = subprocess.run(
+        zswapfs_cmd("stats", "--prometheus", str(m.mountpoint)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert promcli.returncode == 0, promcli.stderr
     assert check_matches(promcli.stdout, after, m.stats()) >= 30
     m.proc.terminate()
@@ -178,10 +194,20 @@ def test_metrics_port_taken_fails_the_mount(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         res = subprocess.run(
-            zswapfs_cmd("mount", str(mp), "--size", "8M", "--metrics-port", str(port),
-                        "--log", str(tmp_path / "log")),
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            zswapfs_cmd(
+                "mount",
+                str(mp),
+                "--size",
+                "8M",
+                "--metrics-port",
+                str(port),
+                "--log",
+                str(tmp_path / "log"),
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     try:
         assert res.returncode == 1
         assert f"cannot listen on 127.0.0.1:{port}" in res.stderr

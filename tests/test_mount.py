@@ -126,10 +126,18 @@ def test_fio_verify_randrw(
     job = FIO_DIR / "verify-randrw.fio"
     out = tmp_path / "fio.json"
     res = subprocess.run(
-        ["fio", f"--filename={m.image}", "--size=32M", "--output-format=json",
-         f"--output={out}", str(job)],
-        capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
+        [
+            "fio",
+            f"--filename={m.image}",
+            "--size=32M",
+            "--output-format=json",
+            f"--output={out}",
+            str(job),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert res.returncode == 0, res.stderr
     job_out = json.loads(out.read_text())["jobs"][0]
     assert job_out["error"] == 0

@@ -51,8 +51,14 @@ def test_progress_bar_on_a_terminal_quiet_in_a_pipe(monkeypatch: pytest.MonkeyPa
 def test_planned_steps_counts_every_progress_call() -> None:
     calls: list[str] = []
     pools, codecs = ["zsmalloc", "zbud"], ["lz4", "zstd:1"]
-    bench.run(["synthetic:64", "synthetic:32"], pools, codecs, with_zram=False, churn=0.0,
-              progress=calls.append)  # fmt: skip
+    bench.run(
+        ["synthetic:64", "synthetic:32"],
+        pools,
+        codecs,
+        with_zram=False,
+        churn=0.0,
+        progress=calls.append,
+    )
     assert len(calls) == bench.planned_steps(2, pools, codecs, with_zram=False, fio=False) == 14
 
 
@@ -88,8 +94,11 @@ def test_wheel_in_a_fresh_venv_runs_bench(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
     res = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)],
-        capture_output=True, text=True, env=env, timeout=600,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr
     (wheel,) = wheels.glob("zswapfs-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -99,17 +108,29 @@ def test_wheel_in_a_fresh_venv_runs_bench(tmp_path: Path) -> None:
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=env)
-    res = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)],
-                         capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    res = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", str(wheel)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr
 
     work = tmp_path / "work"
     work.mkdir()
     where = subprocess.run(
-        [str(venv / "bin" / "python"), "-c",
-         "import zswapfs.lab.bench as b; print(b.FIO_DIR); print(b.FioOptions().unavailable())"],
-        capture_output=True, text=True, cwd=work, env=env, check=True,
-    ).stdout.split("\n")  # fmt: skip
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import zswapfs.lab.bench as b; print(b.FIO_DIR); print(b.FioOptions().unavailable())",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        env=env,
+        check=True,
+    ).stdout.split("\n")
     fio_dir = Path(where[0])
     assert fio_dir.is_relative_to(venv), f"bench found its jobs in {fio_dir}, not the venv"
     assert sorted(p.name for p in fio_dir.glob("*.fio")) == sorted(
@@ -118,11 +139,35 @@ def test_wheel_in_a_fresh_venv_runs_bench(tmp_path: Path) -> None:
     assert where[1] == "None"
 
     res = subprocess.run(
-        [str(venv / "bin" / "zswapfs"), "bench", "--corpus", "synthetic:256", "--pools",
-         "zsmalloc", "--codecs", "lz4", "--no-zram", "--no-plots", "--churn", "0.1", "--fio",
-         "--fio-runtime", "0.2", "--fio-size", "4M", "--fio-verify-size", "2M", "--out", "out"],
-        capture_output=True, text=True, cwd=work, env=env, timeout=600,
-    )  # fmt: skip
+        [
+            str(venv / "bin" / "zswapfs"),
+            "bench",
+            "--corpus",
+            "synthetic:256",
+            "--pools",
+            "zsmalloc",
+            "--codecs",
+            "lz4",
+            "--no-zram",
+            "--no-plots",
+            "--churn",
+            "0.1",
+            "--fio",
+            "--fio-runtime",
+            "0.2",
+            "--fio-size",
+            "4M",
+            "--fio-verify-size",
+            "2M",
+            "--out",
+            "out",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        env=env,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr
     assert res.stderr == ""  # no progress output in a pipe
     doc = json.loads((work / "out" / "bench.json").read_text())

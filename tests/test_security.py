@@ -46,8 +46,7 @@ def _unavailable() -> str | None:
 
 
 #: the mount and system tests need root, a FUSE mount, setpriv and the user nobody
-needs_mount_and_nobody = pytest.mark.skipif(_unavailable() is not None,
-                                            reason=str(_unavailable()))  # fmt: skip
+needs_mount_and_nobody = pytest.mark.skipif(_unavailable() is not None, reason=str(_unavailable()))
 
 
 def as_nobody(*cmd: str) -> subprocess.CompletedProcess[str]:
@@ -55,8 +54,9 @@ def as_nobody(*cmd: str) -> subprocess.CompletedProcess[str]:
 
 
 def zswapfs(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(zswapfs_cmd(*args), capture_output=True, text=True, timeout=120,
-                          stdin=subprocess.DEVNULL)  # fmt: skip
+    return subprocess.run(
+        zswapfs_cmd(*args), capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+    )
 
 
 def snapshot(path: Path) -> tuple[bytes, int, int, int]:
@@ -125,10 +125,15 @@ def plant(kind: str, path: Path, victim: Path) -> None:
 # -- log files -----------------------------------------------------------------------------------
 @pytest.mark.mount
 @needs_mount_and_nobody
-@pytest.mark.parametrize("kind, words", [("symlink", "symbolic link"),
-                                          ("fifo", "not a regular file"),
-                                          ("foreign file", "owned by uid"),
-                                          ("hard link", "hard links")])  # fmt: skip
+@pytest.mark.parametrize(
+    "kind, words",
+    [
+        ("symlink", "symbolic link"),
+        ("fifo", "not a regular file"),
+        ("foreign file", "owned by uid"),
+        ("hard link", "hard links"),
+    ],
+)
 @pytest.mark.parametrize("foreground", [False, True])
 def test_log_path_planted_by_another_user_is_refused(
     shared_tmp: Path, victim: Path, mountpoint: Path, kind: str, words: str, foreground: bool
@@ -142,7 +147,10 @@ def test_log_path_planted_by_another_user_is_refused(
     assert snapshot(victim) == before
     after = os.lstat(log)
     assert (after.st_ino, after.st_mode, after.st_mtime_ns) == (
-        planted.st_ino, planted.st_mode, planted.st_mtime_ns)  # fmt: skip
+        planted.st_ino,
+        planted.st_mode,
+        planted.st_mtime_ns,
+    )
     assert not os.path.ismount(mountpoint)
 
 
@@ -183,8 +191,9 @@ def test_under_systemd_the_daemon_logs_to_the_journal(tmp_path: Path, mountpoint
         st = os.fstat(err.fileno())
         env = dict(os.environ, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
         cmd = zswapfs_cmd("mount", str(mountpoint), "--size", "16M")
-        res = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True,
-                             timeout=120)  # fmt: skip
+        res = subprocess.run(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True, timeout=120
+        )
     try:
         assert res.returncode == 0, journal.read_text()
         assert "log the journal" in res.stdout
@@ -197,10 +206,15 @@ def test_under_systemd_the_daemon_logs_to_the_journal(tmp_path: Path, mountpoint
 # -- backing files -------------------------------------------------------------------------------
 @pytest.mark.mount
 @needs_mount_and_nobody
-@pytest.mark.parametrize("kind, words", [("symlink", "symbolic link"),
-                                          ("fifo", "not a regular file"),
-                                          ("foreign file", "owned by uid"),
-                                          ("hard link", "hard links")])  # fmt: skip
+@pytest.mark.parametrize(
+    "kind, words",
+    [
+        ("symlink", "symbolic link"),
+        ("fifo", "not a regular file"),
+        ("foreign file", "owned by uid"),
+        ("hard link", "hard links"),
+    ],
+)
 @pytest.mark.parametrize("force", [False, True])
 def test_backing_path_planted_by_another_user_is_refused(
     shared_tmp: Path, victim: Path, mountpoint: Path, kind: str, words: str, force: bool
@@ -209,13 +223,26 @@ def test_backing_path_planted_by_another_user_is_refused(
     plant(kind, backing, victim)
     before, planted = snapshot(victim), os.lstat(backing)
     log = mountpoint.parent / "d.log"
-    res = zswapfs("mount", str(mountpoint), "--size", "16M", "--backing", str(backing),
-                  "--log", str(log), *(["--force"] if force else []))  # fmt: skip
+    res = zswapfs(
+        "mount",
+        str(mountpoint),
+        "--size",
+        "16M",
+        "--backing",
+        str(backing),
+        "--log",
+        str(log),
+        *(["--force"] if force else []),
+    )
     assert_refused(res, backing, words)
     assert snapshot(victim) == before
     after = os.lstat(backing)
     assert (after.st_ino, after.st_mode, after.st_mtime_ns, after.st_size) == (
-        planted.st_ino, planted.st_mode, planted.st_mtime_ns, planted.st_size)  # fmt: skip
+        planted.st_ino,
+        planted.st_mode,
+        planted.st_mtime_ns,
+        planted.st_size,
+    )
     assert not os.path.ismount(mountpoint)
 
 
@@ -233,8 +260,18 @@ def test_existing_data_file_is_refused_and_taken_over_with_force(
     data.write_bytes(content)
     data.chmod(0o644)
     before = snapshot(data)
-    args = ["mount", str(mountpoint), "--size", "16M", "--backing", str(data), "--mode", mode,
-            "--log", str(tmp_path / "d.log")]  # fmt: skip
+    args = [
+        "mount",
+        str(mountpoint),
+        "--size",
+        "16M",
+        "--backing",
+        str(data),
+        "--mode",
+        mode,
+        "--log",
+        str(tmp_path / "d.log"),
+    ]
     res = zswapfs(*args)
     assert_refused(res, data, "not created by zswapfs")
     assert "--force" in res.stderr
@@ -269,8 +306,9 @@ def test_existing_data_file_is_refused_and_taken_over_with_force(
 @pytest.mark.mount
 @needs_mount_and_nobody
 @pytest.mark.parametrize("which", ["--backing", "--log"])
-def test_file_in_a_directory_others_can_write_is_refused(tmp_path: Path, mountpoint: Path,
-                                                         which: str) -> None:  # fmt: skip
+def test_file_in_a_directory_others_can_write_is_refused(
+    tmp_path: Path, mountpoint: Path, which: str
+) -> None:
     loose = tmp_path / "loose"
     loose.mkdir()
     loose.chmod(0o777)  # no sticky bit: anyone could rename our file away and plant a link
@@ -292,8 +330,9 @@ def test_file_in_a_directory_others_can_write_is_refused(tmp_path: Path, mountpo
 def test_missing_backing_directories_are_created_0700(tmp_path: Path, mountpoint: Path) -> None:
     backing = tmp_path / "state" / "zswapfs" / "swap.img"
     log = tmp_path / "d.log"
-    res = zswapfs("mount", str(mountpoint), "--size", "16M", "--backing", str(backing),
-                  "--log", str(log))  # fmt: skip
+    res = zswapfs(
+        "mount", str(mountpoint), "--size", "16M", "--backing", str(backing), "--log", str(log)
+    )
     assert res.returncode == 0, res.stderr
     assert zswapfs("umount", str(mountpoint)).returncode == 0
     for d in (backing.parent.parent, backing.parent):
@@ -309,8 +348,9 @@ def test_missing_backing_directories_are_created_0700(tmp_path: Path, mountpoint
 def loose_config(tmp_path: Path, mountpoint: Path, victim: Path, loose: str) -> tuple[Path, str]:
     """A config that would make root take over *victim*, left group-writable or foreign."""
     config = tmp_path / "swap0.toml"
-    config.write_text(f'size = "16M"\nmountpoint = "{mountpoint}"\nbacking = "{victim}"\n'
-                      "force = true\n")  # fmt: skip
+    config.write_text(
+        f'size = "16M"\nmountpoint = "{mountpoint}"\nbacking = "{victim}"\nforce = true\n'
+    )
     if loose == "group-writable":
         config.chmod(0o664)
         return config, "writable by group or others"
@@ -322,8 +362,9 @@ def loose_config(tmp_path: Path, mountpoint: Path, victim: Path, loose: str) -> 
 @pytest.mark.mount
 @needs_mount_and_nobody
 @pytest.mark.parametrize("loose", ["group-writable", "owned by nobody"])
-def test_loose_config_is_refused(tmp_path: Path, victim: Path, mountpoint: Path,
-                                 loose: str) -> None:  # fmt: skip
+def test_loose_config_is_refused(
+    tmp_path: Path, victim: Path, mountpoint: Path, loose: str
+) -> None:
     config, words = loose_config(tmp_path, mountpoint, victim, loose)
     before, cfg_before = snapshot(victim), snapshot(config)
     res = zswapfs("mount", "--config", str(config))
@@ -335,8 +376,9 @@ def test_loose_config_is_refused(tmp_path: Path, victim: Path, mountpoint: Path,
 @pytest.mark.system
 @needs_mount_and_nobody
 @pytest.mark.parametrize("loose", ["group-writable", "owned by nobody"])
-def test_loose_config_is_refused_by_swapon(tmp_path: Path, victim: Path, mountpoint: Path,
-                                           loose: str) -> None:  # fmt: skip
+def test_loose_config_is_refused_by_swapon(
+    tmp_path: Path, victim: Path, mountpoint: Path, loose: str
+) -> None:
     """As above through swapon, which would go on to losetup and swapon (hence `system`)."""
     config, words = loose_config(tmp_path, mountpoint, victim, loose)
     before, cfg_before = snapshot(victim), snapshot(config)
@@ -374,11 +416,20 @@ def test_another_user_cannot_reach_the_image_or_stats(shared_tmp: Path, tmp_path
         st = os.stat(image)
         assert stat.S_IMODE(st.st_mode) == 0o600
         before = (image.read_bytes()[:PAGE_SIZE], st.st_mode, st.st_mtime_ns)
-        for cmd in (["cat", str(mp / "stats")],
-                    ["dd", f"if={image}", "bs=4096", "count=1", "status=none"],
-                    ["dd", "if=/dev/zero", f"of={image}", "bs=4096", "count=1", "conv=notrunc",
-                     "status=none"],
-                    ["ls", str(mp)]):  # fmt: skip
+        for cmd in (
+            ["cat", str(mp / "stats")],
+            ["dd", f"if={image}", "bs=4096", "count=1", "status=none"],
+            [
+                "dd",
+                "if=/dev/zero",
+                f"of={image}",
+                "bs=4096",
+                "count=1",
+                "conv=notrunc",
+                "status=none",
+            ],
+            ["ls", str(mp)],
+        ):
             res = as_nobody(*cmd)
             assert res.returncode != 0 and "Permission denied" in res.stderr, (cmd, res)
             assert res.stdout == "", cmd

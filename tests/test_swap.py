@@ -47,8 +47,11 @@ def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
 def loops_on(image: Path) -> list[str]:
     """Loop devices backed by *image*, read from the kernel's list (works when the mount under
     the image has died, where `losetup -j`, which stats the file, would not)."""
-    out = subprocess.run(["losetup", "--list", "--noheadings", "--raw", "-O", "NAME,BACK-FILE"],
-                         capture_output=True, text=True).stdout  # fmt: skip
+    out = subprocess.run(
+        ["losetup", "--list", "--noheadings", "--raw", "-O", "NAME,BACK-FILE"],
+        capture_output=True,
+        text=True,
+    ).stdout
     devices = []
     for line in out.splitlines():
         name, _, back = line.partition(" ")
@@ -63,8 +66,9 @@ def swap_config(tmp_path: Path) -> Iterator[Path]:
     the loop device detached and the daemon unmounted afterwards."""
     config = tmp_path / "swap0.toml"
     mp = tmp_path / "mnt"
-    config.write_text(f'size = "1G"\ncodec = "lz4"\nmountpoint = "{mp}"\n'
-                      f"swap-priority = {PRIORITY}\n")  # fmt: skip
+    config.write_text(
+        f'size = "1G"\ncodec = "lz4"\nmountpoint = "{mp}"\nswap-priority = {PRIORITY}\n'
+    )
     try:
         yield config
     finally:
@@ -90,8 +94,11 @@ def test_swap_end_to_end(swap_config: Path, tmp_path: Path) -> None:
     assert [devices[0], str(PRIORITY)] in [[e[0], e[-1]] for e in entry]
     before = json.loads((mp / "stats").read_text())
     with cgroup.memory_cgroup(f"zswapfs-test-{os.getpid()}", 128 << 20) as cg:
-        hog = cg.popen([sys.executable, "-m", "zswapfs.lab.workloads.hog", "512"],
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        hog = cg.popen(
+            [sys.executable, "-m", "zswapfs.lab.workloads.hog", "512"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         try:
             out, err = hog.communicate(timeout=280)  # inside the per-test timeout
         finally:
@@ -165,16 +172,21 @@ def unprivileged_python() -> str | None:
             continue
         probe = subprocess.run(
             [*UNPRIVILEGED, python, "-c", "import sys; assert sys.version_info >= (3, 11)"],
-            capture_output=True, cwd="/", env={"PATH": "/usr/bin:/bin"}, timeout=60,
-        )  # fmt: skip
+            capture_output=True,
+            cwd="/",
+            env={"PATH": "/usr/bin:/bin"},
+            timeout=60,
+        )
         if probe.returncode == 0:
             return python
     return None
 
 
 @pytest.mark.unit
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
-                    reason="dropping to an unprivileged user needs root and setpriv")  # fmt: skip
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="dropping to an unprivileged user needs root and setpriv",
+)
 def test_not_root_is_a_clear_error() -> None:
     """swapon and swapoff as uid 65534: one line, exit status 1. The child runs a world-readable
     copy of the package, so where this checkout lives does not matter; the interpreter may lack
@@ -184,8 +196,9 @@ def test_not_root_is_a_clear_error() -> None:
         pytest.skip("no Python 3.11+ interpreter that uid 65534 can run")
     copy = Path(tempfile.mkdtemp(prefix="zswapfs-unprivileged-"))
     try:
-        shutil.copytree(REPO / "zswapfs", copy / "zswapfs",
-                        ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+        shutil.copytree(
+            REPO / "zswapfs", copy / "zswapfs", ignore=shutil.ignore_patterns("__pycache__")
+        )
         for d, _, files in os.walk(copy):
             os.chmod(d, 0o755)
             for f in files:
@@ -196,9 +209,12 @@ def test_not_root_is_a_clear_error() -> None:
         for verb in ("swapon", "swapoff"):
             res = subprocess.run(
                 [*UNPRIVILEGED, python, "-m", "zswapfs", verb, "--config", str(config)],
-                capture_output=True, text=True, timeout=60, cwd="/",
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd="/",
                 env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(copy)},
-            )  # fmt: skip
+            )
             assert res.stderr == f"zswapfs: {verb} needs root: losetup, mkswap and swapon do\n"
             assert res.returncode == 1 and res.stdout == ""
     finally:
@@ -206,8 +222,10 @@ def test_not_root_is_a_clear_error() -> None:
 
 
 @pytest.mark.unit
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                    reason="systemd-analyze missing (apt-get install systemd)")  # fmt: skip
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None,
+    reason="systemd-analyze missing (apt-get install systemd)",
+)
 def test_systemd_units_verify(tmp_path: Path) -> None:
     zswapfs = Path(sys.executable).parent / "zswapfs"
     assert zswapfs.exists()
@@ -216,9 +234,17 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
         assert "/usr/local/bin/zswapfs" in text
         (tmp_path / unit).write_text(text.replace("/usr/local/bin/zswapfs", str(zswapfs)))
     res = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", "zswapfs@swap0.service",
-         "zswapfs-swap@swap0.service"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120,
-    )  # fmt: skip
+        [
+            "systemd-analyze",
+            "verify",
+            "--man=no",
+            "zswapfs@swap0.service",
+            "zswapfs-swap@swap0.service",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     ours = [line for line in (res.stdout + res.stderr).splitlines() if "zswapfs" in line]
     assert res.returncode == 0 and not ours, res.stdout + res.stderr

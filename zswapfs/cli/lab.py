@@ -44,9 +44,14 @@ class Progress:
         if not verbose and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, file=sys.stderr, unit="step", leave=False,
-                            dynamic_ncols=True, bar_format="{l_bar}{bar}| {n}/{total} "
-                            "[{elapsed}<{remaining}]")  # fmt: skip
+            self.bar = tqdm(
+                total=total,
+                file=sys.stderr,
+                unit="step",
+                leave=False,
+                dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| {n}/{total} [{elapsed}<{remaining}]",
+            )
 
     def __call__(self, msg: str) -> None:
         if self.verbose:

@@ -53,56 +53,56 @@ COLUMNS = {
         Column("POOL", "pool allocator", "text", lambda r: r["stats"]["pool"]),
         Column(
             "MODE", "swap (ephemeral) or image (persistent)", "text", lambda r: r["stats"]["mode"]
-        ),  # fmt: skip
+        ),
         Column("PID", "daemon process id", "count", lambda r: r["stats"]["pid"]),
         Column(
             "PAGES", "pages stored (stored_pages)", "count", lambda r: r["stats"]["stored_pages"]
-        ),  # fmt: skip
+        ),
         Column(
             "DATA",
             "uncompressed data stored (orig_data_size)",
             "size",
             lambda r: r["stats"]["orig_data_size"],
-        ),  # fmt: skip
+        ),
         Column(
             "COMPR",
             "compressed data stored (compr_data_size)",
             "size",
             lambda r: r["stats"]["compr_data_size"],
-        ),  # fmt: skip
+        ),
         Column(
             "TOTAL",
             "memory the pool holds (mem_used_total)",
             "size",
             lambda r: r["stats"]["mem_used_total"],
-        ),  # fmt: skip
+        ),
         Column(
             "RATIO",
             "DATA / TOTAL: how many times denser than uncompressed",
             "ratio",
             lambda r: _ratio(r["stats"]),
-        ),  # fmt: skip
+        ),
         Column(
             "MEM-LIMIT", "pool memory budget (0: none)", "size", lambda r: r["stats"]["mem_limit"]
-        ),  # fmt: skip
+        ),
         Column(
             "MEM-USED",
             "peak pool memory (mem_used_max)",
             "size",
             lambda r: r["stats"]["mem_used_max"],
-        ),  # fmt: skip
+        ),
         Column(
             "ZERO-PAGES",
             "same-filled pages, stored without pool memory",
             "count",
             lambda r: r["stats"]["same_pages"],
-        ),  # fmt: skip
+        ),
         Column(
             "HUGE-PAGES",
             "incompressible pages, stored raw",
             "count",
             lambda r: r["stats"]["huge_pages"],
-        ),  # fmt: skip
+        ),
         Column("BACKING", "backing file for writeback", "text", lambda r: r["stats"]["backing"]),
         Column(
             "BD-USED",
@@ -116,25 +116,38 @@ COLUMNS = {
             "text",
             lambda r: ",".join(r["loops"]) or None,
             False,
-        ),  # fmt: skip
+        ),
         Column(
             "PRIO",
             "swap priority, if the loop device is swap",
             "count",
             lambda r: r["swap"].priority if r["swap"] else None,
             False,
-        ),  # fmt: skip
+        ),
         Column(
             "SWAP-USED",
             "swap in use on the loop device, as the kernel counts it",
             "size",
             lambda r: r["swap"].used_bytes if r["swap"] else None,
             False,
-        ),  # fmt: skip
+        ),
     )
 }
-DEFAULT_COLUMNS = ("MOUNTPOINT", "SIZE", "CODEC", "POOL", "PAGES", "DATA", "COMPR", "TOTAL",
-                   "RATIO", "BACKING", "BD-USED", "LOOP", "PRIO")  # fmt: skip
+DEFAULT_COLUMNS = (
+    "MOUNTPOINT",
+    "SIZE",
+    "CODEC",
+    "POOL",
+    "PAGES",
+    "DATA",
+    "COMPR",
+    "TOTAL",
+    "RATIO",
+    "BACKING",
+    "BD-USED",
+    "LOOP",
+    "PRIO",
+)
 
 
 def columns_help() -> str:
@@ -175,9 +188,10 @@ def gather(only: list[str] | None = None) -> list[dict[str, Any]]:
             row["error"] = f"stats unreadable: {exc}"
         image = row["stats"].get("image") if row["stats"] else None
         row["loops"] = [
-            dev for dev, path in loops.items()
+            dev
+            for dev, path in loops.items()
             if path == image or (image is None and os.path.dirname(path) == mp)
-        ]  # fmt: skip
+        ]
         row["swap"] = next((swaps[d] for d in row["loops"] if d in swaps), None)
         rows.append(row)
     return rows
@@ -209,8 +223,9 @@ def cell(col: Column, row: dict[str, Any], raw_bytes: bool) -> str:
     return str(value)
 
 
-def format_table(rows: list[dict[str, Any]], cols: list[Column], raw_bytes: bool,
-                 headings: bool = True) -> str:  # fmt: skip
+def format_table(
+    rows: list[dict[str, Any]], cols: list[Column], raw_bytes: bool, headings: bool = True
+) -> str:
     table = [[cell(c, r, raw_bytes) for c in cols] for r in rows]
     if headings:
         table.insert(0, [c.header for c in cols])

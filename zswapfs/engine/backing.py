@@ -135,19 +135,27 @@ class BackingFile:
     def _check_existing(self, st: os.stat_result) -> None:
         """Refusals even force does not override: not a plain file of ours."""
         if stat.S_ISLNK(st.st_mode):
-            raise self._refuse("is a symbolic link, which zswapfs does not follow",
-                               "give the path of the file itself")  # fmt: skip
+            raise self._refuse(
+                "is a symbolic link, which zswapfs does not follow",
+                "give the path of the file itself",
+            )
         if stat.S_ISDIR(st.st_mode):
             raise self._refuse("is a directory", "give the path of a file (it is created 0600)")
         if not stat.S_ISREG(st.st_mode):
-            raise self._refuse("is not a regular file (a device, FIFO or socket)",
-                               "give the path of a regular file (it is created 0600)")  # fmt: skip
+            raise self._refuse(
+                "is not a regular file (a device, FIFO or socket)",
+                "give the path of a regular file (it is created 0600)",
+            )
         if st.st_uid != os.geteuid():
-            raise self._refuse(f"is owned by uid {st.st_uid}, not uid {os.geteuid()}",
-                               "remove it or choose another path")  # fmt: skip
+            raise self._refuse(
+                f"is owned by uid {st.st_uid}, not uid {os.geteuid()}",
+                "remove it or choose another path",
+            )
         if st.st_nlink != 1:
-            raise self._refuse(f"has {st.st_nlink} hard links, so it may be another file too",
-                               "remove the other links or choose another path")  # fmt: skip
+            raise self._refuse(
+                f"has {st.st_nlink} hard links, so it may be another file too",
+                "remove the other links or choose another path",
+            )
 
     def _claim(self, force: bool) -> None:
         """Decide whether the open file may be used in this mode; size and mark it."""
@@ -155,8 +163,9 @@ class BackingFile:
         if self.created:
             self._write_mark()
             os.ftruncate(fd, self.size)
-            log.info("created backing file %s (%d bytes, mode 0600, %s mode)", path, self.size,
-                     self.mode)  # fmt: skip
+            log.info(
+                "created backing file %s (%d bytes, mode 0600, %s mode)", path, self.size, self.mode
+            )
             return
         st = os.fstat(fd)
         mark = read_mark(fd)
@@ -167,18 +176,22 @@ class BackingFile:
         )
         if mark is None:
             if not force:
-                raise self._refuse(f"exists ({st.st_size} bytes) and was not created by zswapfs",
-                                   force_hint)  # fmt: skip
-            log.warning("taking over backing file %s (%d bytes) as told by force", path,
-                        st.st_size)  # fmt: skip
+                raise self._refuse(
+                    f"exists ({st.st_size} bytes) and was not created by zswapfs", force_hint
+                )
+            log.warning("taking over backing file %s (%d bytes) as told by force", path, st.st_size)
         elif mark[0] != self.mode:
             if not force:
                 why = "holds the stale pages of a swap-mode zswapfs file, not an image"
                 if mark[0] == "image":
                     why = "holds a persistent zswapfs image (image mode) that swap mode would empty"
                 raise self._refuse(why, force_hint)
-            log.warning("taking over backing file %s (%s mode) in %s mode as told by force",
-                        path, mark[0], self.mode)  # fmt: skip
+            log.warning(
+                "taking over backing file %s (%s mode) in %s mode as told by force",
+                path,
+                mark[0],
+                self.mode,
+            )
         if self.persistent:
             held = st.st_size
             if mark is not None and mark[0] == "image" and mark[1] != self.size:
@@ -196,8 +209,9 @@ class BackingFile:
             os.ftruncate(fd, self.size)
         if stat.S_IMODE(st.st_mode) != 0o600:
             os.fchmod(fd, 0o600)  # it holds swapped memory of every process
-            log.warning("backing file %s had mode %04o; set to 0600", path,
-                        stat.S_IMODE(st.st_mode))  # fmt: skip
+            log.warning(
+                "backing file %s had mode %04o; set to 0600", path, stat.S_IMODE(st.st_mode)
+            )
         self._write_mark()
 
     def _write_mark(self) -> None:
@@ -217,8 +231,9 @@ class BackingFile:
         try:
             n = os.pwrite(self.fd, page, pn * PAGE_SIZE)
         except OSError as exc:
-            raise BackingError(f"writing page {pn} to {self.path}: {exc.strerror}",
-                               exc.errno or errno.EIO) from None  # fmt: skip
+            raise BackingError(
+                f"writing page {pn} to {self.path}: {exc.strerror}", exc.errno or errno.EIO
+            ) from None
         if n != PAGE_SIZE:
             raise BackingError(f"short write of page {pn} to {self.path}", errno.ENOSPC)
 
@@ -226,8 +241,9 @@ class BackingFile:
         try:
             data = os.pread(self.fd, PAGE_SIZE, pn * PAGE_SIZE)
         except OSError as exc:
-            raise BackingError(f"reading page {pn} from {self.path}: {exc.strerror}",
-                               exc.errno or errno.EIO) from None  # fmt: skip
+            raise BackingError(
+                f"reading page {pn} from {self.path}: {exc.strerror}", exc.errno or errno.EIO
+            ) from None
         if len(data) != PAGE_SIZE:  # the file was cut short under us
             raise BackingError(f"short read of page {pn} from {self.path}", errno.EIO)
         return data

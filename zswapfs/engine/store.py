@@ -13,8 +13,9 @@ memory), 8 bytes a page in all:
                      of the last read or write, the age writeback and recompression pick cold
                      pages by; bit 23 (SHARED): the page's object is, or was, shared with
                      other pages (dedup): its rewrite must drop a reference, not free it, so
-                     a compiled request loop leaves such a page to this code; bits 24-29: the page's codec slot, 0 for the write codec (lz4),
-                     else the recompression codec and dictionary it was recompressed with
+                     a compiled request loop leaves such a page to this code; bits 24-29:
+                     the page's codec slot, 0 for the write codec (lz4), else the
+                     recompression codec and dictionary it was recompressed with
                      (`codecs[slot]`); bit 30 (MARK): in slot 0, recompression was tried and
                      did not pay (not tried again until rewritten); in a later slot, the page
                      was read since it was recompressed (a second read sends it back to the

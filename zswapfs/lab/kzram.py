@@ -21,8 +21,17 @@ from pathlib import Path
 
 #: zram's per-slot metadata (struct zram_table_entry: handle + flags), allocated for the disk
 ZRAM_SLOT_BYTES = 16
-MM_STAT = ("orig_data_size", "compr_data_size", "mem_used_total", "mem_limit", "mem_used_max",
-           "same_pages", "pages_compacted", "huge_pages", "huge_pages_since")  # fmt: skip
+MM_STAT = (
+    "orig_data_size",
+    "compr_data_size",
+    "mem_used_total",
+    "mem_limit",
+    "mem_used_max",
+    "same_pages",
+    "pages_compacted",
+    "huge_pages",
+    "huge_pages_since",
+)
 
 
 class ZramUnavailable(Exception):

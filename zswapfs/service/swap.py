@@ -143,10 +143,18 @@ def _swapon_one(target: Target) -> str:
     if not os.path.ismount(mp):
         mp.mkdir(parents=True, exist_ok=True)
         res = subprocess.run(
-            [sys.executable, "-m", "zswapfs", "mount", str(mp), "--resolved-config",
-             json.dumps(dataclasses.asdict(cfg))],
-            capture_output=True, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "zswapfs",
+                "mount",
+                str(mp),
+                "--resolved-config",
+                json.dumps(dataclasses.asdict(cfg)),
+            ],
+            capture_output=True,
+            text=True,
+        )
         if res.returncode != 0:
             raise SwapError(res.stderr.strip().removeprefix("zswapfs: "))
         mounted_here = True
@@ -165,8 +173,9 @@ def _swapon_one(target: Target) -> str:
         if dev:
             subprocess.run(["losetup", "-d", dev], capture_output=True)
         if mounted_here:
-            subprocess.run([sys.executable, "-m", "zswapfs", "umount", str(mp)],
-                           capture_output=True)  # fmt: skip
+            subprocess.run(
+                [sys.executable, "-m", "zswapfs", "umount", str(mp)], capture_output=True
+            )
         raise
     return dev
 
@@ -189,8 +198,9 @@ def _swapoff_one(target: Target, keep_mount: bool) -> list[str]:
             _run("swapoff", dev)
         _run("losetup", "-d", dev)
     if not keep_mount and os.path.ismount(mp):
-        res = subprocess.run([sys.executable, "-m", "zswapfs", "umount", str(mp)],
-                             capture_output=True, text=True)  # fmt: skip
+        res = subprocess.run(
+            [sys.executable, "-m", "zswapfs", "umount", str(mp)], capture_output=True, text=True
+        )
         if res.returncode != 0:
             raise SwapError(res.stderr.strip().removeprefix("zswapfs: "))
     return devices

@@ -182,9 +182,13 @@ def memory_timeline(
 
 
 def planned_steps(
-    corpora: int, pools: list[str], codecs: list[str], with_zram: bool, fio: bool,
+    corpora: int,
+    pools: list[str],
+    codecs: list[str],
+    with_zram: bool,
+    fio: bool,
     timeline: bool = True,
-) -> int:  # fmt: skip
+) -> int:
     """How many times run() calls its progress callback (one call a step): a progress bar's
     length. Per corpus: loading it, the zram row (or the note why there is none), every pool x
     codec, a timeline per pool; with fio: a header, then every job on every mount (null-FUSE at
