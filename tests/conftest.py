@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from zswapfs.lab import cgroup
 from zswapfs.lab.procs import reap
 
 #: set by .ci/run: an environment skip is a failure
@@ -82,6 +83,19 @@ def mount_unavailable() -> str | None:
     if os.geteuid() != 0:
         return "not root: the mount tests use allow_other, loop devices and O_DIRECT as root"
     return None
+
+
+def swap_unavailable(cgroups: bool = True) -> str | None:
+    """Why swap on a loop device (and, with *cgroups*, a memory cgroup) cannot be used here."""
+    why = mount_unavailable()
+    if why:
+        return why
+    for tool in ("losetup", "mkswap", "swapon", "swapoff"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (util-linux)"
+    if not Path("/dev/loop-control").exists():
+        return "no loop devices (/dev/loop-control missing)"
+    return cgroup.unavailable() if cgroups else None
 
 
 needs_mount = pytest.mark.skipif(mount_unavailable() is not None, reason=str(mount_unavailable()))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
@@ -13,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Mounted, mount_unavailable, needs_mount, zswapfs_cmd
+from tests.conftest import Mounted, needs_mount, swap_unavailable, zswapfs_cmd
 from zswapfs.cli import CliError, listing
 from zswapfs.engine.codec import PAGE_SIZE
 from zswapfs.service import mounts
@@ -242,18 +241,6 @@ def test_unreadable_stats_show_a_marker(mount: Callable[..., Mounted]) -> None:
 
 
 # -- system: a loop device and swap --------------------------------------------------------------
-def swap_unavailable() -> str | None:
-    why = mount_unavailable()
-    if why:
-        return why
-    for tool in ("losetup", "mkswap", "swapon", "swapoff"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (util-linux)"
-    if not Path("/dev/loop-control").exists():
-        return "no loop devices (/dev/loop-control missing)"
-    return None
-
-
 @pytest.fixture
 def swap_config(tmp_path: Path) -> Iterator[Path]:
     config = tmp_path / "ops.toml"
@@ -272,7 +259,9 @@ def swap_config(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.mark.system
-@pytest.mark.skipif(swap_unavailable() is not None, reason=str(swap_unavailable()))
+@pytest.mark.skipif(
+    swap_unavailable(cgroups=False) is not None, reason=str(swap_unavailable(cgroups=False))
+)
 def test_list_shows_loop_device_and_swap_priority(swap_config: Path, tmp_path: Path) -> None:
     res = run("swapon", "--config", str(swap_config))
     assert res.returncode == 0, res.stderr

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_swap import loops_on, needs_swap, run
+from tests.test_swap import loops_on, needs_swap, run, take_down
 from zswapfs.lab import cgroup
 
 STRIPES = 2
@@ -26,15 +26,10 @@ def striped_config(tmp_path: Path) -> Iterator[Path]:
     config.write_text(
         f'size = "512M"\nmountpoint = "{mp}"\nstripes = {STRIPES}\nswap-priority = 32767\n'
     )
-    yield config
-    run("swapoff", "--config", str(config))
-    for i in range(STRIPES):
-        stripe = Path(f"{mp}-{i}")
-        for dev in loops_on(stripe / "swap.img"):
-            subprocess.run(["swapoff", dev], capture_output=True)
-            subprocess.run(["losetup", "-d", dev], capture_output=True)
-        if os.path.ismount(stripe):
-            subprocess.run(["fusermount3", "-u", "-z", str(stripe)], capture_output=True)
+    try:
+        yield config
+    finally:
+        take_down(config, [Path(f"{mp}-{i}") for i in range(STRIPES)])
 
 
 @pytest.mark.system

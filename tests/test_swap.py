@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import mount_unavailable, zswapfs_cmd
+from tests.conftest import swap_unavailable, zswapfs_cmd
 from zswapfs.lab import cgroup
 from zswapfs.service import swap
 from zswapfs.service.config import ConfigError
@@ -23,18 +23,6 @@ REPO = Path(__file__).parent.parent
 #: the highest swap priority: the kernel fills our device before any other swap on the machine,
 #: instead of spreading pages round-robin over every device of equal priority
 PRIORITY = 32767
-
-
-def swap_unavailable() -> str | None:
-    why = mount_unavailable()
-    if why:
-        return why
-    for tool in ("losetup", "mkswap", "swapon", "swapoff"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (util-linux)"
-    if not Path("/dev/loop-control").exists():
-        return "no loop devices (/dev/loop-control missing)"
-    return cgroup.unavailable()
 
 
 needs_swap = pytest.mark.skipif(swap_unavailable() is not None, reason=str(swap_unavailable()))
@@ -72,8 +60,15 @@ def swap_config(tmp_path: Path) -> Iterator[Path]:
     try:
         yield config
     finally:
-        run("swapoff", "--config", str(config))
-        for dev in loops_on(mp / "swap.img"):  # what swapoff could not undo
+        take_down(config, [mp])
+
+
+def take_down(config: Path, mountpoints: list[Path]) -> None:
+    """`zswapfs swapoff` the config, then undo whatever it could not: swap, loop devices and
+    the mounts at *mountpoints*."""
+    run("swapoff", "--config", str(config))
+    for mp in mountpoints:
+        for dev in loops_on(mp / "swap.img"):
             subprocess.run(["swapoff", dev], capture_output=True)
             subprocess.run(["losetup", "-d", dev], capture_output=True)
         if os.path.ismount(mp):
