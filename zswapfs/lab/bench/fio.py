@@ -108,10 +108,11 @@ def _force_unmount(mountpoint: Path) -> None:
 
 @contextlib.contextmanager
 def zswapfs_mounted(
-    mountpoint: Path, size: int, pool: str, codec: str, log: Path
+    mountpoint: Path, size: int, pool: str, codec: str, log: Path, extra: tuple[str, ...] = ()
 ) -> Iterator[Path]:
-    """A background `zswapfs mount` of *pool*/*codec*; yields the image path. Always unmounted
-    (`zswapfs umount`, else fusermount3 -u -z, and the daemon is stopped if it lingers)."""
+    """A background `zswapfs mount` of *pool*/*codec* (and *extra* options); yields the image
+    path. Always unmounted (`zswapfs umount`, else fusermount3 -u -z, and the daemon is stopped
+    if it lingers)."""
     pid: int | None = None
     try:
         res = subprocess.run(
@@ -129,6 +130,7 @@ def zswapfs_mounted(
                 codec,
                 "--log",
                 str(log),
+                *extra,
             ],
             capture_output=True,
             text=True,
