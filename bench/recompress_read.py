@@ -48,7 +48,7 @@ def main() -> None:
     data = load_corpus(args.corpus)
     pages = [data[i : i + PAGE_SIZE] for i in range(0, len(data), PAGE_SIZE)]
     plain, settled = fill(pages), fill(pages)
-    work = Recompression(settled, level=args.level, pause=lambda: None)
+    work = Recompression(settled, level=args.level, duty=1.0)
     settled._t0 -= work.idle + 1
     while work.step():
         pass

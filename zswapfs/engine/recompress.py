@@ -27,7 +27,6 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -47,6 +46,9 @@ MIN_GAIN = 16
 BATCH = 64
 #: most idle pages one step considers (and dedup compares at once)
 STEP_PAGES = 16384
+#: share of the time the loop may work (it rests the rest): the request path keeps the GIL
+#: most of the time while the loop catches up with a burst of idle pages
+DUTY = 0.25
 
 
 class Recompression:
@@ -59,7 +61,7 @@ class Recompression:
         dedup: bool = True,
         min_pages: int = TRAIN_MIN_PAGES,
         pages_per_step: int = STEP_PAGES,
-        pause: Callable[[], None] = lambda: time.sleep(0.0005),
+        duty: float = DUTY,
         stopping: threading.Event | None = None,
     ) -> None:
         self.store = store
@@ -69,7 +71,7 @@ class Recompression:
         self.dedup = dedup
         self.min_pages = min_pages
         self.pages_per_step = pages_per_step
-        self.pause = pause
+        self.duty = duty
         self.stopping = stopping or threading.Event()
         self.trainings = 0
         self.train_failures = 0
@@ -85,15 +87,31 @@ class Recompression:
             return changed
         pages = self.store.idle_pages(self.pages_per_step, max(0, int(self.idle)))
         if self.dedup and len(pages) > 1:
-            changed += self.store.dedup_scan(pages)
+            changed += self.store.dedup_scan(pages, between=self._yield)
+        started = time.perf_counter()
         for i, pn in enumerate(pages):
             if self.stopping.is_set():
                 break
             if self.store.recompress_page(pn, MIN_GAIN) == "done":
                 changed += 1
+            self._yield()
             if i % BATCH == BATCH - 1:
-                self.pause()
+                self._rest(started)
+                started = time.perf_counter()
         return changed
+
+    def _yield(self) -> None:
+        """Let a request thread waiting for the GIL have it now, not at the end of the
+        interpreter's switch interval (5 ms): the loop's Python between codec calls holds it."""
+        if self.duty < 1:
+            time.sleep(0)
+
+    def _rest(self, started: float) -> None:
+        """Sleep so the loop works at most *duty* of the time: a batch that took t seconds is
+        followed by t * (1 - duty) / duty seconds of rest."""
+        if self.duty < 1:
+            spent = time.perf_counter() - started
+            time.sleep(spent * (1 - self.duty) / self.duty)
 
     def _rewarm(self) -> int:
         done = 0

@@ -612,13 +612,14 @@ class PageStore:
             self.rewarm.discard(pn)
         return self._recode(pn, 0, -PAGE_SIZE)
 
-    def dedup_scan(self, pages: list[int]) -> int:
+    def dedup_scan(self, pages: list[int], between: Callable[[], None] = lambda: None) -> int:
         """Merge pool pages among *pages* whose stored objects are byte-identical (same codec
         slot, same payload: the same page). A digest only finds candidates; the bytes are
         compared under the store lock before two pages share one object. Returns the merges."""
         seen: dict[tuple[int, bytes], tuple[int, int]] = {}
         merged = 0
         for pn in pages:
+            between()
             with self.lock:
                 handle = self.index.item(pn)
                 if handle < FIRST_HANDLE:

@@ -85,7 +85,7 @@ def settle(store: PageStore, result: ReplayResult, level: int) -> None:
     """Every page idle: run the recompression loop (default settings but *level*) and compaction
     as the maintenance thread would, until a step changes nothing; record how long it took,
     the density over that time and after it."""
-    work = Recompression(store, level=level, pages_per_step=SETTLE_STEP_PAGES, pause=lambda: None)
+    work = Recompression(store, level=level, pages_per_step=SETTLE_STEP_PAGES, duty=1.0)
     store._t0 -= work.idle + 1  # the writes ended long enough ago: every page is idle
     t0 = time.perf_counter()
     timeline = [(0.0, density(store))]
