@@ -415,23 +415,36 @@ class PageStore:
         return data[skip : skip + size]
 
     # -- writeback and flush (other threads) ---------------------------------------------------
-    def _page_of(self, pn: int) -> tuple[int, bytes | None]:
-        """(entry, contents) of a page held in memory, read under the store lock and registered
-        in flight (the caller must end that with _rewritten); contents is None for pages not in
-        memory. Decompression happens after the lock is let go."""
+    def _peek(self, pn: int) -> tuple[int, bytes | None]:
+        """(entry, what is stored) of page *pn*, read under the store lock and registered in
+        flight (the caller must end that with _rewritten): the raw pool payload, the page itself
+        for a same-filled page, None for a page not in memory."""
         with self.lock:
             self._inflight[pn] = False
             entry = self.index.item(pn)
             if entry == SAME:
-                word = self.fill.get(pn, 0)
-                return entry, fill_page(word)
+                return entry, fill_page(self.fill.get(pn, 0))
             if entry < FIRST_HANDLE:
                 return entry, None
-            payload = self.pool.read(entry)
-            codec = self.codecs[(self.meta.item(pn) & SLOT_MASK) >> SLOT_SHIFT]
-        if len(payload) != PAGE_SIZE:
-            assert codec is not None
-            payload = codec.decompress(payload)
+            return entry, self.pool.read(entry)
+
+    def _decode(self, pn: int, payload: bytes) -> bytes:
+        """Page *pn* from its pool payload: a raw page as it is, else by the page's codec slot.
+        Read outside the lock: a page rewritten meanwhile may decode wrong or fail, and the
+        in-flight mark then refuses whatever the caller would have committed."""
+        if len(payload) == PAGE_SIZE:
+            return payload
+        codec = self.codecs[(self.meta.item(pn) & SLOT_MASK) >> SLOT_SHIFT]
+        if codec is None:
+            raise CodecError(f"page {pn}: its codec slot holds no codec")
+        return codec.decompress(payload)
+
+    def _page_of(self, pn: int) -> tuple[int, bytes | None]:
+        """(entry, contents) of a page held in memory, registered in flight (see _peek);
+        decompression happens after the lock is let go."""
+        entry, payload = self._peek(pn)
+        if entry >= FIRST_HANDLE and payload is not None:
+            payload = self._decode(pn, payload)
         return entry, payload
 
     def _rewritten(self, pn: int) -> bool:
@@ -550,15 +563,17 @@ class PageStore:
         except CodecError:
             return None
 
-    def _claim(self, pn: int) -> tuple[int, int, bytes] | None:
-        """(handle, meta, payload) of an unshared pool page, registered in flight; None if the
-        page holds no object of its own."""
+    def _claim(self, pn: int) -> tuple[int, bytes] | None:
+        """(handle, payload) of a pool page whose object is its own, registered in flight;
+        None (and out of flight) for any other page."""
+        entry, payload = self._peek(pn)
+        if entry >= FIRST_HANDLE and payload is not None:
+            with self.lock:
+                if entry not in self.shared:
+                    return entry, payload
         with self.lock:
-            entry = self.index.item(pn)
-            if entry < FIRST_HANDLE or entry in self.shared:
-                return None
-            self._inflight[pn] = False
-            return entry, self.meta.item(pn), self.pool.read(entry)
+            self._rewritten(pn)
+        return None
 
     def _recode(self, pn: int, to_slot: int, min_gain: int) -> str:
         """Re-encode page *pn* from its slot's codec into *to_slot*'s. "done", "skip" (did not
@@ -566,13 +581,12 @@ class PageStore:
         claimed = self._claim(pn)
         if claimed is None:
             return "gone"
-        handle, meta, payload = claimed
-        from_codec = self.codecs[(meta & SLOT_MASK) >> SLOT_SHIFT]
+        handle, payload = claimed
         to_codec = self.codecs[to_slot]
         new_handle = 0
         try:
-            assert from_codec is not None and to_codec is not None
-            page = payload if len(payload) == PAGE_SIZE else from_codec.decompress(payload)
+            assert to_codec is not None
+            page = self._decode(pn, payload)
             new = to_codec.compress(page)
             if len(new) >= self.pool.raw_threshold:
                 new = page
@@ -645,8 +659,7 @@ class PageStore:
                     or self.pool.read(handle) != payload
                 ):
                     continue
-                if self._inflight and pn in self._inflight:
-                    self._inflight[pn] = True
+                # a page in flight elsewhere (flush) keeps the same bytes: no rewrite to mark
                 size = self.pool.free(handle)
                 self.compr_data_size -= size
                 self.index[pn] = other
