@@ -64,6 +64,9 @@ class StorageFailure(StoreError):
 
 
 class PageStore:
+    #: which engine serves requests: this readable Python one, or "native" (native.py)
+    engine = "python"
+
     def __init__(
         self,
         npages: int,
@@ -502,6 +505,7 @@ class PageStore:
                 "reject_compress_poor": self.reject_compress_poor,
                 "reject_alloc_fail": self.reject_alloc_fail,
                 "reject_reclaim_fail": self.reject_reclaim_fail,
+                "engine": self.engine,
                 "codec": self.codec.name,
                 "pool": pool.name,
                 "backing": self.backing.path if self.backing else None,
