@@ -1542,6 +1542,17 @@ static int store_swap(StoreObject *s, uint32_t pn, uint32_t entry, int size, int
     return 0;
 }
 
+/* a same-filled page: *word* 512 times (out may sit at any alignment) */
+static void fill_words(uint8_t *out, uint64_t word)
+{
+    if (!word) {
+        memset(out, 0, PAGE_SIZE);
+        return;
+    }
+    for (int i = 0; i < PAGE_SIZE; i += 8)
+        memcpy(out + i, &word, 8);
+}
+
 static inline long long pool_bytes(const StoreObject *s)
 {
     return (long long)arena_pages_used(&s->pool->arena) * PAGE_SIZE;
@@ -1554,16 +1565,11 @@ enum { PAGE_DONE = 0, PAGE_PYTHON = 1, PAGE_NOT_LIVE = -1, PAGE_CORRUPT = -2, PA
  * PAGE_PYTHON for a page the Python path must decide (memory limit, a reject, no room). */
 static int store_page(StoreObject *s, uint32_t pn, const uint8_t *page, uint32_t stamp)
 {
-    const uint64_t *w = (const uint64_t *)page;
-    uint64_t word = w[0];
-    int same = 1;
-    for (int i = 1; i < PAGE_SIZE / 8; i++) {
-        if (w[i] != word) {
-            same = 0;
-            break;
-        }
-    }
-    if (same) {
+    /* same-filled: one 8-byte word repeated, i.e. the page equals itself shifted by a word
+     * (one memcmp; the buffer may sit at any alignment) */
+    uint64_t word;
+    memcpy(&word, page, 8);
+    if (memcmp(page, page + 8, PAGE_SIZE - 8) == 0) {
         int rc = PAGE_DONE;
         pthread_mutex_lock(&s->lock->mutex);
         if (store_swap(s, pn, SAME, 0, 0) != 0)
@@ -1615,13 +1621,7 @@ static int load_page(StoreObject *s, uint32_t pn, uint8_t *out, uint32_t now)
         s->meta[pn] = (s->meta[pn] & DIRTY) | now;
         uint64_t word = fill_get(s, pn);
         pthread_mutex_unlock(&s->lock->mutex);
-        if (!word) {
-            memset(out, 0, PAGE_SIZE);
-        } else {
-            uint64_t *o = (uint64_t *)out;
-            for (int i = 0; i < PAGE_SIZE / 8; i++)
-                o[i] = word;
-        }
+        fill_words(out, word);
         return PAGE_DONE;
     }
     if (entry < FIRST_HANDLE) {
@@ -2022,8 +2022,7 @@ static PyObject *Store_peek(StoreObject *s, PyObject *arg)
     }
     pthread_mutex_unlock(&s->lock->mutex);
     if (entry == SAME)
-        for (int i = 0; i < PAGE_SIZE / 8; i++)
-            ((uint64_t *)buf)[i] = word;
+        fill_words(buf, word);
     if (len == -1)
         return not_live(entry);
     if (len == -2)

@@ -234,6 +234,8 @@ def make_store(
             pool: Pool = NativeZsPool(npages + ZsPool.headroom(chain), chain)
             return NativeStore(npages, codec, pool, backing, mem_limit, huge_to_backing,
                                low_watermark)  # fmt: skip
-        log.info("native engine unavailable (%s): using the python engine", why)
+        # a missing build is worth a warning; a pool or codec not compiled yet is a choice
+        level = logging.WARNING if UNAVAILABLE else logging.INFO
+        log.log(level, "native engine unavailable (%s): using the python engine", why)
     pool = make_pool(pool_name, npages, max_chain=max_chain or DEFAULT_CHAIN)
     return PageStore(npages, codec, pool, backing, mem_limit, huge_to_backing, low_watermark)
