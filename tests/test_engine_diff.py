@@ -265,3 +265,29 @@ def test_zstd_round_trip_both_ways() -> None:
         nat._rewritten(pn)
     for s in stores:
         s.pool.close()
+
+
+def test_a_surprise_below_is_a_counted_storage_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception that is not a StoreError, from the Python path a page is handed back to,
+    comes out of the compiled request loop as StorageFailure from it, counted, as in
+    PageStore.write/read."""
+    from zswapfs.engine.codec import make_codec
+    from zswapfs.engine.store import StorageFailure
+
+    store = native.make_store("native", 8, make_codec("lz4"), "zsmalloc", mem_limit=PAGE_SIZE)
+    store.write(0, make_page("text", random.Random(1)))  # the pool now holds its limit
+
+    def boom(*args: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(store, "_write_slow", boom)
+    with pytest.raises(StorageFailure, match="boom") as info:
+        store.write(PAGE_SIZE, make_page("text", random.Random(2)))
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert store.failed_writes == 1
+    store.index[3] = 2  # as if written back: the read goes to Python, which fails the same way
+    monkeypatch.setattr(store, "_read_backing", boom)
+    with pytest.raises(StorageFailure, match="boom"):
+        store.read(3 * PAGE_SIZE, 10)
+    assert store.failed_reads == 1
+    store.pool.close()

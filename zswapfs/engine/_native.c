@@ -7,6 +7,9 @@
  * (size classes, zspage geometry, fullness groups, handle encoding, lock order); this file says
  * only where it differs and why.
  *
+ * Where it differs from the reference: arena segments are mapped with MAP_POPULATE (see
+ * arena_map); a new segment is resident at once, which the mlocked daemon's are anyway.
+ *
  * Objects
  *   Lock    a pthread mutex Python can hold too: `with store.lock:` waits with the GIL released.
  *   ZsPool  arena (memfd segments, lowest-first free map, hole punching), handle table, size
@@ -80,6 +83,7 @@ enum { CODEC_NONE = 0, CODEC_LZ4 = 1, CODEC_ZSTD = 2 };
 
 static PyObject *PoolFullError;     /* pools.PoolFull */
 static PyObject *StorageFailureError; /* store.StorageFailure */
+static PyObject *StoreErrorBase;      /* store.StoreError */
 
 /* ------------------------------------------------------------------------------------------ */
 /* Lock                                                                                        */
@@ -245,7 +249,9 @@ static int arena_map(Arena *a, uint32_t seg)
         close(fd);
         return -1;
     }
-    void *addr = mmap(NULL, SEG_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    /* populated at once, as the daemon's mlockall(MCL_FUTURE) does anyway: one batched fault
+     * for the segment instead of one a page on the write path (holes punched later stay free) */
+    void *addr = mmap(NULL, SEG_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
     if (addr == MAP_FAILED) {
         close(fd);
         return -1;
@@ -1827,7 +1833,44 @@ static int take_page(PyObject *res, uint8_t *dst)
     return 0;
 }
 
-/* _cwrite(offset, data, stamp=0): the whole write request, GIL released between callbacks */
+/* A request failed with an exception that is not a StoreError (a bug below, or a callback's
+ * surprise): count it and raise StorageFailure from it, as PageStore.write/read do (GIL held). */
+static PyObject *wrap_failure(StoreObject *s, int writing, unsigned long long offset,
+                              Py_ssize_t size)
+{
+    if (!PyErr_Occurred() || PyErr_ExceptionMatches(StoreErrorBase))
+        return NULL;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb)
+        PyException_SetTraceback(value, tb);
+    lock_wait(s->lock);
+    if (writing)
+        s->failed_writes++;
+    else
+        s->failed_reads++;
+    pthread_mutex_unlock(&s->lock->mutex);
+    PyObject *msg = writing ? PyUnicode_FromFormat("writing at %llu: %R", offset, value)
+                            : PyUnicode_FromFormat("reading %zd bytes at %llu: %R", size, offset,
+                                                   value);
+    PyObject *exc = msg ? PyObject_CallOneArg(StorageFailureError, msg) : NULL;
+    Py_XDECREF(msg);
+    if (exc) {
+        Py_INCREF(value);
+        PyException_SetCause(exc, value);
+        PyException_SetContext(exc, value);
+        PyErr_SetObject(StorageFailureError, exc);
+        Py_DECREF(exc);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    return NULL;
+}
+
+/* write(offset, data) / _cwrite(offset, data, stamp=0): the whole write request, the page loop
+ * with the GIL released except for the rare page handed back to Python */
 static PyObject *Store_cwrite(StoreObject *s, PyObject *args)
 {
     unsigned long long offset;
@@ -1899,7 +1942,7 @@ static PyObject *Store_cwrite(StoreObject *s, PyObject *args)
         PyEval_RestoreThread(ts);
     PyBuffer_Release(&data);
     if (failed)
-        return NULL;
+        return wrap_failure(s, 1, offset, 0);
     Py_RETURN_NONE;
 }
 
@@ -1953,7 +1996,7 @@ static PyObject *Store_cread(StoreObject *s, PyObject *args)
         PyEval_RestoreThread(ts);
     if (failed) {
         Py_DECREF(result);
-        return NULL;
+        return wrap_failure(s, 0, offset, size);
     }
     return result;
 }
@@ -2085,6 +2128,8 @@ static PyMemberDef Store_members[] = {
 
 static PyMethodDef Store_methods[] = {
     {"_setup", (PyCFunction)(void (*)(void))Store_setup, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"write", (PyCFunction)Store_cwrite, METH_VARARGS, "write(offset, data): one request"},
+    {"read", (PyCFunction)Store_cread, METH_VARARGS, "read(offset, size) -> bytes: one request"},
     {"_cwrite", (PyCFunction)Store_cwrite, METH_VARARGS, "_cwrite(offset, data, stamp=0)"},
     {"_cread", (PyCFunction)Store_cread, METH_VARARGS, "_cread(offset, size) -> bytes"},
     {"_swap", (PyCFunction)Store_swap, METH_VARARGS, "_swap(pn, entry, size); store lock held"},
@@ -2112,16 +2157,17 @@ static PyTypeObject StoreType = {
 
 static PyObject *set_errors(PyObject *mod, PyObject *args)
 {
-    PyObject *pool_full, *storage_failure_cls;
-    if (!PyArg_ParseTuple(args, "OO", &pool_full, &storage_failure_cls))
+    PyObject *pool_full, *storage_failure_cls, *store_error;
+    if (!PyArg_ParseTuple(args, "OOO", &pool_full, &storage_failure_cls, &store_error))
         return NULL;
     Py_XSETREF(PoolFullError, Py_NewRef(pool_full));
     Py_XSETREF(StorageFailureError, Py_NewRef(storage_failure_cls));
+    Py_XSETREF(StoreErrorBase, Py_NewRef(store_error));
     Py_RETURN_NONE;
 }
 
 static PyMethodDef module_methods[] = {
-    {"_set_errors", set_errors, METH_VARARGS, "_set_errors(PoolFull, StorageFailure)"},
+    {"_set_errors", set_errors, METH_VARARGS, "_set_errors(PoolFull, StorageFailure, StoreError)"},
     {NULL},
 };
 
@@ -2137,6 +2183,7 @@ PyMODINIT_FUNC PyInit__native(void)
         return PyErr_NoMemory();
     PoolFullError = Py_NewRef(PyExc_MemoryError);
     StorageFailureError = Py_NewRef(PyExc_OSError);
+    StoreErrorBase = Py_NewRef(PyExc_OSError);
     if (PyType_Ready(&LockType) < 0 || PyType_Ready(&PoolType) < 0 ||
         PyType_Ready(&StoreType) < 0)
         return NULL;

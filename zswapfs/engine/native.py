@@ -43,7 +43,7 @@ except ImportError as exc:  # built without a compiler, or liblz4/libzstd missin
     _native = None  # type: ignore[assignment]
     UNAVAILABLE: str | None = f"the compiled engine is not built ({exc})"
 else:
-    _native._set_errors(PoolFull, StorageFailure)
+    _native._set_errors(PoolFull, StorageFailure, StoreError)
     UNAVAILABLE = None
 
 
@@ -163,26 +163,9 @@ if _native is not None:
                 self._t0,
             )
 
-        # -- one call a request ------------------------------------------------------------
-        def write(self, offset: int, data: bytes) -> None:
-            try:
-                self._cwrite(offset, data)
-            except StoreError:
-                raise
-            except Exception as exc:  # a bug below must not pass for a stored page
-                with self.lock:
-                    self.failed_writes += 1
-                raise StorageFailure(f"writing at {offset}: {exc!r}") from exc
-
-        def read(self, offset: int, size: int) -> bytes:
-            try:
-                return self._cread(offset, size)
-            except StoreError:
-                raise
-            except Exception as exc:  # a bug below must not pass for a page read
-                with self.lock:
-                    self.failed_reads += 1
-                raise StorageFailure(f"reading {size} bytes at {offset}: {exc!r}") from exc
+        # -- one call a request: write(offset, data) and read(offset, size) are the C
+        # methods themselves (a failure that is not a StoreError is counted and raised as
+        # StorageFailure there, as PageStore.write/read do)
 
         def write_page(self, pn: int, page: bytes, stamp: int = 0) -> None:
             if len(page) != PAGE_SIZE:
