@@ -291,3 +291,55 @@ def test_a_surprise_below_is_a_counted_storage_failure(monkeypatch: pytest.Monke
         store.read(3 * PAGE_SIZE, 10)
     assert store.failed_reads == 1
     store.pool.close()
+
+
+def test_requests_and_maintenance_in_two_threads(tmp_path: Path) -> None:
+    """The compiled request loop on one thread, compaction, migration, segment release and
+    writeback on another, all through the store and pool locks: every page reads back as last
+    written and nothing deadlocks (the join deadline only ends a hang)."""
+    import threading
+
+    from zswapfs.engine.codec import make_codec
+
+    npages = 512
+    backing = BackingFile(str(tmp_path / "b.img"), npages, persistent=False)
+    store = native.make_store("native", npages, make_codec("lz4"), "zsmalloc", backing=backing,
+                              mem_limit=96 * PAGE_SIZE)  # fmt: skip
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def maintain() -> None:
+        try:
+            while not stop.is_set():
+                store.pool.compact_step()
+                store.pool.migrate_top()
+                store.pool.release_segments()
+                for pn in store.cold_pages(8):
+                    store.writeback_page(pn)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=maintain)
+    worker.start()
+    model: dict[int, bytes] = {}
+    rnd = random.Random(11)
+    try:
+        for _ in range(3000):
+            pn = rnd.randrange(npages - 4)
+            count = rnd.choice((1, 1, 1, 4))
+            data = b"".join(make_page(rnd.choice(KINDS), rnd) for _ in range(count))
+            store.write(pn * PAGE_SIZE, data)
+            for i in range(count):
+                model[pn + i] = data[i * PAGE_SIZE : (i + 1) * PAGE_SIZE]
+            probe = rnd.choice(list(model))
+            assert store.read(probe * PAGE_SIZE, PAGE_SIZE) == model[probe]
+    finally:
+        stop.set()
+        worker.join(timeout=60)
+    assert not worker.is_alive(), "maintenance thread hung"
+    assert not errors, errors
+    for pn, page in model.items():
+        assert store.read(pn * PAGE_SIZE, PAGE_SIZE) == page
+    assert store.bd_count > 0 and store.stored_pages + store.bd_count == len(model)
+    store.pool.close()
+    backing.close()
