@@ -293,18 +293,22 @@ def test_a_surprise_below_is_a_counted_storage_failure(monkeypatch: pytest.Monke
     store.pool.close()
 
 
-def test_requests_and_maintenance_in_two_threads(tmp_path: Path) -> None:
-    """The compiled request loop on one thread, compaction, migration, segment release and
-    writeback on another, all through the store and pool locks: every page reads back as last
-    written and nothing deadlocks (the join deadline only ends a hang)."""
+@pytest.mark.parametrize("engine", ["python", "native"])
+def test_requests_and_maintenance_in_two_threads(tmp_path: Path, engine: str) -> None:
+    """Requests on one thread; compaction, migration, segment release and writeback on another,
+    all through the store and pool locks, while writes over the memory limit go to the backing
+    file: every page reads back as last written (a writeback's older copy never lands in the
+    file after the write path's newer one) and nothing deadlocks (the join deadline only ends a
+    hang)."""
     import threading
 
     from zswapfs.engine.codec import make_codec
 
     npages = 512
     backing = BackingFile(str(tmp_path / "b.img"), npages, persistent=False)
-    store = native.make_store("native", npages, make_codec("lz4"), "zsmalloc", backing=backing,
+    store = native.make_store(engine, npages, make_codec("lz4"), "zsmalloc", backing=backing,
                               mem_limit=96 * PAGE_SIZE)  # fmt: skip
+    assert store.engine == engine
     stop = threading.Event()
     errors: list[BaseException] = []
 

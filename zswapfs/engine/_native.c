@@ -20,11 +20,13 @@
  *           PageStore, so the rare paths (memory limit, backing file, rejects, writeback,
  *           flush) are PageStore's own Python code running over these primitives.
  *
- * GIL and locks: a request (_cwrite, _cread) runs with the GIL released and takes the store
- * lock, then the pool lock, once per page. It never waits for the GIL while holding either
- * lock: before calling back into Python for a rare page it lets both go. Every wait for a
- * lock made while holding the GIL lets the GIL go first, so a thread holding a lock and
- * wanting the GIL can always finish.
+ * GIL and locks: a request (write, read) runs with the GIL released and takes the store lock,
+ * then the pool lock, once per page; before calling back into Python for a rare page it lets
+ * both go. The one rule that keeps the GIL and the two mutexes from deadlocking: no thread
+ * waits for a mutex while it holds the GIL. Every such wait goes through lock_wait, which lets
+ * the GIL go first (a thread may then hold a mutex while it waits to take the GIL back, as
+ * with threading.Lock; that is safe because whoever holds the GIL is never blocked on a
+ * mutex). pthread_mutex_lock is called directly only with the GIL released.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -2059,7 +2061,7 @@ static PyObject *Store_peek(StoreObject *s, PyObject *arg)
         word = fill_get(s, pn);
         len = PAGE_SIZE;
     } else if (entry >= FIRST_HANDLE) {
-        pthread_mutex_lock(&s->pool->lock->mutex);
+        lock_wait(s->pool->lock); /* the GIL is held here: never wait for a lock with it */
         len = pool_read_locked(s->pool, entry, buf);
         pthread_mutex_unlock(&s->pool->lock->mutex);
     }
@@ -2085,6 +2087,16 @@ static PyObject *Store_rewritten(StoreObject *s, PyObject *arg)
     int rewritten = (int)f->rewritten;
     *f = s->inflight[--s->inflight_n];
     return PyBool_FromLong(rewritten);
+}
+
+/* _was_rewritten(pn) -> bool: like _rewritten, but pn stays in flight (store lock held) */
+static PyObject *Store_was_rewritten(StoreObject *s, PyObject *arg)
+{
+    uint32_t pn;
+    if (store_check(s) || parse_pn(s, arg, &pn))
+        return NULL;
+    Inflight *f = inflight_find(s, pn);
+    return PyBool_FromLong(!f || f->rewritten);
 }
 
 /* _fill_word(pn) -> the same-filled word of pn (0 when none is kept) */
@@ -2135,6 +2147,7 @@ static PyMethodDef Store_methods[] = {
     {"_swap", (PyCFunction)Store_swap, METH_VARARGS, "_swap(pn, entry, size); store lock held"},
     {"_peek", (PyCFunction)Store_peek, METH_O, "_peek(pn) -> (entry, payload or None)"},
     {"_rewritten", (PyCFunction)Store_rewritten, METH_O, "_rewritten(pn); store lock held"},
+    {"_was_rewritten", (PyCFunction)Store_was_rewritten, METH_O, "store lock held"},
     {"_fill_word", (PyCFunction)Store_fill_word, METH_O, NULL},
     {NULL},
 };
