@@ -4,7 +4,7 @@ VENV ?= .venv
 MOUNTPOINT ?= /run/zswapfs
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench sanitize clean
 
 $(STAMP): pyproject.toml scripts/install-deps.sh
 	./scripts/install-deps.sh
@@ -31,5 +31,23 @@ test: lint
 bench: setup
 	$(VENV)/bin/zswapfs bench --out bench/results
 
+# not a set-up command: the compiled engine built with AddressSanitizer and UBSan into
+# build-sanitize/ (a copy of the package beside it), and the differential test run against that
+# build; libasan is preloaded because the Python host is not instrumented, leaks are not checked
+# (the interpreter keeps memory to exit by design)
+SAN := build-sanitize
+SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g
+sanitize: setup
+	rm -rf $(SAN) && mkdir -p $(SAN)/src
+	cp -r zswapfs tests pyproject.toml $(SAN)/src/ && find $(SAN)/src -name '*.so' -delete
+	CFLAGS="$(SAN_FLAGS)" LDFLAGS="$(SAN_FLAGS)" $(VENV)/bin/python setup.py -q build_ext \
+		--force --build-temp $(SAN)/tmp --build-lib $(SAN)/src
+	cd $(SAN)/src && LD_PRELOAD=$$(gcc -print-file-name=libasan.so) \
+		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+		$(CURDIR)/$(VENV)/bin/python -c 'import zswapfs.engine._native as n; print("sanitized build:", n.__file__); assert "/$(SAN)/" in n.__file__' && \
+		LD_PRELOAD=$$(gcc -print-file-name=libasan.so) \
+		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+		$(CURDIR)/$(VENV)/bin/python -m pytest -q -s tests/test_engine_diff.py
+
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) *.egg-info build $(SAN)

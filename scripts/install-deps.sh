@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the system packages zswapfs needs on Debian/Ubuntu, only those missing:
 # fuse3 (fusermount3), libfuse3-dev + pkg-config (pyfuse3 builds from source), fio (tests, bench),
-# util-linux (losetup, mkswap, swapon) and systemd (systemd-analyze checks the units).
+# util-linux (losetup, mkswap, swapon), systemd (systemd-analyze checks the units), and
+# liblz4-dev + libzstd-dev (the compiled engine, zswapfs/engine/_native.c, links them).
 set -euo pipefail
-pkgs=(fuse3 libfuse3-dev pkg-config fio util-linux systemd)
+pkgs=(fuse3 libfuse3-dev pkg-config fio util-linux systemd liblz4-dev libzstd-dev)
 python3 -c 'import ensurepip' 2>/dev/null || pkgs+=(python3-venv)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -62,8 +62,8 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
     for flag in ("aggressive_maintenance", "writeback_huge_first", "force"):
         if getattr(args, flag):
             overrides[flag] = True
-    for key in ("codec", "pool", "name", "max_chain", "maintenance_interval", "high_watermark",
-                "low_watermark", "mode", "idle_writeback", "recompress",
+    for key in ("codec", "pool", "engine", "name", "max_chain", "maintenance_interval",
+                "high_watermark", "low_watermark", "mode", "idle_writeback", "recompress",
                 "recompress_idle", "metrics_port", "metrics_address"):  # fmt: skip
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)

@@ -26,7 +26,8 @@ Shared objects (dedup) have a reference count in `shared` (handle -> references 
 first); recompression slots count their pages in `slot_pages`, and a slot's codec (with its
 dictionary) is dropped when its last page leaves it and a newer slot has taken over.
 
-Lock order: store.lock -> pool.lock. The store lock guards the index, meta and the counters.
+Lock order: _file_lock -> store.lock -> pool.lock (the file lock only around backing-file writes,
+see below). The store lock guards the index, meta and the counters.
 A reader copies the object out while holding the store lock (so no writer can free the handle
 under it) and decompresses after letting go. A writer compresses and places the new object
 before it takes the store lock, then swaps the index entry and frees the old object under it.
@@ -35,7 +36,11 @@ and again to commit it; file I/O and codec calls happen with no lock held. Compa
 is not enough to know the page was left alone meanwhile: pools reuse a freed handle first, so a
 page rewritten twice can come back to the very handle that was read (ABA). So a page under
 writeback, flush, recompression or dedup is registered in `_inflight`, every rewrite of it (in
-_swap) marks it there, and the commit is refused when it was marked.
+_swap) marks it there, and the commit is refused when it was marked. The file write itself is
+ordered too: a page the write path sends to the backing file (_reject) is written and committed
+under the file lock, and writeback and flush check, under the same lock, that the page was not
+rewritten before they write their (older) copy (_write_file). Full lock order: file lock ->
+store lock -> pool lock.
 
 Errors: the store raises StoreError subclasses, never errno values; fs.py maps them.
 """
@@ -83,6 +88,9 @@ class StorageFailure(StoreError):
 
 
 class PageStore:
+    #: which engine serves requests: this readable Python one, or "native" (native.py)
+    engine = "python"
+
     def __init__(
         self,
         npages: int,
@@ -127,6 +135,8 @@ class PageStore:
         self._t0 = time.monotonic()
         #: pages being written back or flushed -> rewritten meanwhile (store lock held)
         self._inflight: dict[int, bool] = {}
+        #: held across a backing-file write and its commit (see _write_file)
+        self._file_lock = threading.Lock()
         self.stored_pages = 0
         self.same_pages = 0
         self.huge_pages = 0
@@ -264,18 +274,19 @@ class PageStore:
             if reject == "reject_compress_fail":
                 raise StorageFailure(f"page {pn}: the codec failed and there is no backing file")
             raise StoreFull(f"page {pn}: {reject.replace('_', ' ')} and no backing file")
-        try:
-            self.backing.write_page(pn, page)
-        except BackingError as exc:
-            log.error("%s: keeping page %d in the pool over its limit", exc, pn)
-            with self.lock:
-                self.bd_errors += 1
-        else:
-            with self.lock:
-                self.bd_writes += 1
-                self._swap(pn, BACKED, 0)
-                self.meta[pn] = stamp & AGE_MASK  # the file holds it: clean
-            return
+        with self._file_lock:  # no older copy from writeback or flush may land after this one
+            try:
+                self.backing.write_page(pn, page)
+            except BackingError as exc:
+                log.error("%s: keeping page %d in the pool over its limit", exc, pn)
+                with self.lock:
+                    self.bd_errors += 1
+            else:
+                with self.lock:
+                    self.bd_writes += 1
+                    self._swap(pn, BACKED, 0)
+                    self.meta[pn] = stamp & AGE_MASK  # the file holds it: clean
+                return
         if payload is None:
             try:
                 payload = self.codec.compress(page)
@@ -451,6 +462,22 @@ class PageStore:
         """Take *pn* out of flight (store lock held): was it rewritten since _page_of?"""
         return self._inflight.pop(pn, True)
 
+    def _was_rewritten(self, pn: int) -> bool:
+        """Like _rewritten, but *pn* stays in flight (store lock held)."""
+        return self._inflight.get(pn, True)
+
+    def _write_file(self, pn: int, page: bytes) -> bool:
+        """Write *page*, read by _page_of, to the backing file unless the page was rewritten
+        since; False if it was. Under the file lock: a rewrite that sends the page to the file
+        (_reject) either comes first and is seen here, or waits and writes after this."""
+        assert self.backing is not None
+        with self._file_lock:
+            with self.lock:
+                if self._was_rewritten(pn):
+                    return False
+            self.backing.write_page(pn, page)
+        return True
+
     def writeback_page(self, pn: int) -> bool:
         """Move page *pn* from the pool to the backing file. False when it is not in the pool,
         was rewritten meanwhile, or the backing file failed (the page then stays in the pool)."""
@@ -465,7 +492,7 @@ class PageStore:
         clean = self.persistent and not self.meta.item(pn) & DIRTY
         if entry >= FIRST_HANDLE and page is not None and not clean:
             try:
-                self.backing.write_page(pn, page)
+                self._write_file(pn, page)  # when it was rewritten, the commit below refuses
             except BackingError as exc:
                 with self.lock:
                     self.bd_errors += 1
@@ -490,8 +517,7 @@ class PageStore:
         for pn in np.flatnonzero(self.meta & DIRTY).tolist():
             try:
                 _, page = self._page_of(pn)
-                if page is not None:
-                    self.backing.write_page(pn, page)
+                if page is not None and self._write_file(pn, page):
                     written += 1
             except (BackingError, CodecError) as exc:
                 with self.lock:
@@ -759,6 +785,7 @@ class PageStore:
                 "pages_deduped": sum(self.shared.values()),
                 "dedup_saved_bytes": sum(pool.size(h) * refs for h, refs in self.shared.items()),
                 "dedup_merges": self.dedup_merges,
+                "engine": self.engine,
                 "codec": self.codec.name,
                 "pool": pool.name,
                 "backing": self.backing.path if self.backing else None,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from zswapfs.engine.codec import PAGE_SIZE, CodecError, make_codec
+from zswapfs.engine.native import ENGINE_NAMES
 from zswapfs.engine.pools import POOL_NAMES
 from zswapfs.service import sizeexpr
 from zswapfs.service.safepath import UnsafePath, check_directory
@@ -45,6 +46,8 @@ class MountConfig:
     size: int = 1 << 30
     codec: str = "lz4"
     pool: str = "zsmalloc"
+    #: "native" (compiled; zsmalloc only, other pools fall back to python) or "python"
+    engine: str = "native"
     name: str = "swap.img"
     max_chain: int = 8
     direct_io: bool = True
@@ -86,6 +89,10 @@ class MountConfig:
         if self.pool not in POOL_NAMES:
             raise ConfigError(
                 f"pool: unknown pool {self.pool!r} (expected {', '.join(POOL_NAMES)})"
+            )
+        if self.engine not in ENGINE_NAMES:
+            raise ConfigError(
+                f"engine: unknown engine {self.engine!r} (expected {', '.join(ENGINE_NAMES)})"
             )
         if not self.name or "/" in self.name or self.name in (".", "..", "stats"):
             raise ConfigError(f"name: {self.name!r} is not a usable file name")
@@ -149,6 +156,7 @@ _KEYS = {
     "codec": "codec",
     "compression-algorithm": "codec",
     "pool": "pool",
+    "engine": "engine",
     "name": "name",
     "max-chain": "max_chain",
     "direct-io": "direct_io",

@@ -20,7 +20,7 @@ import trio
 from zswapfs.engine.backing import BackingError, BackingFile
 from zswapfs.engine.codec import make_codec
 from zswapfs.engine.maintenance import Maintenance
-from zswapfs.engine.pools import make_pool
+from zswapfs.engine.native import make_store
 from zswapfs.engine.recompress import Recompression
 from zswapfs.engine.store import PageStore, StoreError
 from zswapfs.fs import UnknownCommand, ZswapOperations
@@ -82,10 +82,10 @@ def build(cfg: MountConfig) -> PageStore:
             )
         except BackingError as exc:
             raise MountError(str(exc)) from None
-    pool = make_pool(cfg.pool, cfg.npages, max_chain=cfg.max_chain)
-    return PageStore(cfg.npages, codec, pool, backing=backing, mem_limit=cfg.mem_limit,
-                     huge_to_backing=cfg.writeback_huge_first,
-                     low_watermark=cfg.low_watermark)  # fmt: skip
+    return make_store(cfg.engine, cfg.npages, codec, cfg.pool, max_chain=cfg.max_chain,
+                      backing=backing, mem_limit=cfg.mem_limit,
+                      huge_to_backing=cfg.writeback_huge_first,
+                      low_watermark=cfg.low_watermark)  # fmt: skip
 
 
 def recompression_for(cfg: MountConfig, store: PageStore) -> Recompression | None:
@@ -176,7 +176,8 @@ def run(mountpoint: str, cfg: MountConfig, ready_fd: int | None = None) -> None:
         if store.backing is not None:
             store.backing.close()
         raise MountError(f"cannot mount on {mountpoint}: {exc}") from None
-    log.info("mounted %s: %d bytes, codec %s, pool %s", image, cfg.size, store.codec.name, cfg.pool)
+    log.info("mounted %s: %d bytes, codec %s, pool %s, engine %s", image, cfg.size,
+             store.codec.name, cfg.pool, store.engine)  # fmt: skip
     maintenance.start()
     if metrics is not None:
         metrics.start()

@@ -1,0 +1,37 @@
+"""The compiled page engine (zswapfs/engine/_native.c), linked against the system liblz4 and
+libzstd found with pkg-config. The extension is optional: without a compiler or those headers
+zswapfs still installs and runs its Python engine (the daemon logs that the native engine is
+unavailable and `stats` shows "engine": "python")."""
+
+import subprocess
+
+from setuptools import Extension, setup
+
+LIBS = ["liblz4", "libzstd"]
+
+
+def pkg_config(flag: str) -> list[str]:
+    try:
+        out = subprocess.run(
+            ["pkg-config", flag, *LIBS], capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    return out.split()
+
+
+cflags = pkg_config("--cflags")
+libs = pkg_config("--libs") or ["-llz4", "-lzstd"]
+
+setup(
+    ext_modules=[
+        Extension(
+            "zswapfs.engine._native",
+            ["zswapfs/engine/_native.c"],
+            extra_compile_args=[*cflags, "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
+                                "-Wno-missing-field-initializers", "-Wno-cast-function-type"],
+            extra_link_args=libs,
+            optional=True,
+        )
+    ]
+)

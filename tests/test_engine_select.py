@@ -1,0 +1,54 @@
+"""Choosing the engine: --engine / the `engine` key, the fallback to python, `stats`."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+
+import pytest
+
+from tests.conftest import Mounted, needs_mount
+from zswapfs.engine import native
+from zswapfs.engine.codec import PAGE_SIZE
+from zswapfs.service.config import ConfigError, MountConfig, from_mapping
+
+SIZE = 8 << 20
+needs_native = pytest.mark.skipif(not native.available(), reason=str(native.UNAVAILABLE))
+
+
+@pytest.mark.unit
+def test_engine_key_and_its_check() -> None:
+    assert MountConfig().engine == "native"
+    assert from_mapping({"engine": "python"}).check().engine == "python"
+    with pytest.raises(ConfigError, match="engine: unknown engine 'fast'"):
+        from_mapping({"engine": "fast"}).check()
+
+
+@pytest.mark.mount
+@needs_mount
+@needs_native
+@pytest.mark.parametrize(
+    ("args", "engine"),
+    [
+        ([], "native"),
+        (["--engine", "python"], "python"),
+        (["--engine", "native", "--pool", "zbud"], "python"),
+        (["--engine", "native", "--codec", "zstd:1"], "native"),
+    ],
+)
+def test_stats_name_the_engine(mount: Callable[..., Mounted], args: list[str], engine: str) -> None:
+    m = mount("--size", str(SIZE), *args)
+    rnd = random.Random(2)
+    data = b"".join(rnd.randbytes(1000) + bytes(PAGE_SIZE - 1000) for _ in range(64))
+    fd = os.open(m.image, os.O_RDWR)
+    try:
+        os.pwrite(fd, data, 12345)
+        assert os.pread(fd, len(data), 12345) == data
+    finally:
+        os.close(fd)
+    stats = m.stats()
+    assert stats["engine"] == engine
+    assert stats["stored_pages"] == 65  # 64 pages' worth, unaligned: 65 pages touched
+    if "zbud" in args:
+        assert "native engine unavailable (the zbud pool is Python only)" in m.log_text()

@@ -1,0 +1,2251 @@
+/* The compiled page engine: the zsmalloc pool, the page index and the request loop in C.
+ *
+ * It is a transcription of the readable Python reference (store.py, pools/zsmalloc.py,
+ * pools/__init__.py, arena.py), data structure for data structure, so that both engines make
+ * the same placement decisions and keep the same counters; tests/test_engine_diff.py drives
+ * both with the same random sequences and compares them. Read the Python modules for the design
+ * (size classes, zspage geometry, fullness groups, handle encoding, lock order); this file says
+ * only where it differs and why.
+ *
+ * Where it differs from the reference: arena segments are mapped with MAP_POPULATE (see
+ * arena_map); a new segment is resident at once, which the mlocked daemon's are anyway.
+ *
+ * Objects
+ *   Lock    a pthread mutex Python can hold too: `with store.lock:` waits with the GIL released.
+ *   ZsPool  arena (memfd segments, lowest-first free map, hole punching), handle table, size
+ *           classes and zspages; its own Lock (the pool lock).
+ *   Store   the request loop over numpy-owned index and meta arrays (this object keeps the
+ *           buffers exported while it lives), the same-filled words, the pages in flight and
+ *           the counters. The Python class NativeStore (native.py) derives from it and from
+ *           PageStore, so the rare paths (memory limit, backing file, rejects, writeback,
+ *           flush) are PageStore's own Python code running over these primitives.
+ *
+ * GIL and locks: a request (write, read) runs with the GIL released and takes the store lock,
+ * then the pool lock, once per page; before calling back into Python for a rare page it lets
+ * both go. The one rule that keeps the GIL and the two mutexes from deadlocking: no thread
+ * waits for a mutex while it holds the GIL. Every such wait goes through lock_wait, which lets
+ * the GIL go first (a thread may then hold a mutex while it waits to take the GIL back, as
+ * with threading.Lock; that is safe because whoever holds the GIL is never blocked on a
+ * mutex). pthread_mutex_lock is called directly only with the GIL released.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <lz4.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+#include <zstd.h>
+
+#ifndef FALLOC_FL_KEEP_SIZE
+#define FALLOC_FL_KEEP_SIZE 0x01
+#endif
+#ifndef FALLOC_FL_PUNCH_HOLE
+#define FALLOC_FL_PUNCH_HOLE 0x02
+#endif
+
+#define PAGE_SIZE 4096
+#define SEG_SHIFT 8
+#define SEG_PAGES (1u << SEG_SHIFT)
+#define SEG_MASK (SEG_PAGES - 1)
+#define SEG_BYTES ((size_t)SEG_PAGES * PAGE_SIZE)
+
+/* zsmalloc constants: see pools/zsmalloc.py */
+#define HDR 4
+#define DELTA 16
+#define MIN_SIZE 32
+#define NSIZES ((PAGE_SIZE - MIN_SIZE) / DELTA + 1)
+#define NGROUPS 12
+#define GROUP_FULL 11
+#define NONE (-1)
+#define COMPACT_BUDGET 32
+#define HUGE_LOC (1ull << 62)
+#define HUGE_OWNER (1u << 31)
+#define FREE_TAG (1ull << 63)
+#define PN_MASK 0xFFFFFFFFull
+#define LEN_MASK 0x1FFFull
+#define IDX_MASK 0x7FFull
+#define MAX_HANDLES (1ull << 31)
+
+/* store constants: see store.py */
+#define EMPTY 0u
+#define SAME 1u
+#define BACKED 2u
+#define FIRST_HANDLE 3u
+#define DIRTY (1u << 31)
+/* store.py's meta layout: recompressed pages (a codec slot) and pages sharing an object (dedup)
+ * are left to the Python code, which keeps the slot and reference counts */
+#define SHARED (1u << 23)
+#define SLOT_MASK (0x3Fu << 24)
+#define AGE_MASK (SHARED - 1)
+
+enum { CODEC_NONE = 0, CODEC_LZ4 = 1, CODEC_ZSTD = 2 };
+
+static PyObject *PoolFullError;     /* pools.PoolFull */
+static PyObject *StorageFailureError; /* store.StorageFailure */
+static PyObject *StoreErrorBase;      /* store.StoreError */
+
+/* ------------------------------------------------------------------------------------------ */
+/* Lock                                                                                        */
+
+typedef struct {
+    PyObject_HEAD
+    pthread_mutex_t mutex;
+} LockObject;
+
+static void lock_wait(LockObject *l)
+{
+    /* GIL held: an uncontended lock costs no GIL hand-off */
+    if (pthread_mutex_trylock(&l->mutex) == 0)
+        return;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&l->mutex);
+    Py_END_ALLOW_THREADS
+}
+
+static PyObject *Lock_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    LockObject *self = (LockObject *)type->tp_alloc(type, 0);
+    if (self)
+        pthread_mutex_init(&self->mutex, NULL);
+    return (PyObject *)self;
+}
+
+static void Lock_dealloc(LockObject *self)
+{
+    pthread_mutex_destroy(&self->mutex);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Lock_acquire(LockObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"blocking", "timeout", NULL};
+    int blocking = 1;
+    double timeout = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|pd", kwlist, &blocking, &timeout))
+        return NULL;
+    if (!blocking)
+        return PyBool_FromLong(pthread_mutex_trylock(&self->mutex) == 0);
+    lock_wait(self);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *Lock_release(LockObject *self, PyObject *unused)
+{
+    pthread_mutex_unlock(&self->mutex);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lock_exit(LockObject *self, PyObject *args)
+{
+    pthread_mutex_unlock(&self->mutex);
+    Py_RETURN_FALSE;
+}
+
+static PyObject *Lock_locked(LockObject *self, PyObject *unused)
+{
+    if (pthread_mutex_trylock(&self->mutex) == 0) {
+        pthread_mutex_unlock(&self->mutex);
+        Py_RETURN_FALSE;
+    }
+    Py_RETURN_TRUE;
+}
+
+static PyMethodDef Lock_methods[] = {
+    {"acquire", (PyCFunction)(void (*)(void))Lock_acquire, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"release", (PyCFunction)Lock_release, METH_NOARGS, NULL},
+    {"__enter__", (PyCFunction)(void (*)(void))Lock_acquire, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"__exit__", (PyCFunction)Lock_exit, METH_VARARGS, NULL},
+    {"locked", (PyCFunction)Lock_locked, METH_NOARGS, NULL},
+    {NULL},
+};
+
+static PyTypeObject LockType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "zswapfs.engine._native.Lock",
+    .tp_basicsize = sizeof(LockObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A mutex shared by compiled and Python code; waits let the GIL go.",
+    .tp_new = Lock_new,
+    .tp_dealloc = (destructor)Lock_dealloc,
+    .tp_methods = Lock_methods,
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* Arena: arena.py in C                                                                        */
+
+typedef struct {
+    uint32_t max_pages, nseg;
+    uint8_t **seg_addr;
+    int *seg_fd;
+    uint16_t *seg_used;
+    uint8_t *free_map; /* 1 where a page below high_water is free */
+    uint32_t nfree, hint, high_water, pages_max;
+    long long segments_released;
+    long long punch_errors;
+} Arena;
+
+static int arena_init(Arena *a, uint32_t max_pages)
+{
+    memset(a, 0, sizeof(*a));
+    a->max_pages = max_pages;
+    a->nseg = (max_pages + SEG_PAGES - 1) >> SEG_SHIFT;
+    a->seg_addr = calloc(a->nseg, sizeof(*a->seg_addr));
+    a->seg_fd = malloc(a->nseg * sizeof(*a->seg_fd));
+    a->seg_used = calloc(a->nseg, sizeof(*a->seg_used));
+    a->free_map = calloc(max_pages, 1);
+    if (!a->seg_addr || !a->seg_fd || !a->seg_used || !a->free_map)
+        return -1;
+    for (uint32_t i = 0; i < a->nseg; i++)
+        a->seg_fd[i] = -1;
+    return 0;
+}
+
+static void arena_close(Arena *a)
+{
+    if (a->seg_addr) {
+        for (uint32_t s = 0; s < a->nseg; s++) {
+            if (a->seg_addr[s]) {
+                munmap(a->seg_addr[s], SEG_BYTES);
+                close(a->seg_fd[s]);
+                a->seg_addr[s] = NULL;
+                a->seg_fd[s] = -1;
+            }
+        }
+    }
+}
+
+static void arena_free_tables(Arena *a)
+{
+    arena_close(a);
+    free(a->seg_addr);
+    free(a->seg_fd);
+    free(a->seg_used);
+    free(a->free_map);
+    memset(a, 0, sizeof(*a));
+}
+
+static inline uint32_t arena_pages_used(const Arena *a) { return a->high_water - a->nfree; }
+
+static inline uint8_t *page_addr(const Arena *a, uint32_t pn)
+{
+    return a->seg_addr[pn >> SEG_SHIFT] + (size_t)(pn & SEG_MASK) * PAGE_SIZE;
+}
+
+static int64_t arena_lowest_free(const Arena *a, uint32_t below)
+{
+    uint32_t end = below < a->high_water ? below : a->high_water;
+    if (!a->nfree || a->hint >= end)
+        return -1;
+    const uint8_t *p = memchr(a->free_map + a->hint, 1, end - a->hint);
+    return p ? (int64_t)(p - a->free_map) : -1;
+}
+
+static int arena_map(Arena *a, uint32_t seg)
+{
+    int fd = memfd_create("zswapfs-seg", MFD_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    if (ftruncate(fd, SEG_BYTES) != 0) {
+        close(fd);
+        return -1;
+    }
+    /* populated at once, as the daemon's mlockall(MCL_FUTURE) does anyway: one batched fault
+     * for the segment instead of one a page on the write path (holes punched later stay free) */
+    void *addr = mmap(NULL, SEG_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+    if (addr == MAP_FAILED) {
+        close(fd);
+        return -1;
+    }
+    a->seg_addr[seg] = addr;
+    a->seg_fd[seg] = fd;
+    return 0;
+}
+
+/* The lowest free page; with has_below, only one numbered below *below* (-1 when none).
+ * -2: the arena is full or a segment could not be mapped (ArenaFull). */
+static int64_t arena_alloc_page(Arena *a, int has_below, uint32_t below)
+{
+    int64_t pn = arena_lowest_free(a, has_below ? below : a->high_water);
+    int fresh = 0;
+    if (pn < 0) {
+        if (has_below)
+            return -1;
+        if (a->high_water >= a->max_pages)
+            return -2;
+        pn = a->high_water;
+        fresh = 1;
+    }
+    uint32_t seg = (uint32_t)pn >> SEG_SHIFT;
+    if (!a->seg_addr[seg] && arena_map(a, seg) != 0)
+        return -2; /* nothing was taken yet */
+    if (fresh) {
+        a->high_water++;
+    } else {
+        a->free_map[pn] = 0;
+        a->nfree--;
+        a->hint = (uint32_t)pn + 1;
+    }
+    a->seg_used[seg]++;
+    uint32_t used = arena_pages_used(a);
+    if (used > a->pages_max)
+        a->pages_max = used;
+    return pn;
+}
+
+static void arena_free_page(Arena *a, uint32_t pn)
+{
+    uint32_t seg = pn >> SEG_SHIFT;
+    if (fallocate(a->seg_fd[seg], FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                  (off_t)(pn & SEG_MASK) * PAGE_SIZE, PAGE_SIZE) != 0)
+        a->punch_errors++;
+    a->seg_used[seg]--;
+    if (pn == a->high_water - 1) {
+        a->high_water--;
+        while (a->high_water && a->free_map[a->high_water - 1]) {
+            a->high_water--;
+            a->free_map[a->high_water] = 0;
+            a->nfree--;
+        }
+    } else {
+        a->free_map[pn] = 1;
+        a->nfree++;
+        if (pn < a->hint)
+            a->hint = pn;
+    }
+    if (a->hint > a->high_water)
+        a->hint = a->high_water;
+}
+
+static long arena_release_empty_segments(Arena *a)
+{
+    long released = 0;
+    for (uint32_t s = 0; s < a->nseg; s++) {
+        if (a->seg_addr[s] && a->seg_used[s] == 0) {
+            munmap(a->seg_addr[s], SEG_BYTES);
+            close(a->seg_fd[s]);
+            a->seg_addr[s] = NULL;
+            a->seg_fd[s] = -1;
+            released++;
+        }
+    }
+    a->segments_released += released;
+    return released;
+}
+
+static inline int arena_is_free(const Arena *a, uint32_t pn)
+{
+    return pn >= a->high_water || a->free_map[pn];
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* ZsPool: pools/zsmalloc.py and the HandleTable of pools/__init__.py in C                     */
+
+typedef struct {
+    int index, size, pages, objs, huge;
+    long long zspages, inuse;
+} SizeClass;
+
+typedef struct {
+    PyObject_HEAD
+    LockObject *lock;
+    int ready, closed;
+    int max_chain;
+    Arena arena;
+    /* handle table */
+    uint64_t *table;
+    size_t tlen, tcap;
+    uint64_t free_head;
+    long long live;
+    /* classes */
+    SizeClass *classes;
+    int nclasses;
+    int lookup[NSIZES];
+    int huge_class_size;
+    int32_t *heads;
+    /* per zspage */
+    uint16_t *zs_class, *zs_inuse, *zs_bump;
+    int32_t *zs_free, *zs_prev, *zs_next;
+    uint32_t *zs_first;
+    int8_t *zs_group;
+    size_t zs_count, zs_cap;
+    uint32_t *zs_unused;
+    size_t unused_count, unused_cap;
+    /* per pool page */
+    uint32_t *page_next, *page_owner;
+    size_t page_len;
+    int compact_cursor;
+    long long bytes_stored, pages_compacted, objects_moved, migrated_pages;
+} PoolObject;
+
+static int grow(void **p, size_t *cap, size_t need, size_t item)
+{
+    if (need <= *cap)
+        return 0;
+    size_t n = *cap ? *cap : 64;
+    while (n < need)
+        n *= 2;
+    void *q = realloc(*p, n * item);
+    if (!q)
+        return -1;
+    *p = q;
+    *cap = n;
+    return 0;
+}
+
+/* handle table ---------------------------------------------------------------------------- */
+
+/* a new handle for *loc*, or 0 when every handle is in use or memory ran out */
+static uint64_t handle_new(PoolObject *p, uint64_t loc)
+{
+    uint64_t head = p->free_head;
+    if (head) {
+        p->free_head = p->table[head] & ~FREE_TAG;
+        p->table[head] = loc;
+        p->live++;
+        return head;
+    }
+    if (p->tlen >= MAX_HANDLES || grow((void **)&p->table, &p->tcap, p->tlen + 1, 8) != 0)
+        return 0;
+    p->table[p->tlen] = loc;
+    p->live++;
+    return p->tlen++;
+}
+
+static inline int handle_get(const PoolObject *p, uint64_t h, uint64_t *loc)
+{
+    if (h >= p->tlen || (p->table[h] & FREE_TAG))
+        return -1;
+    *loc = p->table[h];
+    return 0;
+}
+
+static inline void handle_release(PoolObject *p, uint64_t h)
+{
+    p->table[h] = FREE_TAG | p->free_head;
+    p->free_head = h;
+    p->live--;
+}
+
+/* classes --------------------------------------------------------------------------------- */
+
+static int best_pages_per_zspage(int size, int max_chain)
+{
+    int best = 1, best_used = -1;
+    for (int pages = 1; pages <= max_chain; pages++) {
+        int span = pages * PAGE_SIZE;
+        int used = (span - span % size) * 100 / span;
+        if (used > best_used) {
+            best = pages;
+            best_used = used;
+        }
+    }
+    return best;
+}
+
+static int build_classes(PoolObject *p)
+{
+    p->classes = calloc(NSIZES, sizeof(SizeClass));
+    if (!p->classes)
+        return -1;
+    p->nclasses = 0;
+    p->huge_class_size = PAGE_SIZE;
+    SizeClass *prev = NULL;
+    for (int i = NSIZES - 1; i >= 0; i--) {
+        int size = MIN_SIZE + i * DELTA;
+        int pages = best_pages_per_zspage(size, p->max_chain);
+        int objs = pages * PAGE_SIZE / size;
+        if (objs == 1 && pages == 1)
+            p->huge_class_size = size;
+        if (prev && prev->pages == pages && prev->objs == objs) {
+            p->lookup[i] = prev->index;
+            continue;
+        }
+        prev = &p->classes[p->nclasses];
+        prev->index = p->nclasses++;
+        prev->size = size;
+        prev->pages = pages;
+        prev->objs = objs;
+        prev->huge = objs == 1;
+        p->lookup[i] = prev->index;
+    }
+    p->heads = malloc(sizeof(int32_t) * NGROUPS * p->nclasses);
+    if (!p->heads)
+        return -1;
+    for (int i = 0; i < NGROUPS * p->nclasses; i++)
+        p->heads[i] = NONE;
+    return 0;
+}
+
+static inline SizeClass *class_for(PoolObject *p, size_t size)
+{
+    size_t slot = size + HDR;
+    if (slot >= (size_t)p->huge_class_size)
+        return &p->classes[0];
+    if (slot < MIN_SIZE)
+        slot = MIN_SIZE;
+    return &p->classes[p->lookup[(slot - MIN_SIZE + DELTA - 1) / DELTA]];
+}
+
+static inline int raw_threshold(const PoolObject *p) { return p->huge_class_size - HDR; }
+
+/* zspage lists ---------------------------------------------------------------------------- */
+
+static void zs_link(PoolObject *p, int32_t z, int c, int g)
+{
+    int slot = c * NGROUPS + g;
+    int32_t head = p->heads[slot];
+    p->zs_prev[z] = NONE;
+    p->zs_next[z] = head;
+    if (head != NONE)
+        p->zs_prev[head] = z;
+    p->heads[slot] = z;
+    p->zs_group[z] = (int8_t)g;
+}
+
+static void zs_unlink(PoolObject *p, int32_t z)
+{
+    int32_t prev = p->zs_prev[z], nxt = p->zs_next[z];
+    if (prev != NONE)
+        p->zs_next[prev] = nxt;
+    else
+        p->heads[p->zs_class[z] * NGROUPS + p->zs_group[z]] = nxt;
+    if (nxt != NONE)
+        p->zs_prev[nxt] = prev;
+}
+
+static void zs_regroup(PoolObject *p, int32_t z, SizeClass *cls)
+{
+    int inuse = p->zs_inuse[z], g;
+    if (inuse == cls->objs)
+        g = GROUP_FULL;
+    else if (inuse == 0)
+        g = 0;
+    else
+        g = 1 + inuse * 10 / cls->objs;
+    if (g != p->zs_group[z]) {
+        zs_unlink(p, z);
+        zs_link(p, z, cls->index, g);
+    }
+}
+
+static int32_t zs_fullest(PoolObject *p, SizeClass *cls, int32_t exclude)
+{
+    int base = cls->index * NGROUPS;
+    for (int g = GROUP_FULL - 1; g > 0; g--) {
+        int32_t z = p->heads[base + g];
+        if (z == exclude && z != NONE)
+            z = p->zs_next[z];
+        if (z != NONE)
+            return z;
+    }
+    return NONE;
+}
+
+static int32_t zs_emptiest(PoolObject *p, SizeClass *cls)
+{
+    int base = cls->index * NGROUPS;
+    for (int g = 1; g < GROUP_FULL; g++) {
+        int32_t z = p->heads[base + g];
+        if (z != NONE)
+            return z;
+    }
+    return NONE;
+}
+
+/* zspage life ----------------------------------------------------------------------------- */
+
+/* Grow the per-pool-page tables to cover every page handed out (the Python growth rule, so
+ * metadata_bytes agrees). */
+static int track_pages(PoolObject *p)
+{
+    size_t hw = p->arena.high_water;
+    if (hw <= p->page_len)
+        return 0;
+    size_t need = hw - p->page_len, g = p->page_len / 8;
+    if (g < need)
+        g = need;
+    if (g < 64)
+        g = 64;
+    size_t n = p->page_len + g;
+    uint32_t *a = realloc(p->page_next, n * 4);
+    if (!a)
+        return -1;
+    p->page_next = a;
+    uint32_t *b = realloc(p->page_owner, n * 4);
+    if (!b)
+        return -1;
+    p->page_owner = b;
+    memset(p->page_next + p->page_len, 0, g * 4);
+    memset(p->page_owner + p->page_len, 0, g * 4);
+    p->page_len = n;
+    return 0;
+}
+
+static int32_t zs_new(PoolObject *p, SizeClass *cls)
+{
+    uint32_t pages[16];
+    for (int i = 0; i < cls->pages; i++) {
+        int64_t pn = arena_alloc_page(&p->arena, 0, 0);
+        if (pn < 0) {
+            for (int j = 0; j < i; j++)
+                arena_free_page(&p->arena, pages[j]);
+            return NONE;
+        }
+        pages[i] = (uint32_t)pn;
+    }
+    int32_t z;
+    if (p->unused_count) {
+        z = (int32_t)p->zs_unused[--p->unused_count];
+    } else {
+        size_t n = p->zs_count + 1, c;
+        c = p->zs_cap;
+        if (grow((void **)&p->zs_class, &c, n, 2)) goto nomem;
+        c = p->zs_cap;
+        if (grow((void **)&p->zs_inuse, &c, n, 2)) goto nomem;
+        c = p->zs_cap;
+        if (grow((void **)&p->zs_bump, &c, n, 2)) goto nomem;
+        c = p->zs_cap;
+        if (grow((void **)&p->zs_free, &c, n, 4)) goto nomem;
+        c = p->zs_cap;
+        if (grow((void **)&p->zs_prev, &c, n, 4)) goto nomem;
+        c = p->zs_cap;
+        if (grow((void **)&p->zs_next, &c, n, 4)) goto nomem;
+        c = p->zs_cap;
+        if (grow((void **)&p->zs_first, &c, n, 4)) goto nomem;
+        c = p->zs_cap;
+        if (grow((void **)&p->zs_group, &c, n, 1)) goto nomem;
+        p->zs_cap = c;
+        z = (int32_t)p->zs_count++;
+        p->zs_prev[z] = NONE;
+        p->zs_next[z] = NONE;
+        p->zs_group[z] = 0;
+    }
+    p->zs_class[z] = (uint16_t)cls->index;
+    p->zs_inuse[z] = 0;
+    p->zs_bump[z] = 0;
+    p->zs_free[z] = NONE;
+    p->zs_first[z] = pages[0];
+    if (track_pages(p) != 0)
+        goto nomem_z;
+    for (int i = 0; i < cls->pages; i++) {
+        p->page_owner[pages[i]] = (uint32_t)z;
+        p->page_next[pages[i]] = i + 1 < cls->pages ? pages[i + 1] : 0;
+    }
+    zs_link(p, z, cls->index, 0);
+    cls->zspages++;
+    return z;
+nomem_z:
+    if (grow((void **)&p->zs_unused, &p->unused_cap, p->unused_count + 1, 4) == 0)
+        p->zs_unused[p->unused_count++] = (uint32_t)z; /* else the id is lost, nothing worse */
+nomem:
+    for (int j = 0; j < cls->pages; j++)
+        arena_free_page(&p->arena, pages[j]);
+    return NONE;
+}
+
+static int zs_release(PoolObject *p, int32_t z, SizeClass *cls)
+{
+    if (grow((void **)&p->zs_unused, &p->unused_cap, p->unused_count + 1, 4) != 0)
+        return -1;
+    zs_unlink(p, z);
+    p->zs_group[z] = NONE;
+    uint32_t pn = p->zs_first[z];
+    for (int i = 0; i < cls->pages; i++) {
+        uint32_t nxt = p->page_next[pn];
+        arena_free_page(&p->arena, pn);
+        pn = nxt;
+    }
+    p->zs_unused[p->unused_count++] = (uint32_t)z;
+    cls->zspages--;
+    return 0;
+}
+
+static inline uint32_t zs_page_at(const PoolObject *p, int32_t z, uint32_t k)
+{
+    uint32_t pn = p->zs_first[z];
+    while (k--)
+        pn = p->page_next[pn];
+    return pn;
+}
+
+/* bytes in a zspage ----------------------------------------------------------------------- */
+
+static void zs_copy_out(const PoolObject *p, int32_t z, uint32_t start, uint8_t *dst, size_t len)
+{
+    uint32_t pn = zs_page_at(p, z, start >> 12);
+    uint32_t off = start & (PAGE_SIZE - 1), first = PAGE_SIZE - off;
+    if (len <= first) {
+        memcpy(dst, page_addr(&p->arena, pn) + off, len);
+        return;
+    }
+    memcpy(dst, page_addr(&p->arena, pn) + off, first);
+    memcpy(dst + first, page_addr(&p->arena, p->page_next[pn]), len - first);
+}
+
+static void zs_copy_in(PoolObject *p, int32_t z, uint32_t start, const uint8_t *src, size_t len)
+{
+    uint32_t pn = zs_page_at(p, z, start >> 12);
+    uint32_t off = start & (PAGE_SIZE - 1), first = PAGE_SIZE - off;
+    if (len <= first) {
+        memcpy(page_addr(&p->arena, pn) + off, src, len);
+        return;
+    }
+    memcpy(page_addr(&p->arena, pn) + off, src, first);
+    memcpy(page_addr(&p->arena, p->page_next[pn]), src + first, len - first);
+}
+
+static inline uint32_t zs_header(const PoolObject *p, int32_t z, uint32_t start)
+{
+    uint8_t b[HDR];
+    zs_copy_out(p, z, start, b, HDR);
+    return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+}
+
+static inline void put_le32(uint8_t *b, uint32_t v)
+{
+    b[0] = v & 0xff;
+    b[1] = (v >> 8) & 0xff;
+    b[2] = (v >> 16) & 0xff;
+    b[3] = (v >> 24) & 0xff;
+}
+
+static inline void zs_set_header(PoolObject *p, int32_t z, uint32_t start, uint32_t v)
+{
+    uint8_t b[HDR];
+    put_le32(b, v);
+    zs_copy_in(p, z, start, b, HDR);
+}
+
+/* slot allocation (pool lock held) -------------------------------------------------------- */
+
+static int zs_take_slot(PoolObject *p, SizeClass *cls, int32_t z)
+{
+    int idx = p->zs_free[z];
+    if (idx != NONE) {
+        p->zs_free[z] = (int32_t)(zs_header(p, z, (uint32_t)idx * cls->size) >> 1) - 1;
+    } else {
+        idx = p->zs_bump[z];
+        p->zs_bump[z] = (uint16_t)(idx + 1);
+    }
+    p->zs_inuse[z]++;
+    cls->inuse++;
+    zs_regroup(p, z, cls);
+    return idx;
+}
+
+static int zs_drop_slot(PoolObject *p, SizeClass *cls, int32_t z, int idx)
+{
+    cls->inuse--;
+    int inuse = p->zs_inuse[z] - 1;
+    p->zs_inuse[z] = (uint16_t)inuse;
+    if (inuse == 0)
+        return zs_release(p, z, cls);
+    zs_set_header(p, z, (uint32_t)idx * cls->size, (uint32_t)(p->zs_free[z] + 1) << 1);
+    p->zs_free[z] = idx;
+    zs_regroup(p, z, cls);
+    return 0;
+}
+
+/* the interface (pool lock held) ---------------------------------------------------------- */
+
+/* Place *len* bytes (1..4096); the new handle, or 0 when the pool has no room (PoolFull). */
+static uint64_t pool_store_locked(PoolObject *p, const uint8_t *data, size_t len)
+{
+    SizeClass *cls = class_for(p, len);
+    if (cls->huge) {
+        int64_t pn = arena_alloc_page(&p->arena, 0, 0);
+        if (pn < 0)
+            return 0;
+        uint64_t h = handle_new(p, HUGE_LOC | (uint64_t)pn << 13 | len);
+        if (!h || track_pages(p) != 0) {
+            if (h)
+                handle_release(p, h);
+            arena_free_page(&p->arena, (uint32_t)pn);
+            return 0;
+        }
+        p->page_owner[pn] = HUGE_OWNER | (uint32_t)h;
+        cls->zspages++;
+        cls->inuse++;
+        p->bytes_stored += len;
+        memcpy(page_addr(&p->arena, (uint32_t)pn), data, len);
+        return h;
+    }
+    uint64_t h = handle_new(p, 0);
+    if (!h)
+        return 0;
+    int32_t z = zs_fullest(p, cls, NONE);
+    if (z == NONE) {
+        z = zs_new(p, cls);
+        if (z == NONE) {
+            handle_release(p, h);
+            return 0;
+        }
+    }
+    int idx = zs_take_slot(p, cls, z);
+    uint32_t start = (uint32_t)idx * cls->size;
+    zs_set_header(p, z, start, (uint32_t)(h << 1 | 1));
+    zs_copy_in(p, z, start + HDR, data, len);
+    p->table[h] = (uint64_t)z << 24 | (uint64_t)idx << 13 | len;
+    p->bytes_stored += len;
+    return h;
+}
+
+/* Copy the object out into dst (room for 4096); its length, or -1 if the handle is not live. */
+static int pool_read_locked(const PoolObject *p, uint64_t h, uint8_t *dst)
+{
+    uint64_t loc;
+    if (handle_get(p, h, &loc) != 0)
+        return -1;
+    size_t len = loc & LEN_MASK;
+    if (loc & HUGE_LOC) {
+        memcpy(dst, page_addr(&p->arena, (uint32_t)((loc >> 13) & PN_MASK)), len);
+        return (int)len;
+    }
+    int32_t z = (int32_t)(loc >> 24);
+    const SizeClass *cls = &p->classes[p->zs_class[z]];
+    zs_copy_out(p, z, (uint32_t)((loc >> 13) & IDX_MASK) * cls->size + HDR, dst, len);
+    return (int)len;
+}
+
+/* Release the object; its length, or -1 if the handle is not live (or memory ran out). */
+static int pool_free_locked(PoolObject *p, uint64_t h)
+{
+    uint64_t loc;
+    if (handle_get(p, h, &loc) != 0)
+        return -1;
+    int len = (int)(loc & LEN_MASK);
+    if (loc & HUGE_LOC) {
+        arena_free_page(&p->arena, (uint32_t)((loc >> 13) & PN_MASK));
+        p->classes[0].zspages--;
+        p->classes[0].inuse--;
+    } else {
+        int32_t z = (int32_t)(loc >> 24);
+        if (zs_drop_slot(p, &p->classes[p->zs_class[z]], z, (int)((loc >> 13) & IDX_MASK)))
+            return -1;
+    }
+    handle_release(p, h);
+    p->bytes_stored -= len;
+    return len;
+}
+
+static inline long long freeable_zspages(const SizeClass *cls)
+{
+    if (cls->huge)
+        return 0;
+    return (cls->zspages * cls->objs - cls->inuse) / cls->objs;
+}
+
+static int compact_class_step(PoolObject *p, SizeClass *cls, int budget)
+{
+    if (freeable_zspages(cls) == 0)
+        return -1;
+    int32_t src = zs_emptiest(p, cls);
+    if (src == NONE)
+        return -1;
+    uint8_t data[PAGE_SIZE];
+    int bump = p->zs_bump[src];
+    for (int idx = 0; idx < bump; idx++) {
+        if (budget == 0)
+            return 0;
+        uint32_t start = (uint32_t)idx * cls->size;
+        uint32_t hdr = zs_header(p, src, start);
+        if (!(hdr & 1))
+            continue;
+        int32_t dst = zs_fullest(p, cls, src);
+        if (dst == NONE)
+            return -1;
+        uint64_t h = hdr >> 1;
+        size_t len = p->table[h] & LEN_MASK;
+        zs_copy_out(p, src, start + HDR, data, len);
+        int nidx = zs_take_slot(p, cls, dst);
+        uint32_t nstart = (uint32_t)nidx * cls->size;
+        zs_set_header(p, dst, nstart, (uint32_t)(h << 1 | 1));
+        zs_copy_in(p, dst, nstart + HDR, data, len);
+        p->table[h] = (uint64_t)dst << 24 | (uint64_t)nidx << 13 | len;
+        p->objects_moved++;
+        budget--;
+        int released = p->zs_inuse[src] == 1;
+        if (zs_drop_slot(p, cls, src, idx))
+            return -1;
+        if (released) {
+            p->pages_compacted += cls->pages;
+            return cls->pages;
+        }
+    }
+    return 0;
+}
+
+static int compact_step_locked(PoolObject *p, int budget)
+{
+    int n = p->nclasses;
+    for (int i = 0; i < n; i++) {
+        SizeClass *cls = &p->classes[(p->compact_cursor + i) % n];
+        int step = compact_class_step(p, cls, budget);
+        if (step >= 0) {
+            p->compact_cursor = cls->index;
+            return step;
+        }
+    }
+    return -1;
+}
+
+static int migrate_page_locked(PoolObject *p, uint32_t pn)
+{
+    Arena *a = &p->arena;
+    if (arena_is_free(a, pn) || pn >= p->page_len)
+        return 0;
+    int64_t nw = arena_alloc_page(a, 1, pn);
+    if (nw < 0)
+        return 0;
+    if (track_pages(p) != 0) {
+        arena_free_page(a, (uint32_t)nw);
+        return 0;
+    }
+    memcpy(page_addr(a, (uint32_t)nw), page_addr(a, pn), PAGE_SIZE);
+    uint32_t owner = p->page_owner[pn];
+    if (owner & HUGE_OWNER) {
+        uint64_t h = owner & ~HUGE_OWNER;
+        uint64_t len = p->table[h] & LEN_MASK;
+        p->table[h] = HUGE_LOC | (uint64_t)nw << 13 | len;
+    } else {
+        int32_t z = (int32_t)owner;
+        if (p->zs_first[z] == pn) {
+            p->zs_first[z] = (uint32_t)nw;
+        } else {
+            uint32_t prev = p->zs_first[z];
+            while (p->page_next[prev] != pn)
+                prev = p->page_next[prev];
+            p->page_next[prev] = (uint32_t)nw;
+        }
+        p->page_next[nw] = p->page_next[pn];
+    }
+    p->page_owner[nw] = owner;
+    arena_free_page(a, pn);
+    p->migrated_pages++;
+    return 1;
+}
+
+/* Python face of the pool ----------------------------------------------------------------- */
+
+static int pool_check(PoolObject *p)
+{
+    if (!p->ready || p->closed) {
+        PyErr_SetString(PyExc_RuntimeError, p->closed ? "the pool is closed" : "pool not set up");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *Pool_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    PoolObject *self = (PoolObject *)type->tp_alloc(type, 0);
+    if (!self)
+        return NULL;
+    self->lock = (LockObject *)PyObject_CallNoArgs((PyObject *)&LockType);
+    if (!self->lock) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static void Pool_dealloc(PoolObject *p)
+{
+    PyObject_GC_UnTrack(p);
+    arena_free_tables(&p->arena);
+    free(p->table);
+    free(p->classes);
+    free(p->heads);
+    free(p->zs_class);
+    free(p->zs_inuse);
+    free(p->zs_bump);
+    free(p->zs_free);
+    free(p->zs_prev);
+    free(p->zs_next);
+    free(p->zs_first);
+    free(p->zs_group);
+    free(p->zs_unused);
+    free(p->page_next);
+    free(p->page_owner);
+    Py_CLEAR(p->lock);
+    Py_TYPE(p)->tp_free((PyObject *)p);
+}
+
+static int Pool_traverse(PoolObject *p, visitproc visit, void *arg)
+{
+    return 0; /* the Lock holds no references */
+}
+
+static PyObject *Pool_setup(PoolObject *p, PyObject *args)
+{
+    unsigned long long max_pages;
+    int max_chain;
+    if (!PyArg_ParseTuple(args, "Ki", &max_pages, &max_chain))
+        return NULL;
+    if (p->ready) {
+        PyErr_SetString(PyExc_RuntimeError, "pool already set up");
+        return NULL;
+    }
+    if (max_chain < 1 || max_chain > 16) {
+        PyErr_Format(PyExc_ValueError, "zsmalloc chain length %d out of range 1..16", max_chain);
+        return NULL;
+    }
+    if (max_pages == 0 || max_pages > 0xFFFFFFFFull) {
+        PyErr_SetString(PyExc_ValueError, "an arena needs 1..2**32-1 pages");
+        return NULL;
+    }
+    p->max_chain = max_chain;
+    if (arena_init(&p->arena, (uint32_t)max_pages) != 0 || build_classes(p) != 0 ||
+        grow((void **)&p->table, &p->tcap, 3, 8) != 0)
+        return PyErr_NoMemory();
+    for (int i = 0; i < 3; i++)
+        p->table[i] = FREE_TAG;
+    p->tlen = 3;
+    p->ready = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Pool_store(PoolObject *p, PyObject *arg)
+{
+    Py_buffer buf;
+    if (pool_check(p) || PyObject_GetBuffer(arg, &buf, PyBUF_SIMPLE) != 0)
+        return NULL;
+    if (buf.len < 1 || buf.len > PAGE_SIZE) {
+        PyErr_Format(PyExc_ValueError, "object size %zd out of range 1..%d", buf.len, PAGE_SIZE);
+        PyBuffer_Release(&buf);
+        return NULL;
+    }
+    lock_wait(p->lock);
+    uint64_t h = pool_store_locked(p, buf.buf, (size_t)buf.len);
+    pthread_mutex_unlock(&p->lock->mutex);
+    PyBuffer_Release(&buf);
+    if (!h) {
+        PyErr_Format(PoolFullError, "arena of %u pages is full", p->arena.max_pages);
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(h);
+}
+
+static PyObject *not_live(unsigned long long h)
+{
+    PyObject *msg = PyUnicode_FromFormat("handle %llu is not live", h);
+    if (msg) {
+        PyErr_SetObject(PyExc_KeyError, msg);
+        Py_DECREF(msg);
+    }
+    return NULL;
+}
+
+static PyObject *Pool_read(PoolObject *p, PyObject *arg)
+{
+    unsigned long long h = PyLong_AsUnsignedLongLong(arg);
+    if ((h == (unsigned long long)-1 && PyErr_Occurred()) || pool_check(p))
+        return NULL;
+    uint8_t buf[PAGE_SIZE];
+    lock_wait(p->lock);
+    int len = pool_read_locked(p, h, buf);
+    pthread_mutex_unlock(&p->lock->mutex);
+    if (len < 0)
+        return not_live(h);
+    return PyBytes_FromStringAndSize((char *)buf, len);
+}
+
+static PyObject *Pool_free(PoolObject *p, PyObject *arg)
+{
+    unsigned long long h = PyLong_AsUnsignedLongLong(arg);
+    if ((h == (unsigned long long)-1 && PyErr_Occurred()) || pool_check(p))
+        return NULL;
+    lock_wait(p->lock);
+    int len = pool_free_locked(p, h);
+    pthread_mutex_unlock(&p->lock->mutex);
+    if (len < 0)
+        return not_live(h);
+    return PyLong_FromLong(len);
+}
+
+static PyObject *Pool_size(PoolObject *p, PyObject *arg)
+{
+    unsigned long long h = PyLong_AsUnsignedLongLong(arg);
+    if ((h == (unsigned long long)-1 && PyErr_Occurred()) || pool_check(p))
+        return NULL;
+    uint64_t loc;
+    lock_wait(p->lock);
+    int rc = handle_get(p, h, &loc);
+    pthread_mutex_unlock(&p->lock->mutex);
+    if (rc)
+        return not_live(h);
+    return PyLong_FromUnsignedLongLong(loc & LEN_MASK);
+}
+
+static PyObject *Pool_compact_step(PoolObject *p, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"budget", NULL};
+    int budget = COMPACT_BUDGET, step;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|i", kwlist, &budget) || pool_check(p))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&p->lock->mutex);
+    step = compact_step_locked(p, budget);
+    pthread_mutex_unlock(&p->lock->mutex);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(step);
+}
+
+static PyObject *Pool_migrate_page(PoolObject *p, PyObject *arg)
+{
+    unsigned long pn = PyLong_AsUnsignedLong(arg);
+    int moved;
+    if ((pn == (unsigned long)-1 && PyErr_Occurred()) || pool_check(p))
+        return NULL;
+    if (pn > 0xFFFFFFFFul)
+        Py_RETURN_FALSE;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&p->lock->mutex);
+    moved = migrate_page_locked(p, (uint32_t)pn);
+    pthread_mutex_unlock(&p->lock->mutex);
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(moved);
+}
+
+static PyObject *Pool_freeable_pages(PoolObject *p, PyObject *unused)
+{
+    if (pool_check(p))
+        return NULL;
+    long long total = 0;
+    lock_wait(p->lock);
+    for (int i = 0; i < p->nclasses; i++)
+        total += freeable_zspages(&p->classes[i]) * p->classes[i].pages;
+    pthread_mutex_unlock(&p->lock->mutex);
+    return PyLong_FromLongLong(total);
+}
+
+static PyObject *Pool_release_segments(PoolObject *p, PyObject *unused)
+{
+    if (pool_check(p))
+        return NULL;
+    lock_wait(p->lock);
+    long n = arena_release_empty_segments(&p->arena);
+    pthread_mutex_unlock(&p->lock->mutex);
+    return PyLong_FromLong(n);
+}
+
+static PyObject *Pool_is_free(PoolObject *p, PyObject *arg)
+{
+    unsigned long pn = PyLong_AsUnsignedLong(arg);
+    if (pn == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    return PyBool_FromLong(pn >= p->arena.high_water || p->arena.free_map[pn]);
+}
+
+static int sort_by_size(const void *a, const void *b)
+{
+    return (*(const SizeClass *const *)a)->size - (*(const SizeClass *const *)b)->size;
+}
+
+static int set_item(PyObject *d, const char *key, long long v)
+{
+    PyObject *o = PyLong_FromLongLong(v);
+    int rc = o ? PyDict_SetItemString(d, key, o) : -1;
+    Py_XDECREF(o);
+    return rc;
+}
+
+static PyObject *Pool_class_table(PoolObject *p, PyObject *unused)
+{
+    if (pool_check(p))
+        return NULL;
+    SizeClass **sorted = malloc(sizeof(*sorted) * p->nclasses);
+    SizeClass *snap = malloc(sizeof(*snap) * p->nclasses);
+    if (!sorted || !snap) {
+        free(sorted);
+        free(snap);
+        return PyErr_NoMemory();
+    }
+    lock_wait(p->lock);
+    memcpy(snap, p->classes, sizeof(*snap) * p->nclasses);
+    pthread_mutex_unlock(&p->lock->mutex);
+    for (int i = 0; i < p->nclasses; i++)
+        sorted[i] = &snap[i];
+    qsort(sorted, p->nclasses, sizeof(*sorted), sort_by_size);
+    PyObject *rows = PyList_New(0);
+    for (int i = 0; rows && i < p->nclasses; i++) {
+        SizeClass *c = sorted[i];
+        if (!c->zspages)
+            continue;
+        PyObject *d = PyDict_New();
+        if (!d || set_item(d, "class_size", c->size) || set_item(d, "objs_per_zspage", c->objs) ||
+            set_item(d, "pages_per_zspage", c->pages) ||
+            set_item(d, "obj_allocated", c->zspages * c->objs) ||
+            set_item(d, "obj_used", c->inuse) || set_item(d, "pages_used", c->zspages * c->pages) ||
+            set_item(d, "pages_freeable", freeable_zspages(c) * c->pages) ||
+            PyList_Append(rows, d)) {
+            Py_XDECREF(d);
+            Py_CLEAR(rows);
+            break;
+        }
+        Py_DECREF(d);
+    }
+    free(sorted);
+    free(snap);
+    return rows;
+}
+
+static PyObject *Pool_metadata_bytes(PoolObject *p, PyObject *unused)
+{
+    size_t n = p->tlen * 8 + (size_t)NGROUPS * p->nclasses * 4;
+    n += p->zs_count * (2 + 2 + 2 + 4 + 4 + 4 + 4 + 1) + p->unused_count * 4;
+    n += p->page_len * 8;
+    return PyLong_FromSize_t(n);
+}
+
+/* _handle_table() -> bytes: every handle's location word, as HandleTable.table holds them */
+static PyObject *Pool_handle_table(PoolObject *p, PyObject *unused)
+{
+    if (pool_check(p))
+        return NULL;
+    lock_wait(p->lock);
+    PyObject *out = PyBytes_FromStringAndSize((const char *)p->table, (Py_ssize_t)(p->tlen * 8));
+    pthread_mutex_unlock(&p->lock->mutex);
+    return out;
+}
+
+static PyObject *Pool_close(PoolObject *p, PyObject *unused)
+{
+    lock_wait(p->lock);
+    arena_close(&p->arena);
+    p->closed = 1;
+    pthread_mutex_unlock(&p->lock->mutex);
+    Py_RETURN_NONE;
+}
+
+#define POOL_GETTER(name, expr)                                                                \
+    static PyObject *Pool_get_##name(PoolObject *p, void *c) { return PyLong_FromLongLong(expr); }
+POOL_GETTER(pages_used, arena_pages_used(&p->arena))
+POOL_GETTER(objects, p->live)
+POOL_GETTER(bytes_stored, p->bytes_stored)
+POOL_GETTER(pages_compacted, p->pages_compacted)
+POOL_GETTER(objects_moved, p->objects_moved)
+POOL_GETTER(migrated_pages, p->migrated_pages)
+POOL_GETTER(huge_class_size, p->huge_class_size)
+POOL_GETTER(raw_threshold, raw_threshold(p))
+POOL_GETTER(max_chain, p->max_chain)
+POOL_GETTER(arena_holes, p->arena.nfree)
+POOL_GETTER(arena_high_water, p->arena.high_water)
+POOL_GETTER(arena_pages_max, p->arena.pages_max)
+POOL_GETTER(arena_max_pages, p->arena.max_pages)
+POOL_GETTER(arena_segments_released, p->arena.segments_released)
+
+static PyObject *Pool_get_arena_segments_mapped(PoolObject *p, void *c)
+{
+    long n = 0;
+    for (uint32_t s = 0; s < p->arena.nseg; s++)
+        n += p->arena.seg_addr[s] != NULL;
+    return PyLong_FromLong(n);
+}
+
+static PyObject *Pool_get_lock(PoolObject *p, void *c)
+{
+    Py_INCREF(p->lock);
+    return (PyObject *)p->lock;
+}
+
+#define GET(name) {#name, (getter)Pool_get_##name, NULL, NULL, NULL}
+static PyGetSetDef Pool_getset[] = {
+    GET(pages_used), GET(objects), GET(bytes_stored), GET(pages_compacted), GET(objects_moved),
+    GET(migrated_pages), GET(huge_class_size), GET(raw_threshold), GET(max_chain),
+    GET(arena_holes), GET(arena_high_water), GET(arena_pages_max), GET(arena_max_pages),
+    GET(arena_segments_released), GET(arena_segments_mapped), GET(lock), {NULL},
+};
+#undef GET
+
+static PyMethodDef Pool_methods[] = {
+    {"_setup", (PyCFunction)Pool_setup, METH_VARARGS, "_setup(max_pages, max_chain)"},
+    {"store", (PyCFunction)Pool_store, METH_O, NULL},
+    {"read", (PyCFunction)Pool_read, METH_O, NULL},
+    {"free", (PyCFunction)Pool_free, METH_O, NULL},
+    {"size", (PyCFunction)Pool_size, METH_O, NULL},
+    {"compact_step", (PyCFunction)(void (*)(void))Pool_compact_step, METH_VARARGS | METH_KEYWORDS,
+     NULL},
+    {"migrate_page", (PyCFunction)Pool_migrate_page, METH_O, NULL},
+    {"freeable_pages", (PyCFunction)Pool_freeable_pages, METH_NOARGS, NULL},
+    {"release_segments", (PyCFunction)Pool_release_segments, METH_NOARGS, NULL},
+    {"_arena_is_free", (PyCFunction)Pool_is_free, METH_O, NULL},
+    {"class_table", (PyCFunction)Pool_class_table, METH_NOARGS, NULL},
+    {"metadata_bytes", (PyCFunction)Pool_metadata_bytes, METH_NOARGS, NULL},
+    {"_handle_table", (PyCFunction)Pool_handle_table, METH_NOARGS, NULL},
+    {"close", (PyCFunction)Pool_close, METH_NOARGS, NULL},
+    {NULL},
+};
+
+static PyTypeObject PoolType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "zswapfs.engine._native.ZsPool",
+    .tp_basicsize = sizeof(PoolObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The zsmalloc pool in C (see pools/zsmalloc.py for the design).",
+    .tp_new = Pool_new,
+    .tp_dealloc = (destructor)Pool_dealloc,
+    .tp_traverse = (traverseproc)Pool_traverse,
+    .tp_methods = Pool_methods,
+    .tp_getset = Pool_getset,
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* Codecs: one compressor and decompressor context per thread (zstd contexts are not
+ * thread-safe), made on first use and freed when the thread ends.                             */
+
+typedef struct {
+    ZSTD_CCtx *cctx;
+    ZSTD_DCtx *dctx;
+    int level;
+} ZstdLocal;
+
+static pthread_key_t zstd_key;
+
+static void zstd_local_free(void *v)
+{
+    ZstdLocal *l = v;
+    ZSTD_freeCCtx(l->cctx);
+    ZSTD_freeDCtx(l->dctx);
+    free(l);
+}
+
+static ZstdLocal *zstd_local(int level)
+{
+    ZstdLocal *l = pthread_getspecific(zstd_key);
+    if (!l) {
+        l = calloc(1, sizeof(*l));
+        if (!l)
+            return NULL;
+        l->cctx = ZSTD_createCCtx();
+        l->dctx = ZSTD_createDCtx();
+        l->level = INT32_MIN;
+        if (!l->cctx || !l->dctx || pthread_setspecific(zstd_key, l) != 0) {
+            zstd_local_free(l);
+            return NULL;
+        }
+    }
+    if (l->level != level) {
+        /* as python-zstandard is used in codec.py: no checksum, no content size */
+        ZSTD_CCtx_reset(l->cctx, ZSTD_reset_session_and_parameters);
+        ZSTD_CCtx_setParameter(l->cctx, ZSTD_c_compressionLevel, level);
+        ZSTD_CCtx_setParameter(l->cctx, ZSTD_c_checksumFlag, 0);
+        ZSTD_CCtx_setParameter(l->cctx, ZSTD_c_contentSizeFlag, 0);
+        l->level = level;
+    }
+    return l;
+}
+
+#define COMPRESS_BOUND 4352 /* >= LZ4_compressBound(4096) and ZSTD_compressBound(4096) */
+
+/* compressed length, or -1 when the codec failed */
+static int compress_page(int codec, int level, const uint8_t *src, uint8_t *dst)
+{
+    if (codec == CODEC_LZ4) {
+        int n = LZ4_compress_default((const char *)src, (char *)dst, PAGE_SIZE, COMPRESS_BOUND);
+        return n > 0 ? n : -1;
+    }
+    if (codec == CODEC_ZSTD) {
+        ZstdLocal *l = zstd_local(level);
+        if (!l)
+            return -1;
+        size_t n = ZSTD_compress2(l->cctx, dst, COMPRESS_BOUND, src, PAGE_SIZE);
+        return ZSTD_isError(n) ? -1 : (int)n;
+    }
+    memcpy(dst, src, PAGE_SIZE);
+    return PAGE_SIZE;
+}
+
+/* 0 when *src* decoded to exactly one page */
+static int decompress_page(int codec, const uint8_t *src, int len, uint8_t *dst)
+{
+    if (codec == CODEC_LZ4)
+        return LZ4_decompress_safe((const char *)src, (char *)dst, len, PAGE_SIZE) == PAGE_SIZE
+                   ? 0
+                   : -1;
+    if (codec == CODEC_ZSTD) {
+        ZstdLocal *l = zstd_local(0);
+        if (!l)
+            return -1;
+        size_t n = ZSTD_decompressDCtx(l->dctx, dst, PAGE_SIZE, src, (size_t)len);
+        return !ZSTD_isError(n) && n == PAGE_SIZE ? 0 : -1;
+    }
+    return -1; /* the none codec stores every page raw: a shorter object is corrupt */
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Store                                                                                       */
+
+typedef struct {
+    uint32_t pn;
+    uint32_t rewritten;
+} Inflight;
+
+typedef struct {
+    PyObject_HEAD
+    LockObject *lock;
+    PoolObject *pool;
+    Py_buffer index_buf, meta_buf;
+    uint32_t *index, *meta;
+    uint64_t npages;
+    /* same-filled words other than 0: open addressing, key pn + 1 (0 = empty slot) */
+    uint64_t *fill_keys, *fill_vals;
+    size_t fill_cap, fill_count;
+    Inflight *inflight;
+    size_t inflight_n, inflight_cap;
+    long long mem_limit, low_water;
+    int huge_to_backing, persistent, has_backing, codec, level, ready;
+    double t0;
+    /* counters: the names of store.py (zram's and zswap's) */
+    long long stored_pages, same_pages, huge_pages, compr_data_size, failed_reads, failed_writes,
+        invalid_io, bd_count, bd_reads, bd_writes, bd_errors, written_back_pages, pool_limit_hit,
+        reject_compress_fail, reject_compress_poor, reject_alloc_fail, reject_reclaim_fail;
+} StoreObject;
+
+/* same-filled words ----------------------------------------------------------------------- */
+
+static inline size_t fill_slot(uint64_t key, size_t cap)
+{
+    return (size_t)((key * 0x9E3779B97F4A7C15ull) >> 17) & (cap - 1);
+}
+
+static int fill_set(StoreObject *s, uint64_t pn, uint64_t word)
+{
+    if ((s->fill_count + 1) * 2 > s->fill_cap) {
+        size_t ncap = s->fill_cap ? s->fill_cap * 2 : 64;
+        uint64_t *k = calloc(ncap, 8), *v = calloc(ncap, 8);
+        if (!k || !v) {
+            free(k);
+            free(v);
+            return -1;
+        }
+        for (size_t i = 0; i < s->fill_cap; i++) {
+            if (!s->fill_keys[i])
+                continue;
+            size_t j = fill_slot(s->fill_keys[i], ncap);
+            while (k[j])
+                j = (j + 1) & (ncap - 1);
+            k[j] = s->fill_keys[i];
+            v[j] = s->fill_vals[i];
+        }
+        free(s->fill_keys);
+        free(s->fill_vals);
+        s->fill_keys = k;
+        s->fill_vals = v;
+        s->fill_cap = ncap;
+    }
+    uint64_t key = pn + 1;
+    size_t j = fill_slot(key, s->fill_cap);
+    while (s->fill_keys[j] && s->fill_keys[j] != key)
+        j = (j + 1) & (s->fill_cap - 1);
+    if (!s->fill_keys[j])
+        s->fill_count++;
+    s->fill_keys[j] = key;
+    s->fill_vals[j] = word;
+    return 0;
+}
+
+static uint64_t fill_get(const StoreObject *s, uint64_t pn)
+{
+    if (!s->fill_count)
+        return 0;
+    uint64_t key = pn + 1;
+    size_t j = fill_slot(key, s->fill_cap);
+    while (s->fill_keys[j]) {
+        if (s->fill_keys[j] == key)
+            return s->fill_vals[j];
+        j = (j + 1) & (s->fill_cap - 1);
+    }
+    return 0;
+}
+
+static void fill_del(StoreObject *s, uint64_t pn)
+{
+    if (!s->fill_count)
+        return;
+    uint64_t key = pn + 1;
+    size_t mask = s->fill_cap - 1, j = fill_slot(key, s->fill_cap);
+    while (s->fill_keys[j] && s->fill_keys[j] != key)
+        j = (j + 1) & mask;
+    if (!s->fill_keys[j])
+        return;
+    /* backward-shift deletion keeps every probe chain unbroken without tombstones */
+    size_t hole = j;
+    for (size_t i = (j + 1) & mask; s->fill_keys[i]; i = (i + 1) & mask) {
+        size_t home = fill_slot(s->fill_keys[i], s->fill_cap);
+        if (((i - home) & mask) >= ((i - hole) & mask)) {
+            s->fill_keys[hole] = s->fill_keys[i];
+            s->fill_vals[hole] = s->fill_vals[i];
+            hole = i;
+        }
+    }
+    s->fill_keys[hole] = 0;
+    s->fill_count--;
+}
+
+/* pages in flight (writeback, flush): a handful at a time --------------------------------- */
+
+static Inflight *inflight_find(StoreObject *s, uint32_t pn)
+{
+    for (size_t i = 0; i < s->inflight_n; i++)
+        if (s->inflight[i].pn == pn)
+            return &s->inflight[i];
+    return NULL;
+}
+
+/* the index ------------------------------------------------------------------------------- */
+
+static inline uint32_t store_now(const StoreObject *s)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double secs = (double)ts.tv_sec + ts.tv_nsec * 1e-9 - s->t0;
+    long long n = (long long)secs + 1;
+    return n > AGE_MASK ? AGE_MASK : (uint32_t)n;
+}
+
+/* store.py's _swap (store lock held; takes the pool lock unless pool_locked). -1 when the
+ * old entry's handle is not live in the pool (nothing changed then). */
+static int store_swap(StoreObject *s, uint32_t pn, uint32_t entry, int size, int pool_locked,
+                      int keep_old)
+{
+    if (s->inflight_n) {
+        Inflight *f = inflight_find(s, pn);
+        if (f)
+            f->rewritten = 1;
+    }
+    uint32_t old = s->index[pn];
+    if (old == SAME) {
+        s->same_pages--;
+        s->stored_pages--;
+        fill_del(s, pn);
+    } else if (old == BACKED) {
+        s->bd_count--;
+    } else if (old >= FIRST_HANDLE && keep_old) { /* another page still uses the object */
+        s->stored_pages--;
+    } else if (old >= FIRST_HANDLE) {
+        if (!pool_locked)
+            pthread_mutex_lock(&s->pool->lock->mutex);
+        int old_size = pool_free_locked(s->pool, old);
+        if (!pool_locked)
+            pthread_mutex_unlock(&s->pool->lock->mutex);
+        if (old_size < 0)
+            return -1;
+        s->compr_data_size -= old_size;
+        s->stored_pages--;
+        if (old_size == PAGE_SIZE)
+            s->huge_pages--;
+    }
+    s->index[pn] = entry;
+    if (entry == BACKED) {
+        s->bd_count++;
+        return 0;
+    }
+    s->stored_pages++;
+    if (entry == SAME) {
+        s->same_pages++;
+    } else {
+        s->compr_data_size += size;
+        if (size == PAGE_SIZE)
+            s->huge_pages++;
+    }
+    return 0;
+}
+
+/* a same-filled page: *word* 512 times (out may sit at any alignment) */
+static void fill_words(uint8_t *out, uint64_t word)
+{
+    if (!word) {
+        memset(out, 0, PAGE_SIZE);
+        return;
+    }
+    for (int i = 0; i < PAGE_SIZE; i += 8)
+        memcpy(out + i, &word, 8);
+}
+
+static inline long long pool_bytes(const StoreObject *s)
+{
+    return (long long)arena_pages_used(&s->pool->arena) * PAGE_SIZE;
+}
+
+/* a page whose old object the Python code must release (store lock held): recompressed (its
+ * codec slot counts it) or sharing its object (dedup counts the references) */
+static inline int python_owned(const StoreObject *s, uint32_t pn)
+{
+    return s->index[pn] >= FIRST_HANDLE && (s->meta[pn] & (SLOT_MASK | SHARED));
+}
+
+/* outcomes of one page in the request loop */
+enum { PAGE_DONE = 0, PAGE_PYTHON = 1, PAGE_NOT_LIVE = -1, PAGE_CORRUPT = -2, PAGE_NOMEM = -3 };
+
+/* write_page's fast path, GIL released: same-filled pages and pages the pool takes. Returns
+ * PAGE_PYTHON for a page the Python path must decide (memory limit, a reject, no room). */
+static int store_page(StoreObject *s, uint32_t pn, const uint8_t *page, uint32_t stamp)
+{
+    /* same-filled: one 8-byte word repeated, i.e. the page equals itself shifted by a word
+     * (one memcmp; the buffer may sit at any alignment) */
+    uint64_t word;
+    memcpy(&word, page, 8);
+    if (memcmp(page, page + 8, PAGE_SIZE - 8) == 0) {
+        int rc = PAGE_DONE;
+        pthread_mutex_lock(&s->lock->mutex);
+        if (python_owned(s, pn))
+            rc = PAGE_PYTHON;
+        else if (store_swap(s, pn, SAME, 0, 0, 0) != 0)
+            rc = PAGE_NOT_LIVE;
+        else if (word && fill_set(s, pn, word) != 0)
+            rc = PAGE_NOMEM;
+        if (rc == PAGE_DONE)
+            s->meta[pn] = stamp;
+        pthread_mutex_unlock(&s->lock->mutex);
+        return rc;
+    }
+    if (s->mem_limit && pool_bytes(s) >= s->mem_limit)
+        return PAGE_PYTHON;
+    uint8_t out[COMPRESS_BOUND];
+    int len = compress_page(s->codec, s->level, page, out);
+    if (len < 0)
+        return PAGE_PYTHON;
+    const uint8_t *payload = out;
+    if (len >= raw_threshold(s->pool)) {
+        if (s->huge_to_backing && s->has_backing && s->mem_limit && pool_bytes(s) >= s->low_water)
+            return PAGE_PYTHON;
+        payload = page;
+        len = PAGE_SIZE;
+    }
+    int rc = PAGE_DONE;
+    pthread_mutex_lock(&s->lock->mutex);
+    pthread_mutex_lock(&s->pool->lock->mutex);
+    uint64_t h = python_owned(s, pn) ? 0 : pool_store_locked(s->pool, payload, (size_t)len);
+    if (!h) {
+        rc = PAGE_PYTHON;
+    } else if (store_swap(s, pn, (uint32_t)h, len, 1, 0) != 0) {
+        pool_free_locked(s->pool, h);
+        rc = PAGE_NOT_LIVE;
+    } else {
+        s->meta[pn] = stamp;
+    }
+    pthread_mutex_unlock(&s->pool->lock->mutex);
+    pthread_mutex_unlock(&s->lock->mutex);
+    return rc;
+}
+
+/* read_page's fast path, GIL released: PAGE_PYTHON for a page only the backing file holds or a
+ * recompressed one (store.py's read_page decodes it with its slot's codec). */
+static int load_page(StoreObject *s, uint32_t pn, uint8_t *out, uint32_t now)
+{
+    uint8_t buf[PAGE_SIZE];
+    pthread_mutex_lock(&s->lock->mutex);
+    uint32_t entry = s->index[pn];
+    if (entry == SAME) {
+        s->meta[pn] = (s->meta[pn] & ~AGE_MASK) | now;
+        uint64_t word = fill_get(s, pn);
+        pthread_mutex_unlock(&s->lock->mutex);
+        fill_words(out, word);
+        return PAGE_DONE;
+    }
+    if (entry < FIRST_HANDLE) {
+        pthread_mutex_unlock(&s->lock->mutex);
+        if (entry == EMPTY && !s->persistent) {
+            memset(out, 0, PAGE_SIZE);
+            return PAGE_DONE;
+        }
+        return PAGE_PYTHON;
+    }
+    if (s->meta[pn] & SLOT_MASK) { /* recompressed: its codec and read marks are Python's */
+        pthread_mutex_unlock(&s->lock->mutex);
+        return PAGE_PYTHON;
+    }
+    s->meta[pn] = (s->meta[pn] & ~AGE_MASK) | now;
+    pthread_mutex_lock(&s->pool->lock->mutex);
+    int len = pool_read_locked(s->pool, entry, buf);
+    pthread_mutex_unlock(&s->pool->lock->mutex);
+    if (len < 0) {
+        s->failed_reads++;
+        pthread_mutex_unlock(&s->lock->mutex);
+        return PAGE_NOT_LIVE;
+    }
+    pthread_mutex_unlock(&s->lock->mutex);
+    if (len == PAGE_SIZE) {
+        memcpy(out, buf, PAGE_SIZE);
+        return PAGE_DONE;
+    }
+    if (decompress_page(s->codec, buf, len, out) != 0) {
+        pthread_mutex_lock(&s->lock->mutex);
+        s->failed_reads++;
+        pthread_mutex_unlock(&s->lock->mutex);
+        return PAGE_CORRUPT;
+    }
+    return PAGE_DONE;
+}
+
+/* Python face of the store ---------------------------------------------------------------- */
+
+static int store_check(StoreObject *s)
+{
+    if (!s->ready) {
+        PyErr_SetString(PyExc_RuntimeError, "store not set up");
+        return -1;
+    }
+    return pool_check(s->pool);
+}
+
+static PyObject *Store_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    StoreObject *self = (StoreObject *)type->tp_alloc(type, 0);
+    if (!self)
+        return NULL;
+    self->lock = (LockObject *)PyObject_CallNoArgs((PyObject *)&LockType);
+    if (!self->lock) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static int Store_traverse(StoreObject *s, visitproc visit, void *arg)
+{
+    Py_VISIT(s->pool);
+    if (s->index_buf.obj)
+        Py_VISIT(s->index_buf.obj);
+    if (s->meta_buf.obj)
+        Py_VISIT(s->meta_buf.obj);
+    return 0;
+}
+
+static int Store_clear(StoreObject *s)
+{
+    if (s->index_buf.obj)
+        PyBuffer_Release(&s->index_buf);
+    if (s->meta_buf.obj)
+        PyBuffer_Release(&s->meta_buf);
+    s->index = s->meta = NULL;
+    s->ready = 0;
+    Py_CLEAR(s->pool);
+    return 0;
+}
+
+static void Store_dealloc(StoreObject *s)
+{
+    PyObject_GC_UnTrack(s);
+    /* the Python subclass's instance dict is cleared by subtype_dealloc before this runs */
+    Store_clear(s);
+    free(s->fill_keys);
+    free(s->fill_vals);
+    free(s->inflight);
+    Py_CLEAR(s->lock);
+    Py_TYPE(s)->tp_free((PyObject *)s);
+}
+
+static int get_u32_buffer(PyObject *obj, Py_buffer *buf, uint64_t npages, const char *what)
+{
+    if (PyObject_GetBuffer(obj, buf, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0)
+        return -1;
+    if (buf->itemsize != 4 || (uint64_t)buf->len != npages * 4 || !buf->format ||
+        (strcmp(buf->format, "I") != 0 && strcmp(buf->format, "=I") != 0 &&
+         strcmp(buf->format, "<I") != 0)) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %llu uint32 items", what,
+                     (unsigned long long)npages);
+        PyBuffer_Release(buf);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *Store_setup(StoreObject *s, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"index", "meta", "pool", "codec", "level", "mem_limit",
+                             "low_water", "huge_to_backing", "persistent", "has_backing",
+                             "t0", NULL};
+    PyObject *index, *meta, *pool;
+    const char *codec;
+    int level, huge, persistent, has_backing;
+    long long mem_limit, low_water;
+    double t0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO!siLLpppd", kwlist, &index, &meta, &PoolType,
+                                     &pool, &codec, &level, &mem_limit, &low_water, &huge,
+                                     &persistent, &has_backing, &t0))
+        return NULL;
+    if (s->ready) {
+        PyErr_SetString(PyExc_RuntimeError, "store already set up");
+        return NULL;
+    }
+    if (!strcmp(codec, "lz4"))
+        s->codec = CODEC_LZ4;
+    else if (!strcmp(codec, "zstd"))
+        s->codec = CODEC_ZSTD;
+    else if (!strcmp(codec, "none"))
+        s->codec = CODEC_NONE;
+    else {
+        PyErr_Format(PyExc_ValueError, "the native engine has no codec %s", codec);
+        return NULL;
+    }
+    Py_ssize_t n = PyObject_Length(index);
+    if (n <= 0)
+        return n < 0 ? NULL : PyErr_Format(PyExc_ValueError, "a store needs at least one page");
+    s->npages = (uint64_t)n;
+    if (get_u32_buffer(index, &s->index_buf, s->npages, "index") != 0)
+        return NULL;
+    if (get_u32_buffer(meta, &s->meta_buf, s->npages, "meta") != 0) {
+        PyBuffer_Release(&s->index_buf);
+        return NULL;
+    }
+    s->index = s->index_buf.buf;
+    s->meta = s->meta_buf.buf;
+    Py_INCREF(pool);
+    s->pool = (PoolObject *)pool;
+    s->level = level;
+    s->mem_limit = mem_limit;
+    s->low_water = low_water;
+    s->huge_to_backing = huge;
+    s->persistent = persistent;
+    s->has_backing = has_backing;
+    s->t0 = t0;
+    s->ready = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *storage_failure(const char *fmt, ...)
+{
+    va_list va;
+    va_start(va, fmt);
+    PyObject *msg = PyUnicode_FromFormatV(fmt, va);
+    va_end(va);
+    if (msg) {
+        PyErr_SetObject(StorageFailureError, msg);
+        Py_DECREF(msg);
+    }
+    return NULL;
+}
+
+/* Python-side failure of one page: raise it (GIL held) */
+static void page_error(int rc, uint32_t pn)
+{
+    if (rc == PAGE_NOT_LIVE)
+        storage_failure("page %u: its pool object is gone (handle not live)", pn);
+    else if (rc == PAGE_CORRUPT)
+        storage_failure("decoding page %u: the payload does not decode to a page", pn);
+    else
+        PyErr_NoMemory();
+}
+
+/* Copy bytes returned by a Python callback into a page buffer (GIL held) */
+static int take_page(PyObject *res, uint8_t *dst)
+{
+    if (!res)
+        return -1;
+    Py_buffer b;
+    if (PyObject_GetBuffer(res, &b, PyBUF_SIMPLE) != 0) {
+        Py_DECREF(res);
+        return -1;
+    }
+    int ok = b.len == PAGE_SIZE;
+    if (ok)
+        memcpy(dst, b.buf, PAGE_SIZE);
+    PyBuffer_Release(&b);
+    Py_DECREF(res);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "a page read back is not 4096 bytes");
+        return -1;
+    }
+    return 0;
+}
+
+/* A request failed with an exception that is not a StoreError (a bug below, or a callback's
+ * surprise): count it and raise StorageFailure from it, as PageStore.write/read do (GIL held). */
+static PyObject *wrap_failure(StoreObject *s, int writing, unsigned long long offset,
+                              Py_ssize_t size)
+{
+    if (!PyErr_Occurred() || PyErr_ExceptionMatches(StoreErrorBase))
+        return NULL;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb)
+        PyException_SetTraceback(value, tb);
+    lock_wait(s->lock);
+    if (writing)
+        s->failed_writes++;
+    else
+        s->failed_reads++;
+    pthread_mutex_unlock(&s->lock->mutex);
+    PyObject *msg = writing ? PyUnicode_FromFormat("writing at %llu: %R", offset, value)
+                            : PyUnicode_FromFormat("reading %zd bytes at %llu: %R", size, offset,
+                                                   value);
+    PyObject *exc = msg ? PyObject_CallOneArg(StorageFailureError, msg) : NULL;
+    Py_XDECREF(msg);
+    if (exc) {
+        Py_INCREF(value);
+        PyException_SetCause(exc, value);
+        PyException_SetContext(exc, value);
+        PyErr_SetObject(StorageFailureError, exc);
+        Py_DECREF(exc);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    return NULL;
+}
+
+/* write(offset, data) / _cwrite(offset, data, stamp=0): the whole write request, the page loop
+ * with the GIL released except for the rare page handed back to Python */
+static PyObject *Store_cwrite(StoreObject *s, PyObject *args)
+{
+    unsigned long long offset;
+    unsigned long stamp = 0;
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "Ky*|k", &offset, &data, &stamp))
+        return NULL;
+    if (store_check(s) != 0 || offset + (unsigned long long)data.len > s->npages * PAGE_SIZE) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "write past the end of the image");
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    const uint8_t *src = data.buf;
+    size_t left = (size_t)data.len;
+    uint32_t pn = (uint32_t)(offset / PAGE_SIZE);
+    size_t head = offset % PAGE_SIZE;
+    uint8_t tmp[PAGE_SIZE];
+    PyObject *failed = NULL; /* set when a page fails: the GIL is held then */
+    PyThreadState *ts = PyEval_SaveThread();
+    uint32_t now = store_now(s);
+    if (!stamp)
+        stamp = now | (s->persistent ? DIRTY : 0);
+    while (left) {
+        size_t n = PAGE_SIZE - head < left ? PAGE_SIZE - head : left;
+        const uint8_t *page = src;
+        int rc;
+        if (n < PAGE_SIZE) { /* a partial page: read, modify, write */
+            rc = load_page(s, pn, tmp, now);
+            if (rc == PAGE_PYTHON) {
+                PyEval_RestoreThread(ts);
+                if (take_page(PyObject_CallMethod((PyObject *)s, "_read_slow", "I", pn), tmp)) {
+                    failed = Py_None;
+                    break;
+                }
+                ts = PyEval_SaveThread();
+            } else if (rc != PAGE_DONE) {
+                PyEval_RestoreThread(ts);
+                page_error(rc, pn);
+                failed = Py_None;
+                break;
+            }
+            memcpy(tmp + head, src, n);
+            page = tmp;
+        }
+        rc = store_page(s, pn, page, (uint32_t)stamp);
+        if (rc == PAGE_PYTHON) {
+            PyEval_RestoreThread(ts);
+            PyObject *r = PyObject_CallMethod((PyObject *)s, "_write_slow", "Iy#k", pn,
+                                              (const char *)page, (Py_ssize_t)PAGE_SIZE, stamp);
+            if (!r) {
+                failed = Py_None;
+                break;
+            }
+            Py_DECREF(r);
+            ts = PyEval_SaveThread();
+        } else if (rc != PAGE_DONE) {
+            PyEval_RestoreThread(ts);
+            page_error(rc, pn);
+            failed = Py_None;
+            break;
+        }
+        src += n;
+        left -= n;
+        head = 0;
+        pn++;
+    }
+    if (!failed)
+        PyEval_RestoreThread(ts);
+    PyBuffer_Release(&data);
+    if (failed)
+        return wrap_failure(s, 1, offset, 0);
+    Py_RETURN_NONE;
+}
+
+/* _cread(offset, size) -> bytes: the whole read request, GIL released between callbacks */
+static PyObject *Store_cread(StoreObject *s, PyObject *args)
+{
+    unsigned long long offset;
+    Py_ssize_t size;
+    if (!PyArg_ParseTuple(args, "Kn", &offset, &size) || store_check(s) != 0)
+        return NULL;
+    if (size < 0 || offset + (unsigned long long)size > s->npages * PAGE_SIZE) {
+        PyErr_SetString(PyExc_ValueError, "read past the end of the image");
+        return NULL;
+    }
+    PyObject *result = PyBytes_FromStringAndSize(NULL, size);
+    if (!result || !size)
+        return result;
+    uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(result);
+    size_t left = (size_t)size;
+    uint32_t pn = (uint32_t)(offset / PAGE_SIZE);
+    size_t head = offset % PAGE_SIZE;
+    uint8_t tmp[PAGE_SIZE];
+    int failed = 0;
+    PyThreadState *ts = PyEval_SaveThread();
+    uint32_t now = store_now(s);
+    while (left) {
+        size_t n = PAGE_SIZE - head < left ? PAGE_SIZE - head : left;
+        uint8_t *out = n == PAGE_SIZE ? dst : tmp; /* whole pages decode in place */
+        int rc = load_page(s, pn, out, now);
+        if (rc == PAGE_PYTHON) {
+            PyEval_RestoreThread(ts);
+            if (take_page(PyObject_CallMethod((PyObject *)s, "_read_slow", "I", pn), out)) {
+                failed = 1;
+                break;
+            }
+            ts = PyEval_SaveThread();
+        } else if (rc != PAGE_DONE) {
+            PyEval_RestoreThread(ts);
+            page_error(rc, pn);
+            failed = 1;
+            break;
+        }
+        if (out == tmp)
+            memcpy(dst, tmp + head, n);
+        dst += n;
+        left -= n;
+        head = 0;
+        pn++;
+    }
+    if (!failed)
+        PyEval_RestoreThread(ts);
+    if (failed) {
+        Py_DECREF(result);
+        return wrap_failure(s, 0, offset, size);
+    }
+    return result;
+}
+
+static int parse_pn(StoreObject *s, PyObject *arg, uint32_t *pn)
+{
+    unsigned long long v = PyLong_AsUnsignedLongLong(arg);
+    if (v == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    if (v >= s->npages) {
+        PyErr_Format(PyExc_IndexError, "page %llu is past the end of the image", v);
+        return -1;
+    }
+    *pn = (uint32_t)v;
+    return 0;
+}
+
+/* _swap(pn, entry, size): store.py's _swap (the caller holds the store lock) */
+static PyObject *Store_swap(StoreObject *s, PyObject *args)
+{
+    PyObject *pnobj;
+    unsigned long entry;
+    int size, keep_old = 0;
+    uint32_t pn;
+    if (!PyArg_ParseTuple(args, "Oki|p", &pnobj, &entry, &size, &keep_old) || store_check(s) ||
+        parse_pn(s, pnobj, &pn))
+        return NULL;
+    lock_wait(s->pool->lock);
+    int rc = store_swap(s, pn, (uint32_t)entry, size, 1, keep_old);
+    pthread_mutex_unlock(&s->pool->lock->mutex);
+    if (rc)
+        return storage_failure("page %u: its pool object is gone (handle not live)", pn);
+    Py_RETURN_NONE;
+}
+
+/* _peek(pn) -> (entry, raw payload | fill page | None), registering pn in flight (store.py's
+ * _page_of without the decompression) */
+static PyObject *Store_peek(StoreObject *s, PyObject *arg)
+{
+    uint32_t pn;
+    if (store_check(s) || parse_pn(s, arg, &pn))
+        return NULL;
+    uint8_t buf[PAGE_SIZE];
+    int len = -2;
+    lock_wait(s->lock);
+    Inflight *f = inflight_find(s, pn);
+    if (f) {
+        f->rewritten = 0;
+    } else if (grow((void **)&s->inflight, &s->inflight_cap, s->inflight_n + 1,
+                    sizeof(Inflight)) == 0) {
+        s->inflight[s->inflight_n].pn = pn;
+        s->inflight[s->inflight_n++].rewritten = 0;
+    } else {
+        pthread_mutex_unlock(&s->lock->mutex);
+        return PyErr_NoMemory();
+    }
+    uint32_t entry = s->index[pn];
+    uint64_t word = 0;
+    if (entry == SAME) {
+        word = fill_get(s, pn);
+        len = PAGE_SIZE;
+    } else if (entry >= FIRST_HANDLE) {
+        lock_wait(s->pool->lock); /* the GIL is held here: never wait for a lock with it */
+        len = pool_read_locked(s->pool, entry, buf);
+        pthread_mutex_unlock(&s->pool->lock->mutex);
+    }
+    pthread_mutex_unlock(&s->lock->mutex);
+    if (entry == SAME)
+        fill_words(buf, word);
+    if (len == -1)
+        return not_live(entry);
+    if (len == -2)
+        return Py_BuildValue("(kO)", (unsigned long)entry, Py_None);
+    return Py_BuildValue("(ky#)", (unsigned long)entry, (const char *)buf, (Py_ssize_t)len);
+}
+
+/* _rewritten(pn) -> bool: take pn out of flight (the caller holds the store lock) */
+static PyObject *Store_rewritten(StoreObject *s, PyObject *arg)
+{
+    uint32_t pn;
+    if (store_check(s) || parse_pn(s, arg, &pn))
+        return NULL;
+    Inflight *f = inflight_find(s, pn);
+    if (!f)
+        Py_RETURN_TRUE;
+    int rewritten = (int)f->rewritten;
+    *f = s->inflight[--s->inflight_n];
+    return PyBool_FromLong(rewritten);
+}
+
+/* _was_rewritten(pn) -> bool: like _rewritten, but pn stays in flight (store lock held) */
+static PyObject *Store_was_rewritten(StoreObject *s, PyObject *arg)
+{
+    uint32_t pn;
+    if (store_check(s) || parse_pn(s, arg, &pn))
+        return NULL;
+    Inflight *f = inflight_find(s, pn);
+    return PyBool_FromLong(!f || f->rewritten);
+}
+
+/* _fill_set(pn, word): keep pn's same-filled word (store lock held) */
+static PyObject *Store_fill_set(StoreObject *s, PyObject *args)
+{
+    PyObject *pnobj;
+    unsigned long long word;
+    uint32_t pn;
+    if (!PyArg_ParseTuple(args, "OK", &pnobj, &word) || store_check(s) || parse_pn(s, pnobj, &pn))
+        return NULL;
+    if (word && fill_set(s, pn, word) != 0)
+        return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+/* _fill_word(pn) -> the same-filled word of pn (0 when none is kept) */
+static PyObject *Store_fill_word(StoreObject *s, PyObject *arg)
+{
+    uint32_t pn;
+    if (store_check(s) || parse_pn(s, arg, &pn))
+        return NULL;
+    lock_wait(s->lock);
+    uint64_t word = fill_get(s, pn);
+    pthread_mutex_unlock(&s->lock->mutex);
+    return PyLong_FromUnsignedLongLong(word);
+}
+
+static PyObject *Store_get_lock(StoreObject *s, void *c)
+{
+    Py_INCREF(s->lock);
+    return (PyObject *)s->lock;
+}
+
+static PyObject *Store_get_inflight(StoreObject *s, void *c)
+{
+    return PyLong_FromSize_t(s->inflight_n);
+}
+
+static PyGetSetDef Store_getset[] = {
+    {"_lock", (getter)Store_get_lock, NULL, "the store lock", NULL},
+    {"_inflight_count", (getter)Store_get_inflight, NULL, "pages in flight", NULL},
+    {NULL},
+};
+
+#define COUNTER(name) {#name, T_LONGLONG, offsetof(StoreObject, name), 0, NULL}
+static PyMemberDef Store_members[] = {
+    COUNTER(stored_pages), COUNTER(same_pages), COUNTER(huge_pages), COUNTER(compr_data_size),
+    COUNTER(failed_reads), COUNTER(failed_writes), COUNTER(invalid_io), COUNTER(bd_count),
+    COUNTER(bd_reads), COUNTER(bd_writes), COUNTER(bd_errors), COUNTER(written_back_pages),
+    COUNTER(pool_limit_hit), COUNTER(reject_compress_fail), COUNTER(reject_compress_poor),
+    COUNTER(reject_alloc_fail), COUNTER(reject_reclaim_fail), {NULL},
+};
+#undef COUNTER
+
+static PyMethodDef Store_methods[] = {
+    {"_setup", (PyCFunction)(void (*)(void))Store_setup, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"write", (PyCFunction)Store_cwrite, METH_VARARGS, "write(offset, data): one request"},
+    {"read", (PyCFunction)Store_cread, METH_VARARGS, "read(offset, size) -> bytes: one request"},
+    {"_cwrite", (PyCFunction)Store_cwrite, METH_VARARGS, "_cwrite(offset, data, stamp=0)"},
+    {"_cread", (PyCFunction)Store_cread, METH_VARARGS, "_cread(offset, size) -> bytes"},
+    {"_swap_entry", (PyCFunction)Store_swap, METH_VARARGS,
+     "_swap_entry(pn, entry, size, keep_old=False): store.py's _swap in C; store lock held"},
+    {"_peek", (PyCFunction)Store_peek, METH_O, "_peek(pn) -> (entry, payload or None)"},
+    {"_rewritten", (PyCFunction)Store_rewritten, METH_O, "_rewritten(pn); store lock held"},
+    {"_was_rewritten", (PyCFunction)Store_was_rewritten, METH_O, "store lock held"},
+    {"_fill_word", (PyCFunction)Store_fill_word, METH_O, NULL},
+    {"_fill_set", (PyCFunction)Store_fill_set, METH_VARARGS, "_fill_set(pn, word); store lock held"},
+    {NULL},
+};
+
+static PyTypeObject StoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "zswapfs.engine._native.Store",
+    .tp_basicsize = sizeof(StoreObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The page index and request loop in C (see store.py for the design).",
+    .tp_new = Store_new,
+    .tp_dealloc = (destructor)Store_dealloc,
+    .tp_traverse = (traverseproc)Store_traverse,
+    .tp_clear = (inquiry)Store_clear,
+    .tp_methods = Store_methods,
+    .tp_members = Store_members,
+    .tp_getset = Store_getset,
+};
+
+/* ------------------------------------------------------------------------------------------ */
+
+static PyObject *set_errors(PyObject *mod, PyObject *args)
+{
+    PyObject *pool_full, *storage_failure_cls, *store_error;
+    if (!PyArg_ParseTuple(args, "OOO", &pool_full, &storage_failure_cls, &store_error))
+        return NULL;
+    Py_XSETREF(PoolFullError, Py_NewRef(pool_full));
+    Py_XSETREF(StorageFailureError, Py_NewRef(storage_failure_cls));
+    Py_XSETREF(StoreErrorBase, Py_NewRef(store_error));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"_set_errors", set_errors, METH_VARARGS, "_set_errors(PoolFull, StorageFailure, StoreError)"},
+    {NULL},
+};
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT, "_native",
+    "The compiled page engine: zsmalloc pool, page index and request loop (see native.py).", -1,
+    module_methods,
+};
+
+PyMODINIT_FUNC PyInit__native(void)
+{
+    if (pthread_key_create(&zstd_key, zstd_local_free) != 0)
+        return PyErr_NoMemory();
+    PoolFullError = Py_NewRef(PyExc_MemoryError);
+    StorageFailureError = Py_NewRef(PyExc_OSError);
+    StoreErrorBase = Py_NewRef(PyExc_OSError);
+    if (PyType_Ready(&LockType) < 0 || PyType_Ready(&PoolType) < 0 ||
+        PyType_Ready(&StoreType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Lock", (PyObject *)&LockType) < 0 ||
+        PyModule_AddObjectRef(m, "ZsPool", (PyObject *)&PoolType) < 0 ||
+        PyModule_AddObjectRef(m, "Store", (PyObject *)&StoreType) < 0 ||
+        PyModule_AddIntConstant(m, "LZ4_VERSION", LZ4_versionNumber()) < 0 ||
+        PyModule_AddIntConstant(m, "ZSTD_VERSION", (long)ZSTD_versionNumber()) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,264 @@
+"""The compiled engine (``_native.c``) behind the PageStore and Pool interfaces.
+
+NativeStore is a PageStore whose hot path is compiled: ``write(offset, data)`` and
+``read(offset, size)`` are one call into C per request, with the GIL released for the page
+loop (same-filled detection, compression, placement in the C zsmalloc pool, index swap, counters,
+access stamps). The C side owns the pool and the counters; the index and meta arrays are numpy
+arrays it writes through their buffers, so every PageStore method written in Python works
+unchanged over them: writeback_page, flush, cold_pages, stats, the reject path. The store lock is
+a C mutex (``_native.Lock``) that ``with store.lock:`` holds from Python too.
+
+A page the C loop does not decide goes back to PageStore's Python code, page by page:
+  - a non-same-filled page while the pool is at its memory limit, or one PageStore would reject
+    (compression failure, incompressible page past the low watermark with huge_to_backing, no
+    room in the pool): PageStore.write_page, which counts and routes it;
+  - a page only the backing file holds (written back, or never written in image mode), or one
+    recompressed by the background loop: PageStore.read_page;
+  - a page whose old object is recompressed (a codec slot counts it) or shared (dedup counts
+    its references): PageStore.write_page, whose _swap (here: the bookkeeping in Python, the
+    swap in C) keeps those counts.
+
+NativeZsPool is the C zsmalloc pool with Pool's Python conveniences (compact, migrate_top, stats)
+on top; its placement decisions, handles and counters are those of pools/zsmalloc.py step for
+step (tests/test_engine_diff.py checks it).
+
+Only zsmalloc is compiled; zbud and z3fold are Python only. ``make_store`` picks the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from zswapfs.engine.backing import BackingFile
+from zswapfs.engine.codec import PAGE_SIZE, Codec, Lz4Codec, NoneCodec, ZstdCodec
+from zswapfs.engine.pools import Pool, PoolFull, make_pool
+from zswapfs.engine.pools.zsmalloc import DEFAULT_CHAIN, ZsPool
+from zswapfs.engine.store import (
+    FIRST_HANDLE,
+    SLOT_MASK,
+    SLOT_SHIFT,
+    PageStore,
+    StorageFailure,
+    StoreError,
+)
+
+log = logging.getLogger(__name__)
+
+ENGINE_NAMES = ("native", "python")
+
+try:
+    from zswapfs.engine import _native
+except ImportError as exc:  # built without a compiler, or liblz4/libzstd missing
+    _native = None  # type: ignore[assignment]
+    UNAVAILABLE: str | None = f"the compiled engine is not built ({exc})"
+else:
+    _native._set_errors(PoolFull, StorageFailure, StoreError)
+    UNAVAILABLE = None
+
+
+def available() -> bool:
+    return _native is not None
+
+
+def _codec_args(codec: Codec) -> tuple[str, int] | None:
+    """(codec kind, level) for the C side, or None for a codec it does not have."""
+    if isinstance(codec, Lz4Codec):
+        return "lz4", 0
+    if isinstance(codec, ZstdCodec):
+        return "zstd", codec.level
+    if isinstance(codec, NoneCodec):
+        return "none", 0
+    return None
+
+
+if _native is not None:
+
+    class NativeArena:
+        """The arena figures Pool and the maintenance thread read (pool.arena.*)."""
+
+        def __init__(self, pool: NativeZsPool) -> None:
+            self._pool = pool
+
+        @property
+        def holes(self) -> int:
+            return self._pool.arena_holes
+
+        @property
+        def high_water(self) -> int:
+            return self._pool.arena_high_water
+
+        @property
+        def pages_max(self) -> int:
+            return self._pool.arena_pages_max
+
+        @property
+        def max_pages(self) -> int:
+            return self._pool.arena_max_pages
+
+        @property
+        def pages_used(self) -> int:
+            return self._pool.pages_used
+
+        @property
+        def segments_mapped(self) -> int:
+            return self._pool.arena_segments_mapped
+
+        @property
+        def segments_released(self) -> int:
+            return self._pool.arena_segments_released
+
+        def is_free(self, pn: int) -> bool:
+            return self._pool._arena_is_free(pn)
+
+        def release_empty_segments(self) -> int:
+            return self._pool.release_segments()
+
+        def close(self) -> None:
+            self._pool.close()
+
+    class NativeZsPool(_native.ZsPool, Pool):  # type: ignore[misc]
+        """The C zsmalloc pool; the interface of pools/__init__.py's Pool."""
+
+        name = "zsmalloc"
+
+        def __init__(self, max_pages: int, max_chain: int = DEFAULT_CHAIN) -> None:
+            # Pool.__init__ is not called: the arena, handle table and lock are in C
+            self._setup(max_pages, max_chain)
+            self.arena = NativeArena(self)  # type: ignore[assignment]
+
+        headroom = staticmethod(ZsPool.headroom)
+
+        def stats(self) -> dict[str, Any]:
+            out = Pool.stats(self)
+            out["huge_class_size"] = self.huge_class_size
+            out["classes"] = self.class_table()
+            return out
+
+    class _FillWords:
+        """What PageStore's Python write path does with `fill` (store lock held): keep a
+        same-filled page's word, in C."""
+
+        def __init__(self, store: NativeStore) -> None:
+            self.store = store
+
+        def __setitem__(self, pn: int, word: int) -> None:
+            self.store._fill_set(pn, word)
+
+    class NativeStore(_native.Store, PageStore):
+        """PageStore with the request loop in C (see the module docstring)."""
+
+        engine = "native"
+
+        def __init__(
+            self,
+            npages: int,
+            codec: Codec,
+            pool: Pool,
+            backing: BackingFile | None = None,
+            mem_limit: int = 0,
+            huge_to_backing: bool = False,
+            low_watermark: int = 90,
+        ) -> None:
+            kind = _codec_args(codec)
+            if not isinstance(pool, NativeZsPool) or kind is None:
+                raise ValueError("the native engine needs a NativeZsPool and lz4, zstd or none")
+            PageStore.__init__(
+                self, npages, codec, pool, backing, mem_limit, huge_to_backing, low_watermark
+            )
+            self.lock = self._lock  # type: ignore[assignment]
+            # the same-filled words and the pages in flight live in C
+            del self._inflight
+            self.fill = _FillWords(self)  # type: ignore[assignment]
+            self._setup(
+                self.index,
+                self.meta,
+                pool,
+                kind[0],
+                kind[1],
+                mem_limit,
+                self.low_water,
+                huge_to_backing,
+                self.persistent,
+                backing is not None,
+                self._t0,
+            )
+
+        # -- one call a request: write(offset, data) and read(offset, size) are the C
+        # methods themselves (a failure that is not a StoreError is counted and raised as
+        # StorageFailure there, as PageStore.write/read do)
+
+        def write_page(self, pn: int, page: bytes, stamp: int = 0) -> None:
+            if len(page) != PAGE_SIZE:
+                raise ValueError(f"a page is {PAGE_SIZE} bytes, not {len(page)}")
+            self._cwrite(pn * PAGE_SIZE, page, stamp)
+
+        def read_page(self, pn: int) -> bytes:
+            return self._cread(pn * PAGE_SIZE, PAGE_SIZE)
+
+        def _write_slow(self, pn: int, page: bytes, stamp: int) -> None:
+            """A page the C loop hands back (memory limit, reject, no room, or an old object
+            that is recompressed or shared): PageStore's Python write path decides where it
+            goes and counts it."""
+            PageStore.write_page(self, pn, page, stamp)
+
+        def _read_slow(self, pn: int) -> bytes:
+            """A page the C loop hands back (only in the backing file, or recompressed: decoded
+            with its slot's codec, and its read marks kept): PageStore's Python read path."""
+            return PageStore.read_page(self, pn)
+
+        def _swap(self, pn: int, entry: int, size: int) -> None:
+            """PageStore._swap's slot and dedup bookkeeping in Python, the rest in C (store
+            lock held): a recompressed page leaves its slot; a shared object loses a
+            reference instead of being freed."""
+            old = self.index.item(pn)
+            keep = False
+            if old >= FIRST_HANDLE:
+                slot = (self.meta.item(pn) & SLOT_MASK) >> SLOT_SHIFT
+                if slot:
+                    self._leave_slot(slot)
+                    self.rewarm.discard(pn)
+                refs = self.shared.get(old)
+                if refs:
+                    keep = True
+                    if refs == 1:
+                        del self.shared[old]
+                    else:
+                        self.shared[old] = refs - 1
+            self._swap_entry(pn, entry, size, keep)
+
+        def stats(self) -> dict[str, Any]:
+            return PageStore.stats(self)
+
+
+def make_store(
+    engine: str,
+    npages: int,
+    codec: Codec,
+    pool_name: str,
+    max_chain: int | None = None,
+    backing: BackingFile | None = None,
+    mem_limit: int = 0,
+    huge_to_backing: bool = False,
+    low_watermark: int = 90,
+) -> PageStore:
+    """A store and its pool on the engine asked for: "native" falls back to the Python engine,
+    with a log line, when the extension is not built or has no such pool or codec."""
+    if engine not in ENGINE_NAMES:
+        raise ValueError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINE_NAMES)}")
+    if engine == "native":
+        why = UNAVAILABLE
+        if why is None and pool_name != "zsmalloc":
+            why = f"the {pool_name} pool is Python only"
+        if why is None and _codec_args(codec) is None:
+            why = f"codec {codec.name} is Python only"
+        if why is None:
+            chain = max_chain or DEFAULT_CHAIN
+            pool: Pool = NativeZsPool(npages + ZsPool.headroom(chain), chain)
+            return NativeStore(npages, codec, pool, backing, mem_limit, huge_to_backing,
+                               low_watermark)  # fmt: skip
+        # a missing build is worth a warning; a pool or codec not compiled yet is a choice
+        level = logging.WARNING if UNAVAILABLE else logging.INFO
+        log.log(level, "native engine unavailable (%s): using the python engine", why)
+    pool = make_pool(pool_name, npages, max_chain=max_chain or DEFAULT_CHAIN)
+    return PageStore(npages, codec, pool, backing, mem_limit, huge_to_backing, low_watermark)
