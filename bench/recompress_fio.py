@@ -1,14 +1,15 @@
 """4K random writes through a mount with the background recompression working, against the same
 mount with it off, in one run.
 
-Two images are mounted at once (lz4, zsmalloc): one with `--recompress-idle 0` and a 0.1 s
-maintenance interval, so the loop recompresses (and dedups) everything it can see all the time,
-the worst case for the request path; one with `--recompress off`. Both are filled first with
+Two images are mounted at once (lz4, zsmalloc): one with `--recompress-idle IDLE` (--idle,
+default 0) and a 0.1 s maintenance interval (with 0 the loop recompresses, and dedups,
+everything it can see all the time: the worst case for the request path); one with
+`--recompress off`. Both are filled first with
 fio's 50%-compressible buffers so the loop has work from the start. Then fio 4K randwrite
 (O_DIRECT, libaio) at QD1 and QD16 runs on each, the two images alternating for --rounds
 rounds; the median IOPS of each and the ratio on/off are printed.
 
-    python bench/recompress_fio.py [--runtime 5] [--rounds 3] [--size 128M]
+    python bench/recompress_fio.py [--runtime 5] [--rounds 3] [--size 128M] [--idle 0]
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from zswapfs.lab import bench
 from zswapfs.service.config import parse_size
 
 CONFIGS = {
-    "on": ("--recompress-idle", "0", "--maintenance-interval", "0.1"),
+    "on": ("--maintenance-interval", "0.1"),  # --recompress-idle added from --idle
     "off": ("--recompress", "off"),
 }
 JOBS = (("QD1", 1), ("QD16", 16))
@@ -51,6 +52,7 @@ def main() -> None:
     ap.add_argument("--runtime", type=float, default=5.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--size", default="128M")
+    ap.add_argument("--idle", default="0", help="--recompress-idle of the image with the loop on")
     args = ap.parse_args()
     size = parse_size(args.size)
     iops: dict[str, list[float]] = {f"{c} {j}": [] for c in CONFIGS for j, _ in JOBS}
@@ -61,6 +63,8 @@ def main() -> None:
         work = Path(tmp)
         images = {}
         for name, extra in CONFIGS.items():
+            if name == "on":
+                extra = (*extra, "--recompress-idle", args.idle)
             mp = work / f"mnt-{name}"
             mp.mkdir()
             images[name] = st.enter_context(
@@ -79,6 +83,7 @@ def main() -> None:
         "iops": iops,
         "median_iops": med,
         "on_vs_off": {job: med[f"on {job}"] / med[f"off {job}"] for job, _ in JOBS},
+        "idle": args.idle,
         "recompressed_pages_on": stats["on"]["pages_recompressed"],
     }
     print(json.dumps(result, indent=1))
