@@ -34,10 +34,21 @@ FIO_DATA = ["--direct=1", "--buffer_compress_percentage=50", "--refill_buffers"]
 
 def fio(target: Path, rw: str, bs: str, qd: int, runtime: float, workdir: Path) -> float:
     out = workdir / "fio.json"
-    cmd = ["fio", "--name=job", f"--filename={target}", f"--size={REGION}", f"--rw={rw}",
-           f"--bs={bs}", f"--iodepth={qd}", "--ioengine=libaio", "--time_based",
-           f"--runtime={runtime}", *FIO_DATA, "--output-format=json",
-           f"--output={out}"]  # fmt: skip
+    cmd = [
+        "fio",
+        "--name=job",
+        f"--filename={target}",
+        f"--size={REGION}",
+        f"--rw={rw}",
+        f"--bs={bs}",
+        f"--iodepth={qd}",
+        "--ioengine=libaio",
+        "--time_based",
+        f"--runtime={runtime}",
+        *FIO_DATA,
+        "--output-format=json",
+        f"--output={out}",
+    ]
     subprocess.run(cmd, check=True, capture_output=True, cwd=workdir, timeout=runtime * 5 + 120)
     return float(bench.parse_fio(json.loads(out.read_text()), rw)["iops"])
 
@@ -45,8 +56,19 @@ def fio(target: Path, rw: str, bs: str, qd: int, runtime: float, workdir: Path) 
 @contextlib.contextmanager
 def engine_mounted(mountpoint: Path, engine: str, log: Path) -> Iterator[Path]:
     mountpoint.mkdir()
-    cmd = [sys.executable, "-m", "zswapfs", "mount", str(mountpoint), "--size", str(SIZE),
-           "--engine", engine, "--log", str(log)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "zswapfs",
+        "mount",
+        str(mountpoint),
+        "--size",
+        str(SIZE),
+        "--engine",
+        engine,
+        "--log",
+        str(log),
+    ]
     try:
         subprocess.run(cmd, check=True, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
         stats = bench.fio.read_mount_stats(mountpoint)
@@ -54,8 +76,11 @@ def engine_mounted(mountpoint: Path, engine: str, log: Path) -> Iterator[Path]:
         yield mountpoint / "swap.img"
     finally:
         if os.path.ismount(mountpoint):
-            subprocess.run([sys.executable, "-m", "zswapfs", "umount", str(mountpoint)],
-                           capture_output=True, timeout=60)  # fmt: skip
+            subprocess.run(
+                [sys.executable, "-m", "zswapfs", "umount", str(mountpoint)],
+                capture_output=True,
+                timeout=60,
+            )
         if os.path.ismount(mountpoint):
             subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
 
@@ -70,17 +95,32 @@ def main() -> int:
         tmp = Path(d)
         (tmp / "mnt-null").mkdir()
         images = {
-            "null": st.enter_context(bench.fio.null_mounted(tmp / "mnt-null", SIZE,
-                                                            tmp / "null.log")),
+            "null": st.enter_context(
+                bench.fio.null_mounted(tmp / "mnt-null", SIZE, tmp / "null.log")
+            ),
             "python": st.enter_context(engine_mounted(tmp / "mnt-py", "python", tmp / "py.log")),
             "native": st.enter_context(engine_mounted(tmp / "mnt-nat", "native", tmp / "n.log")),
-        }  # fmt: skip
+        }
         for image in images.values():
-            subprocess.run(["fio", "--name=fill", f"--filename={image}", f"--size={REGION}",
-                            "--rw=write", "--bs=1m", *FIO_DATA, "--output-format=json"],
-                           check=True, capture_output=True, cwd=tmp)  # fmt: skip
-        print(f"fio on the image files, {args.rounds} alternating rounds of {args.runtime} s, "
-              f"mean IOPS:")  # fmt: skip
+            subprocess.run(
+                [
+                    "fio",
+                    "--name=fill",
+                    f"--filename={image}",
+                    f"--size={REGION}",
+                    "--rw=write",
+                    "--bs=1m",
+                    *FIO_DATA,
+                    "--output-format=json",
+                ],
+                check=True,
+                capture_output=True,
+                cwd=tmp,
+            )
+        print(
+            f"fio on the image files, {args.rounds} alternating rounds of {args.runtime} s, "
+            f"mean IOPS:"
+        )
         print(f"  {'job':20} {'null':>8} {'python':>8} {'native':>8}  python/null  native/null")
         for name, rw, bs, qd in JOBS:
             runs: dict[str, list[float]] = {k: [] for k in kinds}
@@ -88,9 +128,11 @@ def main() -> int:
                 for kind in kinds:
                     runs[kind].append(fio(images[kind], rw, bs, qd, args.runtime, tmp))
             mean = {k: sum(v) / len(v) for k, v in runs.items()}
-            print(f"  {name:20} {mean['null']:8.0f} {mean['python']:8.0f} {mean['native']:8.0f}"
-                  f"  {mean['python'] / mean['null']:11.3f}  {mean['native'] / mean['null']:11.3f}",
-                  flush=True)  # fmt: skip
+            print(
+                f"  {name:20} {mean['null']:8.0f} {mean['python']:8.0f} {mean['native']:8.0f}"
+                f"  {mean['python'] / mean['null']:11.3f}  {mean['native'] / mean['null']:11.3f}",
+                flush=True,
+            )
     return 0
 
 

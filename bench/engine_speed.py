@@ -109,24 +109,40 @@ def main() -> int:
             samples.setdefault(key, []).append(secs * 1e6 / n)  # us a page
     med = {key: statistics.median(v) for key, v in samples.items()}
     source = str(args.pages) if args.pages else f"synthetic:{args.synthetic}"
-    print(f"{n} pages from {source} ({same} same-filled), {args.rounds} interleaved rounds, "
-          f"median us a page:")  # fmt: skip
-    print(f"  bare lz4 compress {med['bare_compress']:7.2f}   "
-          f"bare lz4 decompress {med['bare_decompress']:7.2f}")  # fmt: skip
+    print(
+        f"{n} pages from {source} ({same} same-filled), {args.rounds} interleaved rounds, "
+        f"median us a page:"
+    )
+    print(
+        f"  bare lz4 compress {med['bare_compress']:7.2f}   "
+        f"bare lz4 decompress {med['bare_decompress']:7.2f}"
+    )
     ratios: dict[str, float] = {}
     for engine in ("python", "native"):
         for size in ("4k", "1m"):
             st, ld = med[f"{engine}_store_{size}"], med[f"{engine}_load_{size}"]
             ratios[f"{engine}_store_{size}"] = med["bare_compress"] / st
             ratios[f"{engine}_load_{size}"] = med["bare_decompress"] / ld
-            print(f"  {engine:6} {size} requests: store {st:7.2f} (ratio "
-                  f"{ratios[f'{engine}_store_{size}']:.2f}, goal 0.8)   load {ld:7.2f} (ratio "
-                  f"{ratios[f'{engine}_load_{size}']:.2f}, goal 0.7)")  # fmt: skip
+            print(
+                f"  {engine:6} {size} requests: store {st:7.2f} (ratio "
+                f"{ratios[f'{engine}_store_{size}']:.2f}, goal 0.8)   load {ld:7.2f} (ratio "
+                f"{ratios[f'{engine}_load_{size}']:.2f}, goal 0.7)"
+            )
     if args.json:
         args.json.write_text(
-            json.dumps({"pages": n, "same_filled": same, "source": source, "rounds": args.rounds,
-                        "us_per_page": samples, "median": med, "ratios": ratios}, indent=1)
-        )  # fmt: skip
+            json.dumps(
+                {
+                    "pages": n,
+                    "same_filled": same,
+                    "source": source,
+                    "rounds": args.rounds,
+                    "us_per_page": samples,
+                    "median": med,
+                    "ratios": ratios,
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

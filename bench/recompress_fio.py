@@ -35,12 +35,20 @@ JOBS = (("QD1", 1), ("QD16", 16))
 def fio(image: Path, size: int, qd: int, runtime: float, work: Path, fill: bool = False) -> float:
     out = work / "fio.json"
     cmd = [
-        "fio", "--name=job", f"--filename={image}", f"--size={size}",
-        "--rw=write" if fill else "--rw=randwrite", "--bs=1M" if fill else "--bs=4k",
-        f"--iodepth={qd}", "--ioengine=libaio", "--direct=1",
-        "--buffer_compress_percentage=50", "--refill_buffers",
-        "--output-format=json", f"--output={out}",
-    ]  # fmt: skip
+        "fio",
+        "--name=job",
+        f"--filename={image}",
+        f"--size={size}",
+        "--rw=write" if fill else "--rw=randwrite",
+        "--bs=1M" if fill else "--bs=4k",
+        f"--iodepth={qd}",
+        "--ioengine=libaio",
+        "--direct=1",
+        "--buffer_compress_percentage=50",
+        "--refill_buffers",
+        "--output-format=json",
+        f"--output={out}",
+    ]
     if not fill:
         cmd += ["--time_based", f"--runtime={runtime}"]
     subprocess.run(cmd, check=True, capture_output=True, cwd=work, timeout=runtime * 5 + 300)

@@ -108,9 +108,15 @@ class EngineDiff(RuleBasedStateMachine):
         if self.backing:
             backing = BackingFile(str(self.dir / f"{engine}.img"), NPAGES, self.persistent)
         codec = SystemLz4Codec() if engine == "python" else Lz4Codec()
-        return native.make_store(engine, NPAGES, codec, "zsmalloc", backing=backing,
-                                 mem_limit=self.mem_limit_pages * PAGE_SIZE,
-                                 huge_to_backing=self.huge_to_backing)  # fmt: skip
+        return native.make_store(
+            engine,
+            NPAGES,
+            codec,
+            "zsmalloc",
+            backing=backing,
+            mem_limit=self.mem_limit_pages * PAGE_SIZE,
+            huge_to_backing=self.huge_to_backing,
+        )
 
     def _both(self, method: str, *args: Any) -> list[Any]:
         """Call *method* on both stores; both must return the same or raise the same."""
@@ -297,8 +303,10 @@ def test_zstd_round_trip_both_ways() -> None:
 
     rnd = random.Random(5)
     pages = [make_page(k, rnd) for k in KINDS * 4]
-    stores = [native.make_store(e, len(pages), make_codec("zstd:3"), "zsmalloc")
-              for e in ("python", "native")]  # fmt: skip
+    stores = [
+        native.make_store(e, len(pages), make_codec("zstd:3"), "zsmalloc")
+        for e in ("python", "native")
+    ]
     for s in stores:
         s.write(0, b"".join(pages))
     assert stores[0].read(0, len(pages) * PAGE_SIZE) == stores[1].read(0, len(pages) * PAGE_SIZE)
@@ -350,8 +358,9 @@ def test_requests_and_maintenance_in_two_threads(tmp_path: Path, engine: str) ->
 
     npages = 512
     backing = BackingFile(str(tmp_path / "b.img"), npages, persistent=False)
-    store = native.make_store(engine, npages, make_codec("lz4"), "zsmalloc", backing=backing,
-                              mem_limit=96 * PAGE_SIZE)  # fmt: skip
+    store = native.make_store(
+        engine, npages, make_codec("lz4"), "zsmalloc", backing=backing, mem_limit=96 * PAGE_SIZE
+    )
     assert store.engine == engine
     stop = threading.Event()
     errors: list[BaseException] = []

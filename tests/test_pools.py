@@ -206,8 +206,9 @@ def test_migration_empties_top_segments(name: str) -> None:
 
     pool = make_pool(name, 20000)
     rnd = random.Random(3)
-    handles = [(pool.store(d), d) for d in (rnd.randbytes(rnd.randint(1000, 4096))
-                                            for _ in range(3000))]  # fmt: skip
+    handles = [
+        (pool.store(d), d) for d in (rnd.randbytes(rnd.randint(1000, 4096)) for _ in range(3000))
+    ]
     for h, _ in handles[:1500]:
         pool.free(h)
     pool.compact()

@@ -25,11 +25,17 @@ def text_page(rnd: random.Random, tag: int) -> bytes:
     return (b"page %d %s " % (tag, rnd.randbytes(8).hex().encode()) * 200)[:PAGE_SIZE]
 
 
-def make_store(tmp_path: Path, npages: int = 512, persistent: bool = False,
-               mem_limit: int = 0) -> PageStore:  # fmt: skip
+def make_store(
+    tmp_path: Path, npages: int = 512, persistent: bool = False, mem_limit: int = 0
+) -> PageStore:
     backing = BackingFile(str(tmp_path / "backing.img"), npages, persistent)
-    return PageStore(npages, make_codec("lz4"), make_pool("zsmalloc", npages), backing=backing,
-                     mem_limit=mem_limit)  # fmt: skip
+    return PageStore(
+        npages,
+        make_codec("lz4"),
+        make_pool("zsmalloc", npages),
+        backing=backing,
+        mem_limit=mem_limit,
+    )
 
 
 # -- in-process -----------------------------------------------------------------------------------
@@ -250,13 +256,27 @@ def test_fio_4x_mem_limit_with_backing(mount: Callable[..., Mounted], tmp_path: 
     m = mount("--size", "256M", "--mem-limit", str(limit), "--backing", str(backing))
     out = tmp_path / "fio.json"
     res = subprocess.run(
-        ["fio", "--name=fill", f"--filename={m.image}", "--size=128M", "--rw=randwrite",
-         "--bs=64k", "--direct=1", "--ioengine=psync", "--buffer_compress_percentage=50",
-         "--refill_buffers", "--verify=crc32c", "--verify_fatal=1", "--verify_state_save=0",
-         "--output-format=json",
-         f"--output={out}"],
-        capture_output=True, text=True, timeout=280,
-    )  # fmt: skip
+        [
+            "fio",
+            "--name=fill",
+            f"--filename={m.image}",
+            "--size=128M",
+            "--rw=randwrite",
+            "--bs=64k",
+            "--direct=1",
+            "--ioengine=psync",
+            "--buffer_compress_percentage=50",
+            "--refill_buffers",
+            "--verify=crc32c",
+            "--verify_fatal=1",
+            "--verify_state_save=0",
+            "--output-format=json",
+            f"--output={out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
     assert res.returncode == 0, res.stderr
     assert json.loads(out.read_text())["jobs"][0]["error"] == 0
     st = m.stats()
@@ -297,8 +317,10 @@ def test_image_mode_survives_kill_and_remount(
     backing = tmp_path / "image.img"
     args = ("--size", "32M", "--mode", "image", "--backing", str(backing))
     rnd = random.Random(8)
-    pages = {pn: (text_page(rnd, pn) if pn % 3 else os.urandom(PAGE_SIZE))
-             for pn in rnd.sample(range(8192), 600)}  # fmt: skip
+    pages = {
+        pn: (text_page(rnd, pn) if pn % 3 else os.urandom(PAGE_SIZE))
+        for pn in rnd.sample(range(8192), 600)
+    }
     m = mount(*args)
     write_pattern(m.image, pages)
     os.kill(m.proc.pid, signal.SIGKILL)  # no unmount, no flush: only the fsync counts
@@ -325,12 +347,21 @@ def test_backing_file_on_a_full_tmpfs(mount: Callable[..., Mounted], tmp_path: P
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(small)], check=True)
     try:
-        m = mount("--size", "64M", "--mem-limit", "1M", "--backing", str(small / "b.img"),
-                  "--maintenance-interval", "0.05")  # fmt: skip
+        m = mount(
+            "--size",
+            "64M",
+            "--mem-limit",
+            "1M",
+            "--backing",
+            str(small / "b.img"),
+            "--maintenance-interval",
+            "0.05",
+        )
         m.expect_errors.append("No space left on device")
         rnd = random.Random(9)
-        pages = {pn: text_page(rnd, pn) if pn % 2 else os.urandom(PAGE_SIZE)
-                 for pn in range(0, 6000, 2)}  # fmt: skip
+        pages = {
+            pn: text_page(rnd, pn) if pn % 2 else os.urandom(PAGE_SIZE) for pn in range(0, 6000, 2)
+        }
         fd = os.open(m.image, os.O_RDWR)
         try:
             for pn, page in pages.items():
@@ -349,8 +380,7 @@ def test_backing_file_on_a_full_tmpfs(mount: Callable[..., Mounted], tmp_path: P
 
 @pytest.mark.unit
 @pytest.mark.parametrize("what", ["writeback", "flush"])
-def test_page_rewritten_twice_during_the_file_write_is_not_lost(tmp_path: Path,
-                                                                  what: str) -> None:  # fmt: skip
+def test_page_rewritten_twice_during_the_file_write_is_not_lost(tmp_path: Path, what: str) -> None:
     """The page is rewritten twice while its old contents go to the file: with LIFO handle
     reuse the second rewrite gets the very handle writeback read, so comparing handles alone
     would commit stale data (ABA). The newest contents must win."""

@@ -334,6 +334,17 @@ class ZswapOperations(pyfuse3.Operations):
 
 # read and write catch everything themselves, inline on the hot path (the store counts its own
 # failures in failed_reads/failed_writes)
-for _name in ("lookup", "getattr", "setattr", "opendir", "readdir", "releasedir", "statfs",
-              "open", "flush", "fsync", "release"):  # fmt: skip
+for _name in (
+    "lookup",
+    "getattr",
+    "setattr",
+    "opendir",
+    "readdir",
+    "releasedir",
+    "statfs",
+    "open",
+    "flush",
+    "fsync",
+    "release",
+):
     setattr(ZswapOperations, _name, _guarded(getattr(ZswapOperations, _name)))

@@ -31,8 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", required=True)
 
     m = sub.add_parser("mount", help="mount an image (returns once the mount is live)")
-    m.add_argument("mountpoint", nargs="?", help="default: the config's mountpoint key, or "
-                   "/run/zswapfs/NAME for --config NAME.toml")  # fmt: skip
+    m.add_argument(
+        "mountpoint",
+        nargs="?",
+        help="default: the config's mountpoint key, or /run/zswapfs/NAME for --config NAME.toml",
+    )
     m.add_argument("--size", help="image size, e.g. 1G (default 1G)")
     m.add_argument("--codec", help="lz4 (default), zstd[:LEVEL] or none")
     m.add_argument("--pool", help="zsmalloc (default), zbud or z3fold")
@@ -46,11 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="compact and migrate on every pass whatever they would gain (a test knob)",
     )
     m.add_argument("--config", help="TOML file with the same keys")
-    m.add_argument("--no-lock-memory", action="store_true",
-                   help="do not mlockall (only for images not used as swap)")  # fmt: skip
+    m.add_argument(
+        "--no-lock-memory",
+        action="store_true",
+        help="do not mlockall (only for images not used as swap)",
+    )
     m.add_argument("--foreground", "-f", action="store_true", help="serve in this process")
-    m.add_argument("--log", help="log file (default: stderr in the foreground or under systemd,"
-                   " /var/log/zswapfs/MOUNTPOINT.log otherwise)")  # fmt: skip
+    m.add_argument(
+        "--log",
+        help="log file (default: stderr in the foreground or under systemd,"
+        " /var/log/zswapfs/MOUNTPOINT.log otherwise)",
+    )
     m.add_argument("--verbose", "-v", action="store_true")
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     m.add_argument("--resolved-config", help=argparse.SUPPRESS)
@@ -64,22 +73,41 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-dedup", action="store_true", help="do not merge identical pages")
     w = m.add_argument_group("writeback and memory limit")
     w.add_argument("--backing", help="backing file (raw image, page N at N*4096)")
-    w.add_argument("--force", action="store_true", help="take over an existing backing file "
-                   "zswapfs did not create (swap mode destroys its contents)")  # fmt: skip
+    w.add_argument(
+        "--force",
+        action="store_true",
+        help="take over an existing backing file "
+        "zswapfs did not create (swap mode destroys its contents)",
+    )
     w.add_argument("--mem-limit", help="pool memory budget, e.g. 256M (default: none)")
     w.add_argument("--high-watermark", type=int, help="%% of mem-limit to start writeback (100)")
     w.add_argument("--low-watermark", type=int, help="%% of mem-limit to stop writeback (90)")
-    w.add_argument("--mode", choices=["swap", "image"], help="swap: backing emptied at start"
-                   " (default); image: persistent, fsync and unmount flush to it")  # fmt: skip
-    w.add_argument("--writeback-huge-first", action="store_true",
-                   help="write back incompressible pages before others")  # fmt: skip
-    w.add_argument("--idle-writeback", type=float,
-                   help="write back pages idle this many seconds (0: off)")  # fmt: skip
+    w.add_argument(
+        "--mode",
+        choices=["swap", "image"],
+        help="swap: backing emptied at start"
+        " (default); image: persistent, fsync and unmount flush to it",
+    )
+    w.add_argument(
+        "--writeback-huge-first",
+        action="store_true",
+        help="write back incompressible pages before others",
+    )
+    w.add_argument(
+        "--idle-writeback", type=float, help="write back pages idle this many seconds (0: off)"
+    )
     mx = m.add_argument_group("metrics")
-    mx.add_argument("--metrics-port", type=int, metavar="PORT",
-                    help="serve Prometheus metrics on this port (default: none)")  # fmt: skip
-    mx.add_argument("--metrics-address", metavar="ADDR",
-                    help="address the metrics port listens on (default 127.0.0.1)")  # fmt: skip
+    mx.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port (default: none)",
+    )
+    mx.add_argument(
+        "--metrics-address",
+        metavar="ADDR",
+        help="address the metrics port listens on (default 127.0.0.1)",
+    )
     m.set_defaults(func=_verb("mount", "cmd_mount"))
 
     u = sub.add_parser("umount", help="unmount and wait for the daemon to exit")
@@ -120,8 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="columns:\n" + listing.columns_help(),
     )
     ls.add_argument("mountpoint", nargs="*", help="only these mounts (default: all)")
-    ls.add_argument("--output", "-o", metavar="COLUMNS",
-                    help="comma list of columns, or +LIST to add to the default ones")  # fmt: skip
+    ls.add_argument(
+        "--output",
+        "-o",
+        metavar="COLUMNS",
+        help="comma list of columns, or +LIST to add to the default ones",
+    )
     ls.add_argument("--json", action="store_true", help="JSON, sizes in bytes")
     ls.add_argument("--bytes", "-b", action="store_true", help="sizes in bytes, not 1.5G")
     ls.add_argument("--noheadings", "-n", action="store_true", help="no header line")
@@ -177,9 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--fio-size", default="256M", help="region the timed fio jobs use (256M)")
     b.add_argument("--fio-verify-size", default="64M", help="region the verify job checks (64M)")
     b.add_argument("--no-plots", action="store_true", help="write no PNG plots")
-    b.add_argument("--verbose", "-v", action="store_true",
-                   help="a timestamped line a step on stderr (default: a progress bar on a"
-                   " terminal, nothing in a pipe)")  # fmt: skip
+    b.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="a timestamped line a step on stderr (default: a progress bar on a"
+        " terminal, nothing in a pipe)",
+    )
     b.set_defaults(func=_verb("lab", "cmd_bench"))
     return p
 

@@ -62,9 +62,22 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
     for flag in ("aggressive_maintenance", "writeback_huge_first", "force"):
         if getattr(args, flag):
             overrides[flag] = True
-    for key in ("codec", "pool", "engine", "name", "max_chain", "maintenance_interval",
-                "high_watermark", "low_watermark", "mode", "idle_writeback", "recompress",
-                "recompress_idle", "metrics_port", "metrics_address"):  # fmt: skip
+    for key in (
+        "codec",
+        "pool",
+        "engine",
+        "name",
+        "max_chain",
+        "maintenance_interval",
+        "high_watermark",
+        "low_watermark",
+        "mode",
+        "idle_writeback",
+        "recompress",
+        "recompress_idle",
+        "metrics_port",
+        "metrics_address",
+    ):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     return dataclasses.replace(cfg, **overrides).check()
@@ -134,10 +147,17 @@ def _spawn(args: argparse.Namespace, cfg: MountConfig, mountpoint: str, image: s
             raise CliError(str(exc)) from None
     read_end, write_end = os.pipe()
     cmd = [
-        sys.executable, "-m", "zswapfs", "mount", mountpoint, "--foreground",
-        "--ready-fd", str(write_end),
-        "--resolved-config", json.dumps(dataclasses.asdict(cfg)),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "zswapfs",
+        "mount",
+        mountpoint,
+        "--foreground",
+        "--ready-fd",
+        str(write_end),
+        "--resolved-config",
+        json.dumps(dataclasses.asdict(cfg)),
+    ]
     if args.verbose:
         cmd.append("--verbose")
     try:
@@ -174,8 +194,10 @@ def read_stats(mountpoint: str) -> dict[str, Any]:
         try:
             os.stat(mountpoint)
         except PermissionError:  # a zswapfs mount lets in only the user who made it
-            raise CliError(f"{mountpoint}: permission denied (run as the user who mounted it, "
-                           "root for the daemon)") from None  # fmt: skip
+            raise CliError(
+                f"{mountpoint}: permission denied (run as the user who mounted it, "
+                "root for the daemon)"
+            ) from None
         except OSError:
             pass
         raise CliError(f"{mountpoint} is not mounted")
@@ -212,12 +234,26 @@ def _human(n: float) -> str:
 
 def format_stats(st: dict[str, Any]) -> str:
     lines = [f"{st.get('image', '')}  codec {st['codec']}  pool {st['pool']}  pid {st.get('pid')}"]
-    sizes = ("disksize", "orig_data_size", "compr_data_size", "mem_used_total", "mem_used_max",
-             "mem_limit", "metadata_bytes")  # fmt: skip
+    sizes = (
+        "disksize",
+        "orig_data_size",
+        "compr_data_size",
+        "mem_used_total",
+        "mem_used_max",
+        "mem_limit",
+        "metadata_bytes",
+    )
     for key in sizes:
         lines.append(f"  {key:<18} {st[key]:>14}  ({_human(st[key])})")
-    for key in ("stored_pages", "same_pages", "huge_pages", "pages_compacted",
-                "failed_reads", "failed_writes", "invalid_io"):  # fmt: skip
+    for key in (
+        "stored_pages",
+        "same_pages",
+        "huge_pages",
+        "pages_compacted",
+        "failed_reads",
+        "failed_writes",
+        "invalid_io",
+    ):
         lines.append(f"  {key:<18} {st[key]:>14}")
     if st["mem_used_total"]:
         lines.append(f"  {'ratio':<18} {st['orig_data_size'] / st['mem_used_total']:>14.2f}")

@@ -255,8 +255,9 @@ def make_store(
         if why is None:
             chain = max_chain or DEFAULT_CHAIN
             pool: Pool = NativeZsPool(npages + ZsPool.headroom(chain), chain)
-            return NativeStore(npages, codec, pool, backing, mem_limit, huge_to_backing,
-                               low_watermark)  # fmt: skip
+            return NativeStore(
+                npages, codec, pool, backing, mem_limit, huge_to_backing, low_watermark
+            )
         # a missing build is worth a warning; a pool or codec not compiled yet is a choice
         level = logging.WARNING if UNAVAILABLE else logging.INFO
         log.log(level, "native engine unavailable (%s): using the python engine", why)

@@ -82,10 +82,17 @@ def build(cfg: MountConfig) -> PageStore:
             )
         except BackingError as exc:
             raise MountError(str(exc)) from None
-    return make_store(cfg.engine, cfg.npages, codec, cfg.pool, max_chain=cfg.max_chain,
-                      backing=backing, mem_limit=cfg.mem_limit,
-                      huge_to_backing=cfg.writeback_huge_first,
-                      low_watermark=cfg.low_watermark)  # fmt: skip
+    return make_store(
+        cfg.engine,
+        cfg.npages,
+        codec,
+        cfg.pool,
+        max_chain=cfg.max_chain,
+        backing=backing,
+        mem_limit=cfg.mem_limit,
+        huge_to_backing=cfg.writeback_huge_first,
+        low_watermark=cfg.low_watermark,
+    )
 
 
 def recompression_for(cfg: MountConfig, store: PageStore) -> Recompression | None:
@@ -176,8 +183,14 @@ def run(mountpoint: str, cfg: MountConfig, ready_fd: int | None = None) -> None:
         if store.backing is not None:
             store.backing.close()
         raise MountError(f"cannot mount on {mountpoint}: {exc}") from None
-    log.info("mounted %s: %d bytes, codec %s, pool %s, engine %s", image, cfg.size,
-             store.codec.name, cfg.pool, store.engine)  # fmt: skip
+    log.info(
+        "mounted %s: %d bytes, codec %s, pool %s, engine %s",
+        image,
+        cfg.size,
+        store.codec.name,
+        cfg.pool,
+        store.engine,
+    )
     maintenance.start()
     if metrics is not None:
         metrics.start()
