@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -33,24 +32,7 @@ FIO_DATA = ["--direct=1", "--buffer_compress_percentage=50", "--refill_buffers"]
 
 
 def fio(target: Path, rw: str, bs: str, qd: int, runtime: float, workdir: Path) -> float:
-    out = workdir / "fio.json"
-    cmd = [
-        "fio",
-        "--name=job",
-        f"--filename={target}",
-        f"--size={REGION}",
-        f"--rw={rw}",
-        f"--bs={bs}",
-        f"--iodepth={qd}",
-        "--ioengine=libaio",
-        "--time_based",
-        f"--runtime={runtime}",
-        *FIO_DATA,
-        "--output-format=json",
-        f"--output={out}",
-    ]
-    subprocess.run(cmd, check=True, capture_output=True, cwd=workdir, timeout=runtime * 5 + 120)
-    return float(bench.parse_fio(json.loads(out.read_text()), rw)["iops"])
+    return bench.fio.fio_iops(target, rw, bs, qd, runtime, workdir, REGION)
 
 
 @contextlib.contextmanager

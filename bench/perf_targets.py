@@ -40,27 +40,7 @@ JOBS = [
 
 
 def fio(target: Path, rw: str, bs: str, qd: int, runtime: float, workdir: Path) -> float:
-    out = workdir / "fio.json"
-    cmd = [
-        "fio",
-        "--name=job",
-        f"--filename={target}",
-        f"--size={REGION}",
-        f"--rw={rw}",
-        f"--bs={bs}",
-        f"--iodepth={qd}",
-        "--ioengine=libaio",
-        "--direct=1",
-        "--time_based",
-        f"--runtime={runtime}",
-        "--buffer_compress_percentage=50",
-        "--refill_buffers",
-        "--output-format=json",
-        f"--output={out}",
-    ]
-    subprocess.run(cmd, check=True, capture_output=True, cwd=workdir, timeout=runtime * 5 + 120)
-    row = bench.parse_fio(json.loads(out.read_text()), rw)
-    return float(row["iops"])
+    return bench.fio.fio_iops(target, rw, bs, qd, runtime, workdir, REGION)
 
 
 @contextlib.contextmanager

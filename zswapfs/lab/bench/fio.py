@@ -204,6 +204,33 @@ def parse_fio(report: dict[str, Any], job: str) -> dict[str, Any]:
     return row
 
 
+def fio_iops(
+    target: Path, rw: str, bs: str, qd: int, runtime: float, workdir: Path, size: str = "256M"
+) -> float:
+    """IOPS of one time-bounded fio job on *target*: O_DIRECT, libaio at queue depth *qd*,
+    fio's 50%-compressible buffers, over the first *size* bytes (the benches' common job)."""
+    out = workdir / "fio.json"
+    cmd = [
+        "fio",
+        "--name=job",
+        f"--filename={target}",
+        f"--size={size}",
+        f"--rw={rw}",
+        f"--bs={bs}",
+        f"--iodepth={qd}",
+        "--ioengine=libaio",
+        "--direct=1",
+        "--time_based",
+        f"--runtime={runtime}",
+        "--buffer_compress_percentage=50",
+        "--refill_buffers",
+        "--output-format=json",
+        f"--output={out}",
+    ]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=workdir, timeout=runtime * 5 + 120)
+    return float(parse_fio(json.loads(out.read_text()), rw)["iops"])
+
+
 def run_fio_job(image: Path, job: str, opts: FioOptions, workdir: Path) -> dict[str, Any]:
     """Run zswapfs/lab/fio/JOB.fio on *image*; its files (JSON, verify state) stay in *workdir*."""
     out = workdir / f"{job}.json"
