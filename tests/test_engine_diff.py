@@ -189,7 +189,7 @@ class EngineDiff(RuleBasedStateMachine):
     @rule(count=st.integers(1, 12), huge_first=st.booleans())
     def cold_pages(self, count: int, huge_first: bool) -> None:
         picks = [set(s.cold_pages(count, huge_first=huge_first)) for s in self.stores]
-        in_pool = {int(pn) for pn in np.flatnonzero(self.stores[0].index >= FIRST_HANDLE)}
+        in_pool = {int(pn) for pn in np.flatnonzero(self.stores[0].table >= FIRST_HANDLE)}
         assert picks[0] <= in_pool and picks[1] <= in_pool
         assert len(picks[0]) == len(picks[1]) == min(count, len(in_pool))
 
@@ -232,7 +232,7 @@ class EngineDiff(RuleBasedStateMachine):
         for key in a.keys() - NOT_COMPARED:
             assert a[key] == b[key], f"{key}: python {a[key]!r}, native {b[key]!r}"
         assert a.keys() == b.keys()
-        assert np.array_equal(self.stores[0].index, self.stores[1].index)
+        assert np.array_equal(self.stores[0].table, self.stores[1].table)
         # every object at the same place: same zspage, slot and length (or huge pool page)
         assert self.stores[0].pool.handles.table.tobytes() == self.stores[1].pool._handle_table()
         # dirty, slot, mark and shared bits alike (the ages are each engine's own clock)
@@ -337,7 +337,7 @@ def test_a_surprise_below_is_a_counted_storage_failure(monkeypatch: pytest.Monke
         store.write(PAGE_SIZE, make_page("text", random.Random(2)))
     assert isinstance(info.value.__cause__, RuntimeError)
     assert store.failed_writes == 1
-    store.index[3] = 2  # as if written back: the read goes to Python, which fails the same way
+    store.table[3] = 2  # as if written back: the read goes to Python, which fails the same way
     monkeypatch.setattr(store, "_read_backing", boom)
     with pytest.raises(StorageFailure, match="boom"):
         store.read(3 * PAGE_SIZE, 10)

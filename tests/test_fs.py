@@ -161,7 +161,7 @@ def test_storage_failure_is_eio_and_daemon_goes_on(
     ops = make_ops()
     run(ops.write, IMAGE_INODE, 0, b"abc" * 2000)
     pool = ops.store.pool
-    bad = ops.store.index.item(0)
+    bad = ops.store.table.item(0)
     real_read = pool.read
     monkeypatch.setattr(  # page 0's object comes back corrupt
         pool, "read", lambda h: b"\xff" * pool.size(h) if h == bad else real_read(h)

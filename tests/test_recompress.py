@@ -135,7 +135,7 @@ def test_a_page_rewritten_during_recompression_keeps_the_new_contents(
     real = codec.compress
 
     def rewrite_then_compress(page: bytes) -> bytes:
-        if store.index.item(10) != BACKED and not store.meta.item(10) & SLOT_MASK:
+        if store.table.item(10) != BACKED and not store.meta.item(10) & SLOT_MASK:
             store.write_page(10, newest)  # the FUSE thread writes while the payload is encoded
         return real(page)
 
@@ -316,7 +316,7 @@ class DensityMachine(RuleBasedStateMachine):
     def accounting(self) -> None:
         s = self.store
         DensityMachine.seen_slots |= {s.current_slot} if s.pages_recompressed else set()
-        in_pool = sum(1 for pn in range(256) if s.index.item(pn) >= 3)
+        in_pool = sum(1 for pn in range(256) if s.table.item(pn) >= 3)
         same = sum(1 for p in self.model.values() if same_filled_value(p) is not None)
         assert s.stored_pages == in_pool + same
         assert s.pool.objects == in_pool - sum(s.shared.values())

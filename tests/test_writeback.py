@@ -109,7 +109,7 @@ def test_codec_failure_is_counted_and_sent_to_the_file(tmp_path: Path) -> None:
     page = b"text " * 819 + b"!"
     store.write_page(3, page)
     assert store.reject_compress_fail == 1 and store.bd_writes == 1 and store.failed_writes == 0
-    assert store.index.item(3) == BACKED and store.read_page(3) == page
+    assert store.table.item(3) == BACKED and store.read_page(3) == page
     bare = PageStore(16, BrokenCodec(), make_pool("zsmalloc", 16))  # type: ignore[arg-type]
     kept = b"\x07" * PAGE_SIZE  # same-filled: stored without the codec
     bare.write_page(2, kept)
@@ -175,7 +175,7 @@ def test_idle_writeback(tmp_path: Path) -> None:
     maint = Maintenance(store.pool, interval=3600, store=store, idle_writeback=50)
     maint.pass_once()
     assert store.bd_count >= 10
-    assert store.index.item(15) != BACKED
+    assert store.table.item(15) != BACKED
 
 
 @pytest.mark.unit
@@ -388,7 +388,7 @@ def test_page_rewritten_twice_during_the_file_write_is_not_lost(tmp_path: Path, 
     rnd = random.Random(12)
     old, mid, new = (text_page(rnd, i) for i in range(3))
     store.write_page(5, old)
-    handle = store.index.item(5)
+    handle = store.table.item(5)
     backing = store.backing
     assert backing is not None
     real_write = backing.write_page
@@ -400,7 +400,7 @@ def test_page_rewritten_twice_during_the_file_write_is_not_lost(tmp_path: Path, 
         if pn == 5:
             store.write_page(5, mid)
             store.write_page(5, new)
-            reused.append(store.index.item(5) == handle)
+            reused.append(store.table.item(5) == handle)
 
     backing.write_page = racing_write  # type: ignore[method-assign]
     if what == "writeback":
@@ -421,7 +421,7 @@ def test_huge_first_skips_the_pool_only_above_the_low_watermark(tmp_path: Path) 
     unlimited = make_store(tmp_path)
     unlimited.huge_to_backing = True
     unlimited.write_page(0, os.urandom(PAGE_SIZE))
-    assert unlimited.reject_compress_poor == 0 and unlimited.index.item(0) >= 3
+    assert unlimited.reject_compress_poor == 0 and unlimited.table.item(0) >= 3
     unlimited.backing.close()  # type: ignore[union-attr]
     limited = make_store(tmp_path, npages=2048, mem_limit=512 * PAGE_SIZE)
     limited.huge_to_backing = True

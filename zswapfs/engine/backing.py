@@ -227,25 +227,25 @@ class BackingFile:
                 exc.errno,
             ) from None
 
-    def write_page(self, pn: int, page: bytes) -> None:
+    def write_page(self, index: int, page: bytes) -> None:
         try:
-            n = os.pwrite(self.fd, page, pn * PAGE_SIZE)
+            n = os.pwrite(self.fd, page, index * PAGE_SIZE)
         except OSError as exc:
             raise BackingError(
-                f"writing page {pn} to {self.path}: {exc.strerror}", exc.errno or errno.EIO
+                f"writing page {index} to {self.path}: {exc.strerror}", exc.errno or errno.EIO
             ) from None
         if n != PAGE_SIZE:
-            raise BackingError(f"short write of page {pn} to {self.path}", errno.ENOSPC)
+            raise BackingError(f"short write of page {index} to {self.path}", errno.ENOSPC)
 
-    def read_page(self, pn: int) -> bytes:
+    def read_page(self, index: int) -> bytes:
         try:
-            data = os.pread(self.fd, PAGE_SIZE, pn * PAGE_SIZE)
+            data = os.pread(self.fd, PAGE_SIZE, index * PAGE_SIZE)
         except OSError as exc:
             raise BackingError(
-                f"reading page {pn} from {self.path}: {exc.strerror}", exc.errno or errno.EIO
+                f"reading page {index} from {self.path}: {exc.strerror}", exc.errno or errno.EIO
             ) from None
         if len(data) != PAGE_SIZE:  # the file was cut short under us
-            raise BackingError(f"short read of page {pn} from {self.path}", errno.EIO)
+            raise BackingError(f"short read of page {index} from {self.path}", errno.EIO)
         return data
 
     def sync(self) -> None:

@@ -142,8 +142,8 @@ if _native is not None:
         def __init__(self, store: NativeStore) -> None:
             self.store = store
 
-        def __setitem__(self, pn: int, word: int) -> None:
-            self.store._fill_set(pn, word)
+        def __setitem__(self, index: int, word: int) -> None:
+            self.store._fill_set(index, word)
 
     class NativeStore(_native.Store, PageStore):
         """PageStore with the request loop in C (see the module docstring)."""
@@ -171,7 +171,7 @@ if _native is not None:
             del self._inflight
             self.fill = _FillWords(self)  # type: ignore[assignment]
             self._setup(
-                self.index,
+                self.table,
                 self.meta,
                 pool,
                 kind[0],
@@ -188,36 +188,36 @@ if _native is not None:
         # methods themselves (a failure that is not a StoreError is counted and raised as
         # StorageFailure there, as PageStore.write/read do)
 
-        def write_page(self, pn: int, page: bytes, stamp: int = 0) -> None:
+        def write_page(self, index: int, page: bytes, stamp: int = 0) -> None:
             if len(page) != PAGE_SIZE:
                 raise ValueError(f"a page is {PAGE_SIZE} bytes, not {len(page)}")
-            self._cwrite(pn * PAGE_SIZE, page, stamp)
+            self._cwrite(index * PAGE_SIZE, page, stamp)
 
-        def read_page(self, pn: int) -> bytes:
-            return self._cread(pn * PAGE_SIZE, PAGE_SIZE)
+        def read_page(self, index: int) -> bytes:
+            return self._cread(index * PAGE_SIZE, PAGE_SIZE)
 
-        def _write_slow(self, pn: int, page: bytes, stamp: int) -> None:
+        def _write_slow(self, index: int, page: bytes, stamp: int) -> None:
             """A page the C loop hands back (memory limit, reject, no room, or an old object
             that is recompressed or shared): PageStore's Python write path decides where it
             goes and counts it."""
-            PageStore.write_page(self, pn, page, stamp)
+            PageStore.write_page(self, index, page, stamp)
 
-        def _read_slow(self, pn: int) -> bytes:
+        def _read_slow(self, index: int) -> bytes:
             """A page the C loop hands back (only in the backing file, or recompressed: decoded
             with its slot's codec, and its read marks kept): PageStore's Python read path."""
-            return PageStore.read_page(self, pn)
+            return PageStore.read_page(self, index)
 
-        def _swap(self, pn: int, entry: int, size: int) -> None:
+        def _swap(self, index: int, entry: int, size: int) -> None:
             """PageStore._swap's slot and dedup bookkeeping in Python, the rest in C (store
             lock held): a recompressed page leaves its slot; a shared object loses a
             reference instead of being freed."""
-            old = self.index.item(pn)
+            old = self.table.item(index)
             keep = False
             if old >= FIRST_HANDLE:
-                slot = (self.meta.item(pn) & SLOT_MASK) >> SLOT_SHIFT
+                slot = (self.meta.item(index) & SLOT_MASK) >> SLOT_SHIFT
                 if slot:
                     self._leave_slot(slot)
-                    self.rewarm.discard(pn)
+                    self.rewarm.discard(index)
                 refs = self.shared.get(old)
                 if refs:
                     keep = True
@@ -225,7 +225,7 @@ if _native is not None:
                         del self.shared[old]
                     else:
                         self.shared[old] = refs - 1
-            self._swap_entry(pn, entry, size, keep)
+            self._swap_entry(index, entry, size, keep)
 
         def stats(self) -> dict[str, Any]:
             return PageStore.stats(self)

@@ -89,10 +89,10 @@ class Recompression:
         if self.dedup and len(pages) > 1:
             changed += self.store.dedup_scan(pages, between=self._yield)
         started = time.perf_counter()
-        for i, pn in enumerate(pages):
+        for i, index in enumerate(pages):
             if self.stopping.is_set():
                 break
-            if self.store.recompress_page(pn, MIN_GAIN) == "done":
+            if self.store.recompress_page(index, MIN_GAIN) == "done":
                 changed += 1
             self._yield()
             if i % BATCH == BATCH - 1:
@@ -115,10 +115,10 @@ class Recompression:
 
     def _rewarm(self) -> int:
         done = 0
-        for pn in list(self.store.rewarm):
+        for index in list(self.store.rewarm):
             if self.stopping.is_set():
                 break
-            done += self.store.rewarm_page(pn) == "done"
+            done += self.store.rewarm_page(index) == "done"
         return done
 
     def _maybe_train(self) -> None:
@@ -154,12 +154,12 @@ class Recompression:
     def _sample(self) -> list[bytes]:
         """Up to TRAIN_SAMPLE stored pages, decoded, picked at random."""
         store = self.store
-        held = np.flatnonzero(store.index >= FIRST_HANDLE)
+        held = np.flatnonzero(store.table >= FIRST_HANDLE)
         if len(held) > TRAIN_SAMPLE:
             held = held[np.sort(self._rnd.sample(range(len(held)), TRAIN_SAMPLE))]
         out = []
-        for pn in held.tolist():
-            page = store.peek_page(int(pn))
+        for index in held.tolist():
+            page = store.peek_page(int(index))
             if page is not None and len(page) == PAGE_SIZE:
                 out.append(page)
         return out

@@ -1,15 +1,18 @@
-"""The page store: the page index and the accounting.
+"""The page store: the page table and the accounting.
+
+An image page is named by its *index* (zram's word: page N of the image, bytes N*4096 on);
+allocator pages are pool pages (pools/), stored objects are named by their handles.
 
 Two numpy arrays sized for the whole image (np.zeros is calloc'd: parts never touched cost no
 memory), 8 bytes a page in all:
-  index[pn] uint32   EMPTY (0)   never written: zeros, or in image mode whatever the backing
+  table[index] uint32   EMPTY (0)   never written: zeros, or in image mode whatever the backing
                                  file holds
-                     SAME (1)    same-filled: the fill word is 0, or is kept in `fill` (pn ->
+                     SAME (1)    same-filled: the fill word is 0, or is kept in `fill` (index ->
                                  word), a dict because non-zero same-filled pages are rare
                      BACKED (2)  written back: the page lives in the backing file only
                      >= 3        a pool handle. An object of exactly PAGE_SIZE bytes is the raw
                                  page (incompressible, "huge"); anything shorter is compressed.
-  meta[pn]  uint32   bits 0-22 (AGE_MASK): second (since start, +1, saturating after 97 days)
+  meta[index]  uint32  bits 0-22 (AGE_MASK): second (since start, +1, saturating after 97 days)
                      of the last read or write, the age writeback and recompression pick cold
                      pages by; bit 23 (SHARED): the page's object is, or was, shared with
                      other pages (dedup): its rewrite must drop a reference, not free it, so
@@ -27,10 +30,10 @@ first); recompression slots count their pages in `slot_pages`, and a slot's code
 dictionary) is dropped when its last page leaves it and a newer slot has taken over.
 
 Lock order: _file_lock -> store.lock -> pool.lock (the file lock only around backing-file writes,
-see below). The store lock guards the index, meta and the counters.
+see below). The store lock guards the table, meta and the counters.
 A reader copies the object out while holding the store lock (so no writer can free the handle
 under it) and decompresses after letting go. A writer compresses and places the new object
-before it takes the store lock, then swaps the index entry and frees the old object under it.
+before it takes the store lock, then swaps the table entry and frees the old object under it.
 Writeback and flush (background or fsync, other threads) take the store lock to read the entry
 and again to commit it; file I/O and codec calls happen with no lock held. Comparing the entry
 is not enough to know the page was left alone meanwhile: pools reuse a freed handle first, so a
@@ -117,7 +120,7 @@ class PageStore:
         #: called (from the writing thread) when a write finds the pool at or over its limit
         self.on_pressure: Callable[[], None] = lambda: None
         self.lock = threading.Lock()
-        self.index = np.zeros(npages, dtype=np.uint32)
+        self.table = np.zeros(npages, dtype=np.uint32)
         self.meta = np.zeros(npages, dtype=np.uint32)
         self.fill: dict[int, int] = {}
         #: codec of each slot (0: the write codec; others: recompression, see meta's slot bits)
@@ -179,31 +182,31 @@ class PageStore:
         whole pages as they are, a partial head or tail page by read-modify-write. One call a
         request, one clock read for all its pages."""
         stamp = self._stamp()
-        pn, head = divmod(offset, PAGE_SIZE)
+        index, head = divmod(offset, PAGE_SIZE)
         view = memoryview(data)
         try:
             if head:
                 n = min(PAGE_SIZE - head, len(view))
-                self._write_partial(pn, head, view[:n], stamp)
-                view, pn = view[n:], pn + 1
+                self._write_partial(index, head, view[:n], stamp)
+                view, index = view[n:], index + 1
             while len(view) >= PAGE_SIZE:
-                self.write_page(pn, bytes(view[:PAGE_SIZE]), stamp)
-                view, pn = view[PAGE_SIZE:], pn + 1
+                self.write_page(index, bytes(view[:PAGE_SIZE]), stamp)
+                view, index = view[PAGE_SIZE:], index + 1
             if len(view):
-                self._write_partial(pn, 0, view, stamp)
+                self._write_partial(index, 0, view, stamp)
         except StoreError:
             raise
         except Exception as exc:  # a bug below must not pass for a stored page
             with self.lock:
                 self.failed_writes += 1
-            raise StorageFailure(f"writing page {pn}: {exc!r}") from exc
+            raise StorageFailure(f"writing page {index}: {exc!r}") from exc
 
-    def _write_partial(self, pn: int, offset: int, data: memoryview, stamp: int) -> None:
+    def _write_partial(self, index: int, offset: int, data: memoryview, stamp: int) -> None:
         """Read-modify-write of part of one page."""
-        old = self.read_page(pn)
-        self.write_page(pn, old[:offset] + bytes(data) + old[offset + len(data) :], stamp)
+        old = self.read_page(index)
+        self.write_page(index, old[:offset] + bytes(data) + old[offset + len(data) :], stamp)
 
-    def write_page(self, pn: int, page: bytes, stamp: int = 0) -> None:
+    def write_page(self, index: int, page: bytes, stamp: int = 0) -> None:
         """Store one whole page. On failure the page keeps its previous contents.
 
         The one place that decides where a page goes: same-filled pages into the index alone;
@@ -217,12 +220,12 @@ class PageStore:
         word = same_filled_value(page)
         if word is not None:
             with self.lock:
-                self._swap(pn, SAME, 0)
+                self._swap(index, SAME, 0)
                 if word:
-                    self.fill[pn] = word
-                self.meta[pn] = stamp
+                    self.fill[index] = word
+                self.meta[index] = stamp
             return
-        payload, reject = self._encode(pn, page)
+        payload, reject = self._encode(index, page)
         if payload is not None:
             try:
                 handle = self.pool.store(payload)
@@ -231,15 +234,15 @@ class PageStore:
             except Exception as exc:
                 with self.lock:
                     self.failed_writes += 1
-                raise StorageFailure(f"placing page {pn}: {exc!r}") from exc
+                raise StorageFailure(f"placing page {index}: {exc!r}") from exc
             else:
                 with self.lock:
-                    self._swap(pn, handle, len(payload))
-                    self.meta[pn] = stamp
+                    self._swap(index, handle, len(payload))
+                    self.meta[index] = stamp
                 return
-        self._reject(pn, page, payload, reject, stamp)
+        self._reject(index, page, payload, reject, stamp)
 
-    def _encode(self, pn: int, page: bytes) -> tuple[bytes | None, str]:
+    def _encode(self, index: int, page: bytes) -> tuple[bytes | None, str]:
         """(what the pool would hold for *page*, "") or (None or the payload, the counter of
         why the pool does not take it)."""
         if self.mem_limit and self.pool_bytes >= self.mem_limit:
@@ -248,7 +251,7 @@ class PageStore:
         try:
             payload = self.codec.compress(page)
         except Exception as exc:
-            log.error("compressing page %d: %r", pn, exc)
+            log.error("compressing page %d: %r", index, exc)
             return None, "reject_compress_fail"
         if len(payload) < self.pool.raw_threshold:
             return payload, ""
@@ -261,7 +264,9 @@ class PageStore:
             return None, "reject_compress_poor"
         return page, ""  # incompressible: stored raw ("huge")
 
-    def _reject(self, pn: int, page: bytes, payload: bytes | None, reject: str, stamp: int) -> None:
+    def _reject(
+        self, index: int, page: bytes, payload: bytes | None, reject: str, stamp: int
+    ) -> None:
         """A page the pool did not take: to the backing file. The one fallback, when the file
         fails too: keep the page in the pool over its limit, if the pool has room at all."""
         with self.lock:
@@ -272,20 +277,20 @@ class PageStore:
                     self.reject_reclaim_fail += 1
         if self.backing is None:
             if reject == "reject_compress_fail":
-                raise StorageFailure(f"page {pn}: the codec failed and there is no backing file")
-            raise StoreFull(f"page {pn}: {reject.replace('_', ' ')} and no backing file")
+                raise StorageFailure(f"page {index}: the codec failed and there is no backing file")
+            raise StoreFull(f"page {index}: {reject.replace('_', ' ')} and no backing file")
         with self._file_lock:  # no older copy from writeback or flush may land after this one
             try:
-                self.backing.write_page(pn, page)
+                self.backing.write_page(index, page)
             except BackingError as exc:
-                log.error("%s: keeping page %d in the pool over its limit", exc, pn)
+                log.error("%s: keeping page %d in the pool over its limit", exc, index)
                 with self.lock:
                     self.bd_errors += 1
             else:
                 with self.lock:
                     self.bd_writes += 1
-                    self._swap(pn, BACKED, 0)
-                    self.meta[pn] = stamp & AGE_MASK  # the file holds it: clean
+                    self._swap(index, BACKED, 0)
+                    self.meta[index] = stamp & AGE_MASK  # the file holds it: clean
                 return
         if payload is None:
             try:
@@ -300,29 +305,29 @@ class PageStore:
             with self.lock:
                 self.failed_writes += 1
             raise StorageFailure(
-                f"page {pn}: no room in the pool, and the backing file failed"
+                f"page {index}: no room in the pool, and the backing file failed"
             ) from exc
         with self.lock:
-            self._swap(pn, handle, len(payload))
-            self.meta[pn] = stamp
+            self._swap(index, handle, len(payload))
+            self.meta[index] = stamp
 
-    def _swap(self, pn: int, entry: int, size: int) -> None:
-        """Point page *pn* at a new entry and release the old one (store lock held)."""
-        if self._inflight and pn in self._inflight:
-            self._inflight[pn] = True
-        old = self.index.item(pn)
+    def _swap(self, index: int, entry: int, size: int) -> None:
+        """Point page *index* at a new entry and release the old one (store lock held)."""
+        if self._inflight and index in self._inflight:
+            self._inflight[index] = True
+        old = self.table.item(index)
         if old == SAME:
             self.same_pages -= 1
             self.stored_pages -= 1
-            self.fill.pop(pn, None)
+            self.fill.pop(index, None)
         elif old == BACKED:
             self.bd_count -= 1
         elif old >= FIRST_HANDLE:
             self.stored_pages -= 1
-            slot = (self.meta.item(pn) & SLOT_MASK) >> SLOT_SHIFT
+            slot = (self.meta.item(index) & SLOT_MASK) >> SLOT_SHIFT
             if slot:
                 self._leave_slot(slot)
-                self.rewarm.discard(pn)
+                self.rewarm.discard(index)
             refs = self.shared.get(old)
             if refs:  # another page still uses the object
                 if refs == 1:
@@ -334,7 +339,7 @@ class PageStore:
                 self.compr_data_size -= old_size
                 if old_size == PAGE_SIZE:
                     self.huge_pages -= 1
-        self.index[pn] = entry
+        self.table[index] = entry
         if entry == BACKED:
             self.bd_count += 1
             return
@@ -355,32 +360,32 @@ class PageStore:
             self.slot_bytes[slot] = 0
 
     # -- reading -------------------------------------------------------------------------------
-    def read_page(self, pn: int) -> bytes:
+    def read_page(self, index: int) -> bytes:
         codec = self.codec
         with self.lock:
-            entry = self.index.item(pn)
+            entry = self.table.item(index)
             if entry >= FIRST_HANDLE or entry == SAME:
-                meta = self.meta.item(pn)
+                meta = self.meta.item(index)
                 slot = (meta & SLOT_MASK) >> SLOT_SHIFT
                 if slot:  # recompressed: a second read sends it back to the write codec
                     codec = self.codecs[slot]  # type: ignore[assignment]
                     if meta & MARK:
-                        self.rewarm.add(pn)
+                        self.rewarm.add(index)
                     meta |= MARK
-                self.meta[pn] = (meta & ~AGE_MASK) | self.now()
+                self.meta[index] = (meta & ~AGE_MASK) | self.now()
             if entry == SAME:
-                word = self.fill.get(pn)
+                word = self.fill.get(index)
                 return ZERO_PAGE if word is None else fill_page(word)
             if entry >= FIRST_HANDLE:
                 try:
                     payload = self.pool.read(entry)
                 except Exception as exc:
                     self.failed_reads += 1
-                    raise StorageFailure(f"reading page {pn} from the pool: {exc!r}") from exc
+                    raise StorageFailure(f"reading page {index} from the pool: {exc!r}") from exc
         if entry == EMPTY and not self.persistent:
             return ZERO_PAGE
         if entry in (EMPTY, BACKED):
-            return self._read_backing(pn)
+            return self._read_backing(index)
         if len(payload) == PAGE_SIZE:
             return payload
         try:
@@ -388,14 +393,14 @@ class PageStore:
         except CodecError as exc:
             with self.lock:
                 self.failed_reads += 1
-            raise StorageFailure(f"decoding page {pn}: {exc}") from exc
+            raise StorageFailure(f"decoding page {index}: {exc}") from exc
 
-    def _read_backing(self, pn: int) -> bytes:
+    def _read_backing(self, index: int) -> bytes:
         """A page that lives only in the backing file (the index only moves a page there, so
         it cannot change under this unlocked read)."""
         assert self.backing is not None
         try:
-            page = self.backing.read_page(pn)
+            page = self.backing.read_page(index)
         except BackingError as exc:
             with self.lock:
                 self.failed_reads += 1
@@ -413,7 +418,7 @@ class PageStore:
             if first == last:
                 data = self.read_page(first)
             else:
-                data = b"".join([self.read_page(pn) for pn in range(first, last + 1)])
+                data = b"".join([self.read_page(index) for index in range(first, last + 1)])
         except StoreError:
             raise
         except Exception as exc:  # a bug below must not pass for a page read
@@ -426,83 +431,83 @@ class PageStore:
         return data[skip : skip + size]
 
     # -- writeback and flush (other threads) ---------------------------------------------------
-    def _peek(self, pn: int) -> tuple[int, bytes | None]:
-        """(entry, what is stored) of page *pn*, read under the store lock and registered in
+    def _peek(self, index: int) -> tuple[int, bytes | None]:
+        """(entry, what is stored) of page *index*, read under the store lock and registered in
         flight (the caller must end that with _rewritten): the raw pool payload, the page itself
         for a same-filled page, None for a page not in memory."""
         with self.lock:
-            self._inflight[pn] = False
-            entry = self.index.item(pn)
+            self._inflight[index] = False
+            entry = self.table.item(index)
             if entry == SAME:
-                return entry, fill_page(self.fill.get(pn, 0))
+                return entry, fill_page(self.fill.get(index, 0))
             if entry < FIRST_HANDLE:
                 return entry, None
             return entry, self.pool.read(entry)
 
-    def _decode(self, pn: int, payload: bytes) -> bytes:
-        """Page *pn* from its pool payload: a raw page as it is, else by the page's codec slot.
+    def _decode(self, index: int, payload: bytes) -> bytes:
+        """Page *index* from its pool payload: a raw page as it is, else by the page's codec slot.
         Read outside the lock: a page rewritten meanwhile may decode wrong or fail, and the
         in-flight mark then refuses whatever the caller would have committed."""
         if len(payload) == PAGE_SIZE:
             return payload
-        codec = self.codecs[(self.meta.item(pn) & SLOT_MASK) >> SLOT_SHIFT]
+        codec = self.codecs[(self.meta.item(index) & SLOT_MASK) >> SLOT_SHIFT]
         if codec is None:
-            raise CodecError(f"page {pn}: its codec slot holds no codec")
+            raise CodecError(f"page {index}: its codec slot holds no codec")
         return codec.decompress(payload)
 
-    def _page_of(self, pn: int) -> tuple[int, bytes | None]:
+    def _page_of(self, index: int) -> tuple[int, bytes | None]:
         """(entry, contents) of a page held in memory, registered in flight (see _peek);
         decompression happens after the lock is let go."""
-        entry, payload = self._peek(pn)
+        entry, payload = self._peek(index)
         if entry >= FIRST_HANDLE and payload is not None:
-            payload = self._decode(pn, payload)
+            payload = self._decode(index, payload)
         return entry, payload
 
-    def _rewritten(self, pn: int) -> bool:
-        """Take *pn* out of flight (store lock held): was it rewritten since _page_of?"""
-        return self._inflight.pop(pn, True)
+    def _rewritten(self, index: int) -> bool:
+        """Take *index* out of flight (store lock held): was it rewritten since _page_of?"""
+        return self._inflight.pop(index, True)
 
-    def _was_rewritten(self, pn: int) -> bool:
-        """Like _rewritten, but *pn* stays in flight (store lock held)."""
-        return self._inflight.get(pn, True)
+    def _was_rewritten(self, index: int) -> bool:
+        """Like _rewritten, but *index* stays in flight (store lock held)."""
+        return self._inflight.get(index, True)
 
-    def _write_file(self, pn: int, page: bytes) -> bool:
+    def _write_file(self, index: int, page: bytes) -> bool:
         """Write *page*, read by _page_of, to the backing file unless the page was rewritten
         since; False if it was. Under the file lock: a rewrite that sends the page to the file
         (_reject) either comes first and is seen here, or waits and writes after this."""
         assert self.backing is not None
         with self._file_lock:
             with self.lock:
-                if self._was_rewritten(pn):
+                if self._was_rewritten(index):
                     return False
-            self.backing.write_page(pn, page)
+            self.backing.write_page(index, page)
         return True
 
-    def writeback_page(self, pn: int) -> bool:
-        """Move page *pn* from the pool to the backing file. False when it is not in the pool,
+    def writeback_page(self, index: int) -> bool:
+        """Move page *index* from the pool to the backing file. False when it is not in the pool,
         was rewritten meanwhile, or the backing file failed (the page then stays in the pool)."""
         assert self.backing is not None
         try:
-            entry, page = self._page_of(pn)
+            entry, page = self._page_of(index)
         except (CodecError, KeyError) as exc:
             with self.lock:
-                self._rewritten(pn)
-            log.error("writeback of page %d: cannot read it: %s", pn, exc)
+                self._rewritten(index)
+            log.error("writeback of page %d: cannot read it: %s", index, exc)
             return False
-        clean = self.persistent and not self.meta.item(pn) & DIRTY
+        clean = self.persistent and not self.meta.item(index) & DIRTY
         if entry >= FIRST_HANDLE and page is not None and not clean:
             try:
-                self._write_file(pn, page)  # when it was rewritten, the commit below refuses
+                self._write_file(index, page)  # when it was rewritten, the commit below refuses
             except BackingError as exc:
                 with self.lock:
                     self.bd_errors += 1
-                log.error("writeback: %s; page %d stays in the pool", exc, pn)
+                log.error("writeback: %s; page %d stays in the pool", exc, index)
                 page = None  # nothing to commit
         with self.lock:
-            if self._rewritten(pn) or entry < FIRST_HANDLE or page is None:
+            if self._rewritten(index) or entry < FIRST_HANDLE or page is None:
                 return False  # rewritten while we wrote (the pool copy is newer), or failed
-            self._swap(pn, BACKED, 0)
-            self.meta[pn] = self.meta.item(pn) & AGE_MASK  # clean, no codec
+            self._swap(index, BACKED, 0)
+            self.meta[index] = self.meta.item(index) & AGE_MASK  # clean, no codec
             self.written_back_pages += 1
             if not clean:
                 self.bd_writes += 1
@@ -514,19 +519,19 @@ class PageStore:
         if not self.persistent or self.backing is None:
             return 0
         written = 0
-        for pn in np.flatnonzero(self.meta & DIRTY).tolist():
+        for index in np.flatnonzero(self.meta & DIRTY).tolist():
             try:
-                _, page = self._page_of(pn)
-                if page is not None and self._write_file(pn, page):
+                _, page = self._page_of(index)
+                if page is not None and self._write_file(index, page):
                     written += 1
             except (BackingError, CodecError) as exc:
                 with self.lock:
-                    self._rewritten(pn)
+                    self._rewritten(index)
                     self.bd_errors += 1
                 raise StorageFailure(f"flush: {exc}") from exc
             with self.lock:
-                if not self._rewritten(pn):  # rewritten meanwhile: stays dirty for next time
-                    self.meta[pn] = self.meta.item(pn) & ~DIRTY
+                if not self._rewritten(index):  # rewritten meanwhile: stays dirty for next time
+                    self.meta[index] = self.meta.item(index) & ~DIRTY
                     if page is not None:
                         self.bd_writes += 1
         try:
@@ -561,7 +566,7 @@ class PageStore:
         without the lock: a hint that recompress_page checks again."""
         meta = self.meta
         candidates = np.flatnonzero(
-            (self.index >= FIRST_HANDLE) & ((meta & (SLOT_MASK | MARK)) == 0)
+            (self.table >= FIRST_HANDLE) & ((meta & (SLOT_MASK | MARK)) == 0)
         )
         if not len(candidates):
             return []
@@ -571,17 +576,17 @@ class PageStore:
         if len(candidates) > count:
             pick = np.argpartition(ages, count - 1)[:count]
             candidates, ages = candidates[pick], ages[pick]
-        return [int(pn) for pn in candidates[np.argsort(ages, kind="stable")]]
+        return [int(index) for index in candidates[np.argsort(ages, kind="stable")]]
 
-    def peek_page(self, pn: int) -> bytes | None:
-        """The contents of pool page *pn* without counting it as a read (no age, no mark);
+    def peek_page(self, index: int) -> bytes | None:
+        """The contents of pool page *index* without counting it as a read (no age, no mark);
         None if it holds no pool object or cannot be decoded."""
         with self.lock:
-            entry = self.index.item(pn)
+            entry = self.table.item(index)
             if entry < FIRST_HANDLE:
                 return None
             payload = self.pool.read(entry)
-            codec = self.codecs[(self.meta.item(pn) & SLOT_MASK) >> SLOT_SHIFT]
+            codec = self.codecs[(self.meta.item(index) & SLOT_MASK) >> SLOT_SHIFT]
         if len(payload) == PAGE_SIZE:
             return payload
         try:
@@ -589,22 +594,22 @@ class PageStore:
         except CodecError:
             return None
 
-    def _claim(self, pn: int) -> tuple[int, bytes] | None:
+    def _claim(self, index: int) -> tuple[int, bytes] | None:
         """(handle, payload) of a pool page whose object is its own, registered in flight;
         None (and out of flight) for any other page."""
-        entry, payload = self._peek(pn)
+        entry, payload = self._peek(index)
         if entry >= FIRST_HANDLE and payload is not None:
             with self.lock:
                 if entry not in self.shared:
                     return entry, payload
         with self.lock:
-            self._rewritten(pn)
+            self._rewritten(index)
         return None
 
-    def _recode(self, pn: int, to_slot: int, min_gain: int) -> str:
-        """Re-encode page *pn* from its slot's codec into *to_slot*'s. "done", "skip" (did not
+    def _recode(self, index: int, to_slot: int, min_gain: int) -> str:
+        """Re-encode page *index* from its slot's codec into *to_slot*'s. "done", "skip" (did not
         gain *min_gain* bytes: marked tried), or "gone" (rewritten, shared or not in the pool)."""
-        claimed = self._claim(pn)
+        claimed = self._claim(index)
         if claimed is None:
             return "gone"
         handle, payload = claimed
@@ -612,26 +617,26 @@ class PageStore:
         new_handle = 0
         try:
             assert to_codec is not None
-            page = self._decode(pn, payload)
+            page = self._decode(index, payload)
             new = to_codec.compress(page)
             if len(new) >= self.pool.raw_threshold:
                 new = page
             if len(new) + min_gain <= len(payload):
                 new_handle = self.pool.store(new)
         except (CodecError, PoolFull) as exc:
-            log.warning("re-encoding page %d: %s", pn, exc)
+            log.warning("re-encoding page %d: %s", index, exc)
         with self.lock:
-            if self._rewritten(pn) or self.index.item(pn) != handle or handle in self.shared:
+            if self._rewritten(index) or self.table.item(index) != handle or handle in self.shared:
                 if new_handle:
                     self.pool.free(new_handle)
                 return "gone"
-            meta = self.meta.item(pn)
+            meta = self.meta.item(index)
             if not new_handle:
-                self.meta[pn] = meta | MARK
+                self.meta[index] = meta | MARK
                 self.recompress_not_worth += 1
                 return "skip"
-            self._swap(pn, new_handle, len(new))
-            self.meta[pn] = (meta & (AGE_MASK | DIRTY)) | to_slot << SLOT_SHIFT  # not SHARED
+            self._swap(index, new_handle, len(new))
+            self.meta[index] = (meta & (AGE_MASK | DIRTY)) | to_slot << SLOT_SHIFT  # not SHARED
             if to_slot:
                 self.slot_pages[to_slot] += 1
                 self.pages_recompressed += 1
@@ -640,17 +645,17 @@ class PageStore:
                 self.pages_rewarmed += 1
             return "done"
 
-    def recompress_page(self, pn: int, min_gain: int = 16) -> str:
+    def recompress_page(self, index: int, min_gain: int = 16) -> str:
         """Recompress an idle page with the current recompression codec (see _recode)."""
         if not self.current_slot:
             return "gone"
-        return self._recode(pn, self.current_slot, min_gain)
+        return self._recode(index, self.current_slot, min_gain)
 
-    def rewarm_page(self, pn: int) -> str:
+    def rewarm_page(self, index: int) -> str:
         """Send a recompressed page that is read again back to the write codec."""
         with self.lock:
-            self.rewarm.discard(pn)
-        return self._recode(pn, 0, -PAGE_SIZE)
+            self.rewarm.discard(index)
+        return self._recode(index, 0, -PAGE_SIZE)
 
     def dedup_scan(self, pages: list[int], between: Callable[[], None] = lambda: None) -> int:
         """Merge pool pages among *pages* whose stored objects are byte-identical (same codec
@@ -658,27 +663,27 @@ class PageStore:
         compared under the store lock before two pages share one object. Returns the merges."""
         seen: dict[tuple[int, bytes], tuple[int, int]] = {}
         merged = 0
-        for pn in pages:
+        for index in pages:
             between()
             with self.lock:
-                handle = self.index.item(pn)
+                handle = self.table.item(index)
                 if handle < FIRST_HANDLE:
                     continue
-                slot = self.meta.item(pn) & SLOT_MASK
+                slot = self.meta.item(index) & SLOT_MASK
                 payload = self.pool.read(handle)
             if len(payload) == PAGE_SIZE:
                 continue  # raw pages: rarely equal, and huge_pages counts them one by one
             key = (slot, hashlib.blake2b(payload, digest_size=16).digest())
-            first = seen.setdefault(key, (pn, handle))
-            if first[0] == pn:
+            first = seen.setdefault(key, (index, handle))
+            if first[0] == index:
                 continue
             with self.lock:
                 other_pn, other = first
                 if (
-                    self.index.item(other_pn) != other
+                    self.table.item(other_pn) != other
                     or self.meta.item(other_pn) & SLOT_MASK != slot
-                    or self.index.item(pn) != handle
-                    or self.meta.item(pn) & SLOT_MASK != slot
+                    or self.table.item(index) != handle
+                    or self.meta.item(index) & SLOT_MASK != slot
                     or handle == other
                     or handle in self.shared
                     or self.pool.read(other) != payload  # byte for byte, never by digest alone
@@ -688,8 +693,8 @@ class PageStore:
                 # a page in flight elsewhere (flush) keeps the same bytes: no rewrite to mark
                 size = self.pool.free(handle)
                 self.compr_data_size -= size
-                self.index[pn] = other
-                self.meta[pn] = self.meta.item(pn) | SHARED
+                self.table[index] = other
+                self.meta[index] = self.meta.item(index) | SHARED
                 self.meta[other_pn] = self.meta.item(other_pn) | SHARED
                 self.shared[other] = self.shared.get(other, 0) + 1
                 self.dedup_merges += 1
@@ -700,7 +705,7 @@ class PageStore:
         """Up to *count* pool pages, least recently used first (idle at least *min_idle*
         seconds when given); with *huge_first*, incompressible pages before the others.
         Read without the lock: a hint, which writeback_page checks again."""
-        candidates = np.flatnonzero(self.index >= FIRST_HANDLE)
+        candidates = np.flatnonzero(self.table >= FIRST_HANDLE)
         if min_idle:
             ages = self.meta[candidates] & AGE_MASK
             candidates = candidates[ages <= self.now() - min_idle]
@@ -713,13 +718,13 @@ class PageStore:
             candidates, ages = candidates[pick], ages[pick]
         ordered = candidates[np.argsort(ages, kind="stable")].tolist()
         if huge_first:
-            huge = [pn for pn in ordered if self._is_huge(pn)]
+            huge = [index for index in ordered if self._is_huge(index)]
             chosen = set(huge)
-            ordered = huge + [pn for pn in ordered if pn not in chosen]
+            ordered = huge + [index for index in ordered if index not in chosen]
         return ordered[:count]
 
-    def _is_huge(self, pn: int) -> bool:
-        entry = self.index.item(pn)
+    def _is_huge(self, index: int) -> bool:
+        entry = self.table.item(index)
         try:
             return entry >= FIRST_HANDLE and self.pool.size(entry) == PAGE_SIZE
         except KeyError:
@@ -744,7 +749,7 @@ class PageStore:
 
     def metadata_bytes(self) -> int:
         """Index and tables outside the pool's arena (the index counted whole, as allocated)."""
-        return int(self.index.nbytes + self.meta.nbytes) + self.pool.metadata_bytes()
+        return int(self.table.nbytes + self.meta.nbytes) + self.pool.metadata_bytes()
 
     def stats(self) -> dict[str, Any]:
         """zram's mm_stat/io_stat/bd_stat and zswap's names, plus what zswapfs adds."""
