@@ -9,7 +9,7 @@ skipping.
 Every test carries exactly one tier marker (module-wide `pytestmark` where a whole file is one
 tier); collection stops with an error naming any test that has none or more than one.
 
-No test asserts on elapsed time: background work is waited for through events and counters
+No test checks how long something took: background work is waited for through events and counters
 (`wait_for`, Maintenance.wait_passes) under a deadline, HANG, that only ends a hang.
 
 Tier 3 tests start the real daemon as a subprocess on a temp mount and always
@@ -104,8 +104,8 @@ needs_fio = pytest.mark.skipif(shutil.which("fio") is None, reason="fio is not i
 
 def pool_resident(pid: int) -> int:
     """Bytes of shared memory resident in process *pid* (RssShmem): the pool's memfd pages, the
-    only shared memory the daemon maps. Unlike VmRSS it leaves out the Python heap, allocator
-    caches and thread stacks, so it follows the pool and nothing else."""
+    only shared memory the daemon maps. Unlike the whole resident size it leaves out the Python
+    heap, allocator caches and thread stacks, so it follows the pool and nothing else."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("RssShmem:"):
