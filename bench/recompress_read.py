@@ -48,8 +48,7 @@ def main() -> None:
     data = load_corpus(args.corpus)
     pages = [data[i : i + PAGE_SIZE] for i in range(0, len(data), PAGE_SIZE)]
     plain, settled = fill(pages), fill(pages)
-    work = Recompression(settled, level=args.level, duty=1.0)
-    settled._t0 -= work.idle + 1
+    work = Recompression(settled, level=args.level, idle=0, duty=1.0)  # every page idle
     while work.step():
         pass
     st = settled.stats()

@@ -85,8 +85,8 @@ def settle(store: PageStore, result: ReplayResult, level: int) -> None:
     """Every page idle: run the recompression loop (default settings but *level*) and compaction
     as the maintenance thread would, until a step changes nothing; record how long it took,
     the density over that time and after it."""
-    work = Recompression(store, level=level, pages_per_step=SETTLE_STEP_PAGES, duty=1.0)
-    store._t0 -= work.idle + 1  # the writes ended long enough ago: every page is idle
+    # idle 0: the writes ended long enough ago that every page counts as idle
+    work = Recompression(store, level=level, idle=0, pages_per_step=SETTLE_STEP_PAGES, duty=1.0)
     t0 = time.perf_counter()
     timeline = [(0.0, density(store))]
     while work.step():
