@@ -942,17 +942,24 @@ static int pool_check(PoolObject *p)
     return 0;
 }
 
-static PyObject *Pool_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+/* a new ZsPool or Store (*type*) with its Lock made, stored at *lock_offset* */
+static PyObject *new_with_lock(PyTypeObject *type, size_t lock_offset)
 {
-    PoolObject *self = (PoolObject *)type->tp_alloc(type, 0);
+    PyObject *self = type->tp_alloc(type, 0);
     if (!self)
         return NULL;
-    self->lock = (LockObject *)PyObject_CallNoArgs((PyObject *)&LockType);
-    if (!self->lock) {
+    LockObject *lock = (LockObject *)PyObject_CallNoArgs((PyObject *)&LockType);
+    if (!lock) {
         Py_DECREF(self);
         return NULL;
     }
-    return (PyObject *)self;
+    *(LockObject **)((char *)self + lock_offset) = lock;
+    return self;
+}
+
+static PyObject *Pool_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    return new_with_lock(type, offsetof(PoolObject, lock));
 }
 
 static void Pool_dealloc(PoolObject *p)
@@ -1697,15 +1704,7 @@ static int store_check(StoreObject *s)
 
 static PyObject *Store_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
-    StoreObject *self = (StoreObject *)type->tp_alloc(type, 0);
-    if (!self)
-        return NULL;
-    self->lock = (LockObject *)PyObject_CallNoArgs((PyObject *)&LockType);
-    if (!self->lock) {
-        Py_DECREF(self);
-        return NULL;
-    }
-    return (PyObject *)self;
+    return new_with_lock(type, offsetof(StoreObject, lock));
 }
 
 static int Store_traverse(StoreObject *s, visitproc visit, void *arg)
