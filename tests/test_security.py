@@ -122,18 +122,19 @@ def plant(kind: str, path: Path, victim: Path) -> None:
     assert res.returncode == 0, res.stderr
 
 
+#: what another user can plant at a path zswapfs opens, and the words of its refusal
+PLANTED = [
+    ("symlink", "symbolic link"),
+    ("fifo", "not a regular file"),
+    ("foreign file", "owned by uid"),
+    ("hard link", "hard links"),
+]
+
+
 # -- log files -----------------------------------------------------------------------------------
 @pytest.mark.mount
 @needs_mount_and_nobody
-@pytest.mark.parametrize(
-    "kind, words",
-    [
-        ("symlink", "symbolic link"),
-        ("fifo", "not a regular file"),
-        ("foreign file", "owned by uid"),
-        ("hard link", "hard links"),
-    ],
-)
+@pytest.mark.parametrize("kind, words", PLANTED)
 @pytest.mark.parametrize("foreground", [False, True])
 def test_log_path_planted_by_another_user_is_refused(
     shared_tmp: Path, victim: Path, mountpoint: Path, kind: str, words: str, foreground: bool
@@ -206,15 +207,7 @@ def test_under_systemd_the_daemon_logs_to_the_journal(tmp_path: Path, mountpoint
 # -- backing files -------------------------------------------------------------------------------
 @pytest.mark.mount
 @needs_mount_and_nobody
-@pytest.mark.parametrize(
-    "kind, words",
-    [
-        ("symlink", "symbolic link"),
-        ("fifo", "not a regular file"),
-        ("foreign file", "owned by uid"),
-        ("hard link", "hard links"),
-    ],
-)
+@pytest.mark.parametrize("kind, words", PLANTED)
 @pytest.mark.parametrize("force", [False, True])
 def test_backing_path_planted_by_another_user_is_refused(
     shared_tmp: Path, victim: Path, mountpoint: Path, kind: str, words: str, force: bool
