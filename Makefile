@@ -37,6 +37,8 @@ bench: setup
 # (the interpreter keeps memory to exit by design)
 SAN := build-sanitize
 SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g
+TSAN := build-tsan
+TSAN_FLAGS := -fsanitize=thread -g -O1
 sanitize: setup
 	rm -rf $(SAN) && mkdir -p $(SAN)/src
 	cp -r zswapfs tests pyproject.toml $(SAN)/src/ && find $(SAN)/src -name '*.so' -delete
@@ -48,6 +50,16 @@ sanitize: setup
 		LD_PRELOAD=$$(gcc -print-file-name=libasan.so) \
 		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 		$(CURDIR)/$(VENV)/bin/python -m pytest -q -s tests/test_engine_diff.py
+	# the same with ThreadSanitizer, on the tests that run the engine on several threads
+	# (requests beside maintenance, the page workers): any data race fails the run
+	rm -rf $(TSAN) && mkdir -p $(TSAN)/src
+	cp -r zswapfs tests pyproject.toml $(TSAN)/src/ && find $(TSAN)/src -name '*.so' -delete
+	CFLAGS="$(TSAN_FLAGS)" LDFLAGS="$(TSAN_FLAGS)" $(VENV)/bin/python setup.py -q build_ext \
+		--force --build-temp $(TSAN)/tmp --build-lib $(TSAN)/src
+	cd $(TSAN)/src && LD_PRELOAD=$$(gcc -print-file-name=libtsan.so) \
+		TSAN_OPTIONS=halt_on_error=1:exitcode=66 \
+		$(CURDIR)/$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_engine_diff.py \
+		-k "page_workers or two_threads"
 
 clean:
-	rm -rf $(VENV) *.egg-info build $(SAN)
+	rm -rf $(VENV) *.egg-info build $(SAN) $(TSAN)

@@ -45,8 +45,8 @@ NPAGES = 64
 KINDS = ["zero", "fill", "random", "half", "half", "half", "text", "sparse", "repeat", "dup"]
 #: the page "dup" writes, every time: identical pages for dedup to find
 DUP = b"".join(b"record %d, " % i for i in range(600))[:PAGE_SIZE]
-#: figures that differ by construction: which engine, and each store's own backing file
-NOT_COMPARED = {"engine", "backing"}
+#: figures that differ by construction: which engine, its page workers, each store's backing file
+NOT_COMPARED = {"engine", "backing", "page_workers"}
 
 _liblz4 = ctypes.CDLL(ctypes.util.find_library("lz4") or "liblz4.so.1")
 
@@ -82,6 +82,16 @@ def make_page(kind: str, rnd: random.Random) -> bytes:
     for _ in range(rnd.randint(1, 30)):
         page[rnd.randrange(PAGE_SIZE)] = rnd.randrange(1, 256)
     return bytes(page)
+
+
+def setup_module() -> None:
+    # every aligned write of two pages or more is compressed by a page worker, not the request
+    # thread: the compiled engine's batched path is the one compared
+    native.set_workers(1, min_pages=2, lead=False)
+
+
+def teardown_module() -> None:
+    native.set_workers()
 
 
 class EngineDiff(RuleBasedStateMachine):
@@ -231,7 +241,7 @@ class EngineDiff(RuleBasedStateMachine):
         a, b = (s.stats() for s in self.stores)
         for key in a.keys() - NOT_COMPARED:
             assert a[key] == b[key], f"{key}: python {a[key]!r}, native {b[key]!r}"
-        assert a.keys() == b.keys()
+        assert a.keys() - NOT_COMPARED == b.keys() - NOT_COMPARED
         assert np.array_equal(self.stores[0].table, self.stores[1].table)
         # every object at the same place: same zspage, slot and length (or huge pool page)
         assert self.stores[0].pool.handles.table.tobytes() == self.stores[1].pool._handle_table()
@@ -400,3 +410,42 @@ def test_requests_and_maintenance_in_two_threads(tmp_path: Path, engine: str) ->
     assert store.bd_count > 0 and store.stored_pages + store.bd_count == len(model)
     store.pool.close()
     backing.close()
+
+
+@pytest.mark.parametrize("lead", [False, True])
+def test_page_workers_place_a_big_write_as_the_request_thread_would(lead: bool) -> None:
+    """A 1 MiB write compressed by the page workers (lead=False: by them alone, so the batched
+    path surely ran) lands exactly as the page-by-page loop puts it: same handles, same
+    counters, same bytes back; unaligned requests take the page-by-page loop."""
+    from zswapfs.engine.codec import make_codec
+
+    rnd = random.Random(3)
+    npages = 512
+    data = b"".join(make_page(rnd.choice(KINDS), rnd) for _ in range(npages))
+    stores = []
+    helped = []
+    try:
+        for workers in (0, 1):
+            native.set_workers(workers, min_pages=2, lead=lead)
+            store = native.make_store("native", npages, make_codec("lz4"), "zsmalloc")
+            stores.append(store)
+            before = native.workers()
+            store.write(0, data[: 256 * PAGE_SIZE])
+            store.write(256 * PAGE_SIZE, data[256 * PAGE_SIZE :])
+            store.write(100, data[: 8 * PAGE_SIZE])  # unaligned: page by page
+            after = native.workers()
+            helped.append(after["pages_by_workers"] - before["pages_by_workers"])
+            assert after["batches"] - before["batches"] == (2 if workers else 0)
+    finally:
+        native.set_workers(1, min_pages=2, lead=False)
+    if not lead:
+        assert helped == [0, npages]
+    a, b = stores
+    assert a.pool._handle_table() == b.pool._handle_table()
+    assert a.stats() | {"page_workers": None} == b.stats() | {"page_workers": None}
+    assert a.read(0, npages * PAGE_SIZE) == b.read(0, npages * PAGE_SIZE)
+    expect = bytearray(data)
+    expect[100 : 100 + 8 * PAGE_SIZE] = data[: 8 * PAGE_SIZE]
+    assert b.read(0, npages * PAGE_SIZE) == bytes(expect)
+    for s in stores:
+        s.pool.close()

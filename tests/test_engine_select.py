@@ -23,6 +23,10 @@ def test_engine_key_and_its_check() -> None:
     assert from_mapping({"engine": "python"}).check().engine == "python"
     with pytest.raises(ConfigError, match="engine: unknown engine 'fast'"):
         from_mapping({"engine": "fast"}).check()
+    assert MountConfig().page_workers == -1
+    assert from_mapping({"page-workers": 0}).check().page_workers == 0
+    with pytest.raises(ConfigError, match="page-workers: 65 out of range"):
+        from_mapping({"page-workers": 65}).check()
 
 
 @pytest.mark.mount
@@ -52,3 +56,22 @@ def test_stats_name_the_engine(mount: Callable[..., Mounted], args: list[str], e
     assert stats["stored_pages"] == 65  # 64 pages' worth, unaligned: 65 pages touched
     if "zbud" in args:
         assert "native engine unavailable (the zbud pool is Python only)" in m.log_text()
+
+
+@pytest.mark.mount
+@needs_mount
+@needs_native
+def test_big_writes_go_to_the_page_workers(mount: Callable[..., Mounted]) -> None:
+    """--page-workers 1: a 1 MiB write is one batch for the worker, the bytes read back."""
+    m = mount("--size", str(SIZE), "--page-workers", "1")
+    rnd = random.Random(4)
+    data = b"".join(rnd.randbytes(900) + bytes(PAGE_SIZE - 900) for _ in range(256))
+    fd = os.open(m.image, os.O_RDWR)
+    try:
+        os.pwrite(fd, data, 1 << 20)
+        assert os.pread(fd, len(data), 1 << 20) == data
+    finally:
+        os.close(fd)
+    stats = m.stats()
+    assert stats["page_workers"]["workers"] == 1 and stats["page_workers"]["batches"] >= 1
+    assert stats["stored_pages"] == 256

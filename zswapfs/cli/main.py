@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--codec", help="lz4 (default), zstd[:LEVEL] or none")
     m.add_argument("--pool", help="zsmalloc (default), zbud or z3fold")
     m.add_argument("--engine", help="native (compiled, default; zsmalloc only) or python")
+    m.add_argument(
+        "--page-workers",
+        type=int,
+        help="native engine: threads that compress big writes beside the request thread "
+        "(default: one per spare core, at most 3; 0: none)",
+    )
     m.add_argument("--name", help="image file name (default swap.img)")
     m.add_argument("--max-chain", type=int, help="longest zspage, in pages (default 8)")
     m.add_argument("--maintenance-interval", type=float, help="seconds between checks (1)")

@@ -66,6 +66,7 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
         "codec",
         "pool",
         "engine",
+        "page_workers",
         "name",
         "max_chain",
         "maintenance_interval",

@@ -36,6 +36,7 @@
 #include <fcntl.h>
 #include <lz4.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -1231,8 +1232,15 @@ static PyObject *Pool_close(PoolObject *p, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* figures read under the pool lock: the request loop changes them with the GIL released */
 #define POOL_GETTER(name, expr)                                                                \
-    static PyObject *Pool_get_##name(PoolObject *p, void *c) { return PyLong_FromLongLong(expr); }
+    static PyObject *Pool_get_##name(PoolObject *p, void *c)                                   \
+    {                                                                                          \
+        lock_wait(p->lock);                                                                    \
+        long long v = (expr);                                                                  \
+        pthread_mutex_unlock(&p->lock->mutex);                                                 \
+        return PyLong_FromLongLong(v);                                                         \
+    }
 POOL_GETTER(pages_used, arena_pages_used(&p->arena))
 POOL_GETTER(objects, p->live)
 POOL_GETTER(bytes_stored, p->bytes_stored)
@@ -1251,8 +1259,10 @@ POOL_GETTER(arena_segments_released, p->arena.segments_released)
 static PyObject *Pool_get_arena_segments_mapped(PoolObject *p, void *c)
 {
     long n = 0;
+    lock_wait(p->lock);
     for (uint32_t s = 0; s < p->arena.nseg; s++)
         n += p->arena.seg_addr[s] != NULL;
+    pthread_mutex_unlock(&p->lock->mutex);
     return PyLong_FromLong(n);
 }
 
@@ -1383,6 +1393,189 @@ static int decompress_page(int codec, const uint8_t *src, int len, uint8_t *dst)
         return !ZSTD_isError(n) && n == PAGE_SIZE ? 0 : -1;
     }
     return -1; /* the none codec stores every page raw: a shorter object is corrupt */
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Page workers: a write request of many whole pages (a 128 KiB or 1 MiB write) has its pages
+ * classified and compressed on more than one core before the request loop places them in
+ * order. The workers are plain pthreads shared by every store, started on the first such
+ * request; the requesting thread works through the same pages alongside them (both take
+ * pages from one atomic counter), so a request never waits for a worker to wake up, and a
+ * busy or missing worker (another request holds them; a forked child, which has none) only
+ * means the requesting thread does every page itself. Only the codec and the same-filled
+ * check run here: placement, the index and every counter stay with the request loop, in page
+ * order, so a batched request ends exactly as the page-by-page loop would.                    */
+
+enum { PREP_SAME = -2, PREP_FAILED = -1 };
+#define PREP_CHUNK 2 /* pages a worker takes at a time */
+
+typedef struct {
+    const uint8_t *src;   /* the request's whole pages, back to back */
+    uint32_t npages;
+    int codec, level;
+    int32_t *lens;        /* per page: compressed length, PREP_SAME or PREP_FAILED */
+    uint64_t *words;      /* per page: its first word (the fill word of a same-filled page) */
+    uint8_t *out;         /* per page: COMPRESS_BOUND bytes of codec output */
+    uint32_t next;        /* the next page to take (atomic) */
+    int active;           /* workers inside this batch (workers_mu) */
+} Batch;
+
+static pthread_mutex_t workers_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t workers_cv = PTHREAD_COND_INITIALIZER; /* a batch was posted */
+static pthread_cond_t batch_done_cv = PTHREAD_COND_INITIALIZER; /* a worker left its batch */
+static Batch *posted;              /* the batch workers may join (workers_mu) */
+static unsigned long long posted_gen; /* counts posted batches (workers_mu) */
+static int workers_wanted, workers_running, batch_min_pages = 8;
+static int batch_lead = 1; /* the requesting thread compresses too (0: only the workers do) */
+static long long batches_parallel, batch_pages_helped; /* workers_mu */
+
+static int compress_page(int codec, int level, const uint8_t *src, uint8_t *dst);
+
+static inline int prepare_page(int codec, int level, const uint8_t *page, uint8_t *out,
+                               uint64_t *word)
+{
+    memcpy(word, page, 8);
+    if (memcmp(page, page + 8, PAGE_SIZE - 8) == 0)
+        return PREP_SAME;
+    return compress_page(codec, level, page, out);
+}
+
+/* take pages of *b* until none is left; the number taken */
+static uint32_t batch_work(Batch *b)
+{
+    uint32_t done = 0;
+    for (;;) {
+        uint32_t i = __atomic_fetch_add(&b->next, PREP_CHUNK, __ATOMIC_RELAXED);
+        if (i >= b->npages)
+            return done;
+        uint32_t end = i + PREP_CHUNK < b->npages ? i + PREP_CHUNK : b->npages;
+        for (; i < end; i++, done++)
+            b->lens[i] = prepare_page(b->codec, b->level, b->src + (size_t)i * PAGE_SIZE,
+                                      b->out + (size_t)i * COMPRESS_BOUND, &b->words[i]);
+    }
+}
+
+static void *worker_main(void *unused)
+{
+    unsigned long long seen = 0;
+    pthread_mutex_lock(&workers_mu);
+    for (;;) {
+        while (!posted || posted_gen == seen)
+            pthread_cond_wait(&workers_cv, &workers_mu);
+        seen = posted_gen;
+        Batch *b = posted;
+        b->active++;
+        pthread_mutex_unlock(&workers_mu);
+        uint32_t done = batch_work(b);
+        pthread_mutex_lock(&workers_mu);
+        batch_pages_helped += done;
+        if (--b->active == 0)
+            pthread_cond_broadcast(&batch_done_cv);
+    }
+    return NULL;
+}
+
+/* start the workers asked for and not running yet (workers_mu held) */
+static void workers_start(void)
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old); /* signals stay with Python's threads */
+    while (workers_running < workers_wanted) {
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&attr, 256 * 1024);
+        int rc = pthread_create(&t, &attr, worker_main, NULL);
+        pthread_attr_destroy(&attr);
+        if (rc != 0) {
+            workers_wanted = workers_running; /* no more threads: work with those there are */
+            break;
+        }
+        workers_running++;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+/* per-thread room for one batch's results */
+typedef struct {
+    int32_t *lens;
+    uint64_t *words;
+    uint8_t *out;
+    size_t cap; /* pages */
+    int busy;   /* a request on this thread is using it (a callback's nested request must not) */
+} Scratch;
+
+static pthread_key_t scratch_key;
+
+static void scratch_free(void *v)
+{
+    Scratch *sc = v;
+    free(sc->lens);
+    free(sc->words);
+    free(sc->out);
+    free(sc);
+}
+
+static Scratch *scratch_get(size_t npages)
+{
+    Scratch *sc = pthread_getspecific(scratch_key);
+    if (!sc) {
+        sc = calloc(1, sizeof(*sc));
+        if (!sc || pthread_setspecific(scratch_key, sc) != 0) {
+            free(sc);
+            return NULL;
+        }
+    }
+    if (sc->busy)
+        return NULL;
+    if (sc->cap < npages) {
+        int32_t *lens = realloc(sc->lens, npages * sizeof(*lens));
+        if (lens)
+            sc->lens = lens;
+        uint64_t *words = realloc(sc->words, npages * sizeof(*words));
+        if (words)
+            sc->words = words;
+        uint8_t *out = realloc(sc->out, npages * COMPRESS_BOUND);
+        if (out)
+            sc->out = out;
+        if (!lens || !words || !out)
+            return NULL;
+        sc->cap = npages;
+    }
+    return sc;
+}
+
+/* Classify and compress *npages* whole pages at *src* into *sc*, with the workers' help when
+ * they are free (GIL released). */
+static void batch_prepare(Scratch *sc, const uint8_t *src, uint32_t npages, int codec, int level)
+{
+    Batch b = {.src = src, .npages = npages, .codec = codec, .level = level, .lens = sc->lens,
+               .words = sc->words, .out = sc->out};
+    int shared = 0;
+    pthread_mutex_lock(&workers_mu);
+    if (workers_running < workers_wanted)
+        workers_start();
+    if (!posted && workers_running) {
+        posted = &b;
+        posted_gen++;
+        shared = 1;
+        pthread_cond_broadcast(&workers_cv);
+    }
+    pthread_mutex_unlock(&workers_mu);
+    if (!shared || batch_lead)
+        batch_work(&b);
+    if (!shared)
+        return;
+    pthread_mutex_lock(&workers_mu);
+    while (!batch_lead && __atomic_load_n(&b.next, __ATOMIC_RELAXED) < npages)
+        pthread_cond_wait(&batch_done_cv, &workers_mu); /* the tests' mode: workers do it all */
+    posted = NULL; /* no worker joins from now on; wait for those inside to leave */
+    while (b.active)
+        pthread_cond_wait(&batch_done_cv, &workers_mu);
+    batches_parallel++;
+    pthread_mutex_unlock(&workers_mu);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1575,9 +1768,13 @@ static void fill_words(uint8_t *out, uint64_t word)
         memcpy(out + i, &word, 8);
 }
 
-static inline long long pool_bytes(const StoreObject *s)
+/* the pool's memory, for the memory-limit checks (GIL released; the pool lock not held) */
+static inline long long pool_bytes(StoreObject *s)
 {
-    return (long long)arena_pages_used(&s->pool->arena) * PAGE_SIZE;
+    pthread_mutex_lock(&s->pool->lock->mutex);
+    long long n = (long long)arena_pages_used(&s->pool->arena) * PAGE_SIZE;
+    pthread_mutex_unlock(&s->pool->lock->mutex);
+    return n;
 }
 
 /* a page whose old object the Python code must release (store lock held): recompressed (its
@@ -1590,15 +1787,14 @@ static inline int python_owned(const StoreObject *s, uint32_t pn)
 /* outcomes of one page in the request loop */
 enum { PAGE_DONE = 0, PAGE_PYTHON = 1, PAGE_NOT_LIVE = -1, PAGE_CORRUPT = -2, PAGE_NOMEM = -3 };
 
-/* write_page's fast path, GIL released: same-filled pages and pages the pool takes. Returns
- * PAGE_PYTHON for a page the Python path must decide (memory limit, a reject, no room). */
-static int store_page(StoreObject *s, uint32_t pn, const uint8_t *page, uint32_t stamp)
+/* write_page's fast path for a page already classified (prepare_page: *len* is PREP_SAME with
+ * its fill *word*, the codec output's length at *out*, or PREP_FAILED), GIL released: a
+ * same-filled page or one the pool takes. Returns PAGE_PYTHON for a page the Python path must
+ * decide (memory limit, a reject, no room). */
+static int store_prepared(StoreObject *s, uint32_t pn, const uint8_t *page, uint32_t stamp,
+                          int len, const uint8_t *out, uint64_t word)
 {
-    /* same-filled: one 8-byte word repeated, i.e. the page equals itself shifted by a word
-     * (one memcmp; the buffer may sit at any alignment) */
-    uint64_t word;
-    memcpy(&word, page, 8);
-    if (memcmp(page, page + 8, PAGE_SIZE - 8) == 0) {
+    if (len == PREP_SAME) {
         int rc = PAGE_DONE;
         pthread_mutex_lock(&s->lock->mutex);
         if (python_owned(s, pn))
@@ -1612,11 +1808,7 @@ static int store_page(StoreObject *s, uint32_t pn, const uint8_t *page, uint32_t
         pthread_mutex_unlock(&s->lock->mutex);
         return rc;
     }
-    if (s->mem_limit && pool_bytes(s) >= s->mem_limit)
-        return PAGE_PYTHON;
-    uint8_t out[COMPRESS_BOUND];
-    int len = compress_page(s->codec, s->level, page, out);
-    if (len < 0)
+    if (len < 0 || (s->mem_limit && pool_bytes(s) >= s->mem_limit))
         return PAGE_PYTHON;
     const uint8_t *payload = out;
     if (len >= raw_threshold(s->pool)) {
@@ -1640,6 +1832,23 @@ static int store_page(StoreObject *s, uint32_t pn, const uint8_t *page, uint32_t
     pthread_mutex_unlock(&s->pool->lock->mutex);
     pthread_mutex_unlock(&s->lock->mutex);
     return rc;
+}
+
+/* write_page's fast path, one page on this thread (GIL released); over the memory limit the
+ * codec is not run at all (the Python path decides) */
+static int store_page(StoreObject *s, uint32_t pn, const uint8_t *page, uint32_t stamp)
+{
+    uint8_t out[COMPRESS_BOUND];
+    uint64_t word;
+    memcpy(&word, page, 8);
+    int len;
+    if (memcmp(page, page + 8, PAGE_SIZE - 8) == 0)
+        len = PREP_SAME;
+    else if (s->mem_limit && pool_bytes(s) >= s->mem_limit)
+        return PAGE_PYTHON;
+    else
+        len = compress_page(s->codec, s->level, page, out);
+    return store_prepared(s, pn, page, stamp, len, out, word);
 }
 
 /* read_page's fast path, GIL released: PAGE_PYTHON for a page only the backing file holds or a
@@ -1916,6 +2125,16 @@ static PyObject *Store_cwrite(StoreObject *s, PyObject *args)
     uint32_t now = store_now(s);
     if (!stamp)
         stamp = now | (s->persistent ? DIRTY : 0);
+    /* an aligned request of many whole pages: classify and compress them on every core first */
+    uint32_t first = pn, nprep = 0;
+    Scratch *sc = NULL;
+    if (!head && left / PAGE_SIZE >= (size_t)__atomic_load_n(&batch_min_pages, __ATOMIC_RELAXED) &&
+        __atomic_load_n(&workers_wanted, __ATOMIC_RELAXED) &&
+        (sc = scratch_get(left / PAGE_SIZE)) != NULL) {
+        nprep = (uint32_t)(left / PAGE_SIZE);
+        sc->busy = 1;
+        batch_prepare(sc, src, nprep, s->codec, s->level);
+    }
     while (left) {
         size_t n = PAGE_SIZE - head < left ? PAGE_SIZE - head : left;
         const uint8_t *page = src;
@@ -1938,7 +2157,13 @@ static PyObject *Store_cwrite(StoreObject *s, PyObject *args)
             memcpy(tmp + head, src, n);
             page = tmp;
         }
-        rc = store_page(s, pn, page, (uint32_t)stamp);
+        if (pn - first < nprep) {
+            uint32_t i = pn - first;
+            rc = store_prepared(s, pn, page, (uint32_t)stamp, sc->lens[i],
+                                sc->out + (size_t)i * COMPRESS_BOUND, sc->words[i]);
+        } else {
+            rc = store_page(s, pn, page, (uint32_t)stamp);
+        }
         if (rc == PAGE_PYTHON) {
             PyEval_RestoreThread(ts);
             PyObject *r = PyObject_CallMethod((PyObject *)s, "_write_slow", "Iy#k", pn,
@@ -1962,6 +2187,8 @@ static PyObject *Store_cwrite(StoreObject *s, PyObject *args)
     }
     if (!failed)
         PyEval_RestoreThread(ts);
+    if (sc)
+        sc->busy = 0;
     PyBuffer_Release(&data);
     if (failed)
         return wrap_failure(s, 1, offset, 0);
@@ -2214,7 +2441,49 @@ static PyObject *set_errors(PyObject *mod, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* _set_workers(n, min_pages, lead=True): n page workers (0: every page on the requesting
+ * thread) for write requests of at least min_pages whole pages; more threads start on the next
+ * such request, and surplus ones stay idle. lead=False leaves a posted batch's pages to the
+ * workers alone (for the tests: which thread compresses a page is otherwise up to timing). */
+static PyObject *set_workers(PyObject *mod, PyObject *args)
+{
+    int n, min_pages, lead = 1;
+    if (!PyArg_ParseTuple(args, "ii|p", &n, &min_pages, &lead))
+        return NULL;
+    if (n < 0 || n > 64 || min_pages < 2) {
+        PyErr_SetString(PyExc_ValueError, "workers: 0..64, min_pages: at least 2");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&workers_mu);
+    workers_wanted = n;
+    batch_min_pages = min_pages;
+    batch_lead = lead;
+    pthread_mutex_unlock(&workers_mu);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* _workers() -> dict: the page workers' settings and what they did */
+static PyObject *workers_stats(PyObject *mod, PyObject *unused)
+{
+    long long wanted, running, min_pages, parallel, helped;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&workers_mu);
+    wanted = workers_wanted;
+    running = workers_running;
+    min_pages = batch_min_pages;
+    parallel = batches_parallel;
+    helped = batch_pages_helped;
+    pthread_mutex_unlock(&workers_mu);
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("{sLsLsLsLsL}", "workers", wanted, "running", running, "min_pages",
+                         min_pages, "batches", parallel, "pages_by_workers", helped);
+}
+
 static PyMethodDef module_methods[] = {
+    {"_set_workers", set_workers, METH_VARARGS, "_set_workers(n, min_pages)"},
+    {"_workers", workers_stats, METH_NOARGS, "_workers() -> dict"},
     {"_set_errors", set_errors, METH_VARARGS, "_set_errors(PoolFull, StorageFailure, StoreError)"},
     {NULL},
 };
@@ -2227,7 +2496,8 @@ static struct PyModuleDef moduledef = {
 
 PyMODINIT_FUNC PyInit__native(void)
 {
-    if (pthread_key_create(&zstd_key, zstd_local_free) != 0)
+    if (pthread_key_create(&zstd_key, zstd_local_free) != 0 ||
+        pthread_key_create(&scratch_key, scratch_free) != 0)
         return PyErr_NoMemory();
     PoolFullError = Py_NewRef(PyExc_MemoryError);
     StorageFailureError = Py_NewRef(PyExc_OSError);

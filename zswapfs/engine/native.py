@@ -22,12 +22,17 @@ NativeZsPool is the C zsmalloc pool with Pool's Python conveniences (compact, mi
 on top; its placement decisions, handles and counters are those of pools/zsmalloc.py step for
 step (tests/test_engine_diff.py checks it).
 
+A write request of at least BATCH_MIN_PAGES whole pages has its pages compressed by the page
+workers (C threads, one per spare core) alongside the request thread before the loop places
+them in order; see "Page workers" in _native.c.
+
 Only zsmalloc is compiled; zbud and z3fold are Python only. ``make_store`` picks the engine.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from zswapfs.engine.backing import BackingFile
@@ -56,9 +61,33 @@ else:
     _native._set_errors(PoolFull, StorageFailure, StoreError)
     UNAVAILABLE = None
 
+#: write requests of at least this many whole pages compress on the page workers too
+BATCH_MIN_PAGES = 8
+
+
+def default_workers() -> int:
+    """One page worker for every core this process may run on beyond the request thread's,
+    at most 3: none on one core, where a second thread only takes turns."""
+    return max(0, min(len(os.sched_getaffinity(0)) - 1, 3))
+
+
+def set_workers(n: int | None = None, min_pages: int = BATCH_MIN_PAGES, lead: bool = True) -> None:
+    """Page workers for big write requests (None: default_workers()); lead=False (tests) has
+    the workers alone compress a batch's pages."""
+    if _native is not None:
+        _native._set_workers(default_workers() if n is None else n, min_pages, lead)
+
+
+def workers() -> dict[str, int]:
+    """The page workers' settings and counters (empty without the compiled engine)."""
+    return dict(_native._workers()) if _native is not None else {}
+
 
 def available() -> bool:
     return _native is not None
+
+
+set_workers()
 
 
 def _codec_args(codec: Codec) -> tuple[str, int] | None:
@@ -228,7 +257,9 @@ if _native is not None:
             self._swap_entry(index, entry, size, keep)
 
         def stats(self) -> dict[str, Any]:
-            return PageStore.stats(self)
+            st = PageStore.stats(self)
+            st["page_workers"] = workers()
+            return st
 
 
 def make_store(

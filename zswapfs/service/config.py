@@ -48,6 +48,8 @@ class MountConfig:
     pool: str = "zsmalloc"
     #: "native" (compiled; zsmalloc only, other pools fall back to python) or "python"
     engine: str = "native"
+    #: native engine: page workers for big writes (-1: one per spare core, at most 3)
+    page_workers: int = -1
     name: str = "swap.img"
     max_chain: int = 8
     direct_io: bool = True
@@ -94,6 +96,8 @@ class MountConfig:
             raise ConfigError(
                 f"engine: unknown engine {self.engine!r} (expected {', '.join(ENGINE_NAMES)})"
             )
+        if not -1 <= self.page_workers <= 64:
+            raise ConfigError(f"page-workers: {self.page_workers} out of range 0..64 (-1: auto)")
         if not self.name or "/" in self.name or self.name in (".", "..", "stats"):
             raise ConfigError(f"name: {self.name!r} is not a usable file name")
         if not 1 <= self.max_chain <= 16:
@@ -157,6 +161,7 @@ _KEYS = {
     "compression-algorithm": "codec",
     "pool": "pool",
     "engine": "engine",
+    "page-workers": "page_workers",
     "name": "name",
     "max-chain": "max_chain",
     "direct-io": "direct_io",

@@ -20,7 +20,7 @@ import trio
 from zswapfs.engine.backing import BackingError, BackingFile
 from zswapfs.engine.codec import make_codec
 from zswapfs.engine.maintenance import Maintenance
-from zswapfs.engine.native import make_store
+from zswapfs.engine.native import make_store, set_workers
 from zswapfs.engine.recompress import Recompression
 from zswapfs.engine.store import PageStore, StoreError
 from zswapfs.fs import UnknownCommand, ZswapOperations
@@ -82,6 +82,7 @@ def build(cfg: MountConfig) -> PageStore:
             )
         except BackingError as exc:
             raise MountError(str(exc)) from None
+    set_workers(None if cfg.page_workers < 0 else cfg.page_workers)
     return make_store(
         cfg.engine,
         cfg.npages,
