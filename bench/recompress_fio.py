@@ -1,13 +1,13 @@
 """4K random writes through a mount with the background recompression working, against the same
 mount with it off, in one run.
 
-Two images are mounted at once (lz4, zsmalloc): one with `--recompress-idle IDLE` (--idle,
+Three images are mounted at once (lz4, zsmalloc): "on" with `--recompress-idle IDLE` (--idle,
 default 0) and a 0.1 s maintenance interval (with 0 the loop recompresses, and dedups,
-everything it can see all the time: the worst case for the request path); one with
-`--recompress off`. Both are filled first with
-fio's 50%-compressible buffers so the loop has work from the start. Then fio 4K randwrite
-(O_DIRECT, libaio) at QD1 and QD16 runs on each, the two images alternating for --rounds
-rounds; the median IOPS of each and the ratio on/off are printed.
+everything it can see all the time: the worst case for the request path); "normal", the same
+with `--recompress-priority normal` (no SCHED_IDLE); "off" with `--recompress off`. Each is
+filled first with fio's 50%-compressible buffers so the loop has work from the start. Then fio
+4K randwrite (O_DIRECT, libaio) at QD1 and QD16 runs on each, the images alternating for
+--rounds rounds; the median IOPS of each and the ratios on/off and normal/off are printed.
 
     python bench/recompress_fio.py [--runtime 5] [--rounds 3] [--size 128M] [--idle 0]
 """
@@ -25,8 +25,9 @@ from pathlib import Path
 from zswapfs.lab import bench
 from zswapfs.service.config import parse_size
 
-CONFIGS = {
-    "on": ("--maintenance-interval", "0.1"),  # --recompress-idle added from --idle
+CONFIGS = {  # "on" and "normal": --recompress-idle added from --idle
+    "on": ("--maintenance-interval", "0.1"),
+    "normal": ("--maintenance-interval", "0.1", "--recompress-priority", "normal"),
     "off": ("--recompress", "off"),
 }
 JOBS = (("QD1", 1), ("QD16", 16))
@@ -71,7 +72,7 @@ def main() -> None:
         work = Path(tmp)
         images = {}
         for name, extra in CONFIGS.items():
-            if name == "on":
+            if name != "off":
                 extra = (*extra, "--recompress-idle", args.idle)
             mp = work / f"mnt-{name}"
             mp.mkdir()
@@ -91,8 +92,10 @@ def main() -> None:
         "iops": iops,
         "median_iops": med,
         "on_vs_off": {job: med[f"on {job}"] / med[f"off {job}"] for job, _ in JOBS},
+        "normal_vs_off": {job: med[f"normal {job}"] / med[f"off {job}"] for job, _ in JOBS},
         "idle": args.idle,
         "recompressed_pages_on": stats["on"]["pages_recompressed"],
+        "recompressed_pages_normal": stats["normal"]["pages_recompressed"],
     }
     print(json.dumps(result, indent=1))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import tempfile
@@ -71,6 +72,78 @@ def test_idle_pages_are_recompressed_and_read_back(pool: str) -> None:
     assert sum(st["codec_pages"].values()) == st["stored_pages"] - st["same_pages"]
     for pn, page in pages.items():
         assert store.read_page(pn) == page
+
+
+@pytest.mark.unit
+def test_a_step_runs_under_sched_idle_and_restores_the_policy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The loop takes a core only when nothing else wants it: each step runs this thread under
+    SCHED_IDLE, and the thread's own policy is back once the step ends."""
+    store = make_store()
+    rnd = random.Random(6)
+    for pn in range(300):
+        store.write_page(pn, record_page(rnd, pn))
+    age(store, 31)
+    seen: list[int] = []
+    real = store.recompress_page
+
+    def watched(index: int, min_gain: int) -> str:
+        seen.append(os.sched_getscheduler(0))
+        return real(index, min_gain)
+
+    monkeypatch.setattr(store, "recompress_page", watched)
+    before = os.sched_getscheduler(0)
+    assert Recompression(store, idle=30).step() > 0
+    assert seen and set(seen) == {os.SCHED_IDLE}
+    assert os.sched_getscheduler(0) == before
+    seen.clear()
+    store.write_page(0, record_page(rnd, 1000))  # back to lz4, then idle again
+    age(store, 31)
+    Recompression(store, idle=30, idle_priority=False).step()
+    assert seen and set(seen) == {before}
+
+
+@pytest.mark.unit
+def test_the_loop_steps_aside_while_requests_flow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After each batch the loop rests to work *duty* of the time, and only *busy_duty* of it
+    when the store served a request during the batch (a fake clock: every page costs 1 ms)."""
+    from zswapfs.engine import recompress
+
+    store = make_store()
+    rnd = random.Random(8)
+    for pn in range(2 * recompress.BATCH):
+        store.write_page(pn, record_page(rnd, pn))
+    age(store, 31)
+    now = [0.0]
+    rests: list[float] = []
+
+    class Clock:
+        @staticmethod
+        def perf_counter() -> float:
+            return now[0]
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            if seconds:
+                rests.append(seconds)
+
+    monkeypatch.setattr(recompress, "time", Clock)
+    work = Recompression(store, idle=30, dedup=False, min_pages=64, duty=0.5, busy_duty=0.01)
+    work._maybe_train()  # the dictionary first, so the step below is only the batches
+    real = store.recompress_page
+
+    def one_page(index: int, min_gain: int) -> str:
+        now[0] += 0.001
+        if index < recompress.BATCH:  # requests arrive during the first batch only
+            store.requests += 1
+        return real(index, min_gain)
+
+    monkeypatch.setattr(store, "recompress_page", one_page)
+    assert work.step() == 2 * recompress.BATCH
+    spent = recompress.BATCH * 0.001
+    assert rests == pytest.approx([spent * 0.99 / 0.01, spent * 0.5 / 0.5])
+    assert work.busy_rests == 1 and work.stats()["busy_rests"] == 1
 
 
 @pytest.mark.unit

@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="recompress idle pages: zstd:LEVEL with a trained dictionary (default zstd:9), off",
     )
     r.add_argument("--recompress-idle", type=float, help="seconds idle first (default 20)")
+    r.add_argument(
+        "--recompress-priority",
+        choices=("idle", "normal"),
+        help="idle (default): the loop runs SCHED_IDLE, on cores nothing else wants; normal: "
+        "it competes for CPU like any thread, keeping pace under sustained load",
+    )
     r.add_argument("--dict-size", help="bytes of each trained dictionary (default 16K)")
     r.add_argument("--no-dedup", action="store_true", help="do not merge identical pages")
     w = m.add_argument_group("writeback and memory limit")

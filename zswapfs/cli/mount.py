@@ -76,6 +76,7 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
         "idle_writeback",
         "recompress",
         "recompress_idle",
+        "recompress_priority",
         "metrics_port",
         "metrics_address",
     ):

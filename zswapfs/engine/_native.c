@@ -1605,6 +1605,7 @@ typedef struct {
     long long stored_pages, same_pages, huge_pages, compr_data_size, failed_reads, failed_writes,
         invalid_io, bd_count, bd_reads, bd_writes, bd_errors, written_back_pages, pool_limit_hit,
         reject_compress_fail, reject_compress_poor, reject_alloc_fail, reject_reclaim_fail;
+    long long requests; /* write and read calls (GIL held): the background loop's sign of load */
 } StoreObject;
 
 /* same-filled words ----------------------------------------------------------------------- */
@@ -2109,6 +2110,7 @@ static PyObject *Store_cwrite(StoreObject *s, PyObject *args)
     Py_buffer data;
     if (!PyArg_ParseTuple(args, "Ky*|k", &offset, &data, &stamp))
         return NULL;
+    s->requests++;
     if (store_check(s) != 0 || offset + (unsigned long long)data.len > s->npages * PAGE_SIZE) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_ValueError, "write past the end of the image");
@@ -2202,6 +2204,7 @@ static PyObject *Store_cread(StoreObject *s, PyObject *args)
     Py_ssize_t size;
     if (!PyArg_ParseTuple(args, "Kn", &offset, &size) || store_check(s) != 0)
         return NULL;
+    s->requests++;
     if (size < 0 || offset + (unsigned long long)size > s->npages * PAGE_SIZE) {
         PyErr_SetString(PyExc_ValueError, "read past the end of the image");
         return NULL;
@@ -2394,7 +2397,7 @@ static PyMemberDef Store_members[] = {
     COUNTER(failed_reads), COUNTER(failed_writes), COUNTER(invalid_io), COUNTER(bd_count),
     COUNTER(bd_reads), COUNTER(bd_writes), COUNTER(bd_errors), COUNTER(written_back_pages),
     COUNTER(pool_limit_hit), COUNTER(reject_compress_fail), COUNTER(reject_compress_poor),
-    COUNTER(reject_alloc_fail), COUNTER(reject_reclaim_fail), {NULL},
+    COUNTER(reject_alloc_fail), COUNTER(reject_reclaim_fail), COUNTER(requests), {NULL},
 };
 #undef COUNTER
 

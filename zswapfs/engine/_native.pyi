@@ -55,6 +55,7 @@ class ZsPool:
 class Store:
     _lock: Lock
     _inflight_count: int
+    requests: int
     stored_pages: int
     same_pages: int
     huge_pages: int

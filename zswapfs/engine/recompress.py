@@ -14,8 +14,18 @@ The maintenance thread calls `Recompression.step()` once a pass. A step:
      coldest there are), in batches with a pause between them; a page that does not gain at
      least MIN_GAIN bytes is marked and not tried again until rewritten, so incompressible
      ("huge") pages are tried once.
+Pacing: after every BATCH pages (of the dedup scan or of recompression) the loop rests so that
+it works DUTY of the time, or BUSY_DUTY when the store served a request during the batch: the
+loop's Python holds the GIL the request thread needs, so while requests flow it takes little,
+and it works at DUTY again once they stop.
 Every page is its own pair of store-lock holds (read, commit) with the codec work in between,
 unlocked; a page rewritten meanwhile is left alone (the store's in-flight marks).
+
+A step runs under the SCHED_IDLE scheduling policy (the calling thread only, restored after the
+step): the kernel gives the loop a core only when nothing else wants one, so on a busy machine
+the requests (and the programs swapping) keep their CPU, and the loop works through what they
+leave idle. A lock or the GIL held by the loop when it is preempted is not held for long: the
+thread waiting for it sleeps, which leaves a core idle for the loop to finish and let go.
 
 What it may touch: the store through recompress_page, rewarm_page, dedup_scan, idle_pages and
 add_slot only.
@@ -23,10 +33,13 @@ add_slot only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import random
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -49,6 +62,29 @@ STEP_PAGES = 16384
 #: share of the time the loop may work (it rests the rest): the request path keeps the GIL
 #: most of the time while the loop catches up with a burst of idle pages
 DUTY = 0.25
+#: the share while requests keep coming (any request during the last batch): the loop shares
+#: the GIL with the request thread, so under load it all but steps aside
+BUSY_DUTY = 0.03
+
+
+@contextlib.contextmanager
+def idle_scheduling() -> Iterator[bool]:
+    """Run the block with this thread under SCHED_IDLE, then put its policy back; yields False
+    (and changes nothing) where the kernel refuses."""
+    try:
+        policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except OSError as exc:
+        log.debug("recompression: no SCHED_IDLE (%s)", exc)
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        try:
+            os.sched_setscheduler(0, policy, param)
+        except OSError as exc:  # an unprivileged thread may not leave SCHED_IDLE
+            log.warning("maintenance thread stays SCHED_IDLE: %s", exc)
 
 
 class Recompression:
@@ -62,7 +98,9 @@ class Recompression:
         min_pages: int = TRAIN_MIN_PAGES,
         pages_per_step: int = STEP_PAGES,
         duty: float = DUTY,
+        busy_duty: float = BUSY_DUTY,
         stopping: threading.Event | None = None,
+        idle_priority: bool = True,
     ) -> None:
         self.store = store
         self.level = level
@@ -72,7 +110,13 @@ class Recompression:
         self.min_pages = min_pages
         self.pages_per_step = pages_per_step
         self.duty = duty
+        self.busy_duty = min(busy_duty, duty)
+        self._paced = 0
+        self._batch_started = time.perf_counter()
+        self._requests_seen = store.requests
+        self.busy_rests = 0
         self.stopping = stopping or threading.Event()
+        self.idle_priority = idle_priority
         self.trainings = 0
         self.train_failures = 0
         self._recompressed_at_training = 0
@@ -80,38 +124,50 @@ class Recompression:
         self._rnd = random.Random(0)
 
     def step(self) -> int:
-        """One round of the work above; returns the pages it changed."""
+        """One round of the work above (under SCHED_IDLE unless idle_priority is off); returns
+        the pages it changed."""
+        if not self.idle_priority:
+            return self._step()
+        with idle_scheduling():
+            return self._step()
+
+    def _step(self) -> int:
         changed = self._rewarm()
         self._maybe_train()
         if not self.store.current_slot:
             return changed
         pages = self.store.idle_pages(self.pages_per_step, max(0, int(self.idle)))
+        self._batch_started = time.perf_counter()
+        self._requests_seen = self.store.requests
         if self.dedup and len(pages) > 1:
-            changed += self.store.dedup_scan(pages, between=self._yield)
-        started = time.perf_counter()
-        for i, index in enumerate(pages):
+            changed += self.store.dedup_scan(pages, between=self._pace)
+        for index in pages:
             if self.stopping.is_set():
                 break
             if self.store.recompress_page(index, MIN_GAIN) == "done":
                 changed += 1
-            self._yield()
-            if i % BATCH == BATCH - 1:
-                self._rest(started)
-                started = time.perf_counter()
+            self._pace()
         return changed
 
-    def _yield(self) -> None:
-        """Let a request thread waiting for the GIL have it now, not at the end of the
-        interpreter's switch interval (5 ms): the loop's Python between codec calls holds it."""
-        if self.duty < 1:
+    def _pace(self) -> None:
+        """After each page: let a request thread waiting for the GIL have it now, not at the end
+        of the interpreter's switch interval (5 ms); after each BATCH pages, rest."""
+        if self.duty >= 1:
+            return
+        self._paced += 1
+        if self._paced % BATCH:
             time.sleep(0)
-
-    def _rest(self, started: float) -> None:
-        """Sleep so the loop works at most *duty* of the time: a batch that took t seconds is
-        followed by t * (1 - duty) / duty seconds of rest."""
-        if self.duty < 1:
-            spent = time.perf_counter() - started
-            time.sleep(spent * (1 - self.duty) / self.duty)
+            return
+        # a batch that took t seconds is followed by t * (1 - duty) / duty seconds of rest
+        spent = time.perf_counter() - self._batch_started
+        duty = self.duty
+        requests = self.store.requests
+        if requests != self._requests_seen:
+            duty = self.busy_duty
+            self.busy_rests += 1
+        time.sleep(spent * (1 - duty) / duty)
+        self._requests_seen = self.store.requests
+        self._batch_started = time.perf_counter()
 
     def _rewarm(self) -> int:
         done = 0
@@ -170,6 +226,8 @@ class Recompression:
             "idle_s": self.idle,
             "dict_size": self.dict_size,
             "dedup": self.dedup,
+            "idle_priority": self.idle_priority,
+            "busy_rests": self.busy_rests,
             "dict_trainings": self.trainings,
             "dict_train_failures": self.train_failures,
         }

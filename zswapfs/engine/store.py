@@ -163,6 +163,8 @@ class PageStore:
         self.recompress_not_worth = 0
         self.pages_rewarmed = 0
         self.dedup_merges = 0
+        #: requests served (write and read calls): the background loop's sign of load
+        self.requests = 0
 
     def now(self) -> int:
         """Seconds since the store started, plus one (0 means never touched)."""
@@ -181,6 +183,7 @@ class PageStore:
         """Store *data* at byte *offset* of the image (the caller keeps it inside the image):
         whole pages as they are, a partial head or tail page by read-modify-write. One call a
         request, one clock read for all its pages."""
+        self.requests += 1
         stamp = self._stamp()
         index, head = divmod(offset, PAGE_SIZE)
         view = memoryview(data)
@@ -413,6 +416,7 @@ class PageStore:
     def read(self, offset: int, size: int) -> bytes:
         """*size* bytes at byte *offset* of the image (the caller keeps the range inside it).
         One call a request."""
+        self.requests += 1
         first, last = offset // PAGE_SIZE, (offset + size - 1) // PAGE_SIZE
         try:
             if first == last:

@@ -70,6 +70,8 @@ class MountConfig:
     recompress: str = "zstd:9"
     #: seconds a page must go unread and unwritten before it is recompressed
     recompress_idle: float = 20.0
+    #: "idle": the loop runs under SCHED_IDLE; "normal": like any other thread
+    recompress_priority: str = "idle"
     #: bytes of each trained dictionary
     dict_size: int = 16 << 10
     #: merge identical pages (background, byte for byte)
@@ -125,6 +127,10 @@ class MountConfig:
                 raise ConfigError(
                     f"recompress: {self.recompress!r} is not off or zstd:LEVEL (LEVEL 1..19)"
                 )
+        if self.recompress_priority not in ("idle", "normal"):
+            raise ConfigError(
+                f"recompress-priority: {self.recompress_priority!r} is not idle or normal"
+            )
         if self.recompress_idle < 0:
             raise ConfigError(f"recompress-idle: {self.recompress_idle} s is negative")
         if not 1 << 10 <= self.dict_size <= 1 << 20:
@@ -181,6 +187,7 @@ _KEYS = {
     "stripes": "stripes",
     "recompress": "recompress",
     "recompress-idle": "recompress_idle",
+    "recompress-priority": "recompress_priority",
     "dict-size": "dict_size",
     "dedup": "dedup",
     "metrics-port": "metrics_port",

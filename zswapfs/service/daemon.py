@@ -108,6 +108,7 @@ def recompression_for(cfg: MountConfig, store: PageStore) -> Recompression | Non
         idle=cfg.recompress_idle,
         dict_size=cfg.dict_size,
         dedup=cfg.dedup,
+        idle_priority=cfg.recompress_priority == "idle",
     )
 
 
