@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -33,7 +34,10 @@ from zswapfs.lab.procs import reap
 from zswapfs.service.config import parse_size
 
 
-def hog_seconds(mib: int, limit: int) -> float:
+def hog_seconds(mib: int, limit: int) -> float | None:
+    """Wall time of one hog run; None when the cgroup's OOM killer ended it (SIGKILL), which
+    the kernel does when reclaim stops making progress; any other failure, and above all a
+    page read back wrong, ends the bench."""
     with cgroup.memory_cgroup(f"zswapfs-stripebench-{time.monotonic_ns()}", limit) as cg:
         t0 = time.monotonic()
         hog = cg.popen(
@@ -41,12 +45,14 @@ def hog_seconds(mib: int, limit: int) -> float:
         )
         out = hog.communicate()[0]
         wall = time.monotonic() - t0
+    if hog.returncode == -signal.SIGKILL:
+        return None
     if hog.returncode != 0 or json.loads(out)["bad_pages"]:
         raise SystemExit(f"hog failed ({hog.returncode}): {out}")
     return wall
 
 
-def zswapfs_round(mib: int, limit: int, stripes: int) -> float:
+def zswapfs_round(mib: int, limit: int, stripes: int) -> float | None:
     with tempfile.TemporaryDirectory(prefix="zswapfs-stripebench-") as tmp:
         config = Path(tmp) / "bench.toml"
         config.write_text(f'size = "{2 * mib}M"\nmountpoint = "{tmp}/mnt"\nstripes = {stripes}\n')
@@ -58,7 +64,7 @@ def zswapfs_round(mib: int, limit: int, stripes: int) -> float:
             subprocess.run([*zs, "swapoff", "--config", str(config)], capture_output=True)
 
 
-def ram_fuse_round(mib: int, limit: int) -> float:
+def ram_fuse_round(mib: int, limit: int) -> float | None:
     with tempfile.TemporaryDirectory(prefix="zswapfs-swapbench-") as tmp:
         mp = Path(tmp) / "mnt"
         mp.mkdir()
@@ -102,7 +108,7 @@ def ram_fuse_round(mib: int, limit: int) -> float:
             reap(daemon, wait=10)
 
 
-def zram_round(mib: int, limit: int) -> float:
+def zram_round(mib: int, limit: int) -> float | None:
     with kzram.configured(2 * mib << 20, "lz4") as dev:
         subprocess.run(["mkswap", str(dev)], check=True, capture_output=True)
         subprocess.run(["swapon", "-p", "100", str(dev)], check=True, capture_output=True)
@@ -128,16 +134,28 @@ def main() -> None:
     counts = [1] + [int(n) for n in args.stripes.split(",") if int(n) != 1]
     walls: dict[str, list[float]] = {f"stripes={n}": [] for n in counts}
     walls |= {"ram-fuse": [], "zram": []}
+    oom_killed = {k: 0 for k in walls}
     for r in range(args.rounds):
+        this: dict[str, float | None] = {}
         for n in counts:
-            walls[f"stripes={n}"].append(zswapfs_round(args.mib, limit, n))
-        walls["ram-fuse"].append(ram_fuse_round(args.mib, limit))
-        walls["zram"].append(zram_round(args.mib, limit))
+            this[f"stripes={n}"] = zswapfs_round(args.mib, limit, n)
+        this["ram-fuse"] = ram_fuse_round(args.mib, limit)
+        this["zram"] = zram_round(args.mib, limit)
+        for name, wall in this.items():
+            if wall is None:
+                oom_killed[name] += 1
+            else:
+                walls[name].append(wall)
         print(
-            f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in walls.items()),
+            f"round {r + 1}: "
+            + ", ".join(
+                f"{k} {v:.2f} s" if v is not None else f"{k} OOM-killed" for k, v in this.items()
+            ),
             file=sys.stderr,
             flush=True,
         )
+    if not all(walls.values()):
+        raise SystemExit(f"a configuration never finished: OOM kills {oom_killed}")
     med = {k: statistics.median(v) for k, v in walls.items()}
     result = {
         "mib": args.mib,
@@ -145,6 +163,7 @@ def main() -> None:
         "rounds": args.rounds,
         "wall_s": walls,
         "median_s": med,
+        "oom_killed": oom_killed,
         "vs_one_stripe": {k: v / med["stripes=1"] for k, v in med.items()},
         "vs_ram_fuse": {k: v / med["ram-fuse"] for k, v in med.items()},
         "vs_zram": {k: v / med["zram"] for k, v in med.items()},

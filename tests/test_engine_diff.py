@@ -61,6 +61,14 @@ class SystemLz4Codec(Lz4Codec):
         return out.raw[:n]
 
 
+class SystemDictZstdCodec(DictZstdCodec):
+    """zstd with a dictionary as the compiled recompression writes it (the system libzstd;
+    python-zstandard bundles another build, whose output may differ by a few bytes)."""
+
+    def compress(self, page: bytes) -> bytes:
+        return native._native._dict_compress(self.dictionary, self.level, page)
+
+
 def make_page(kind: str, rnd: random.Random) -> bytes:
     if kind == "zero":
         return bytes(PAGE_SIZE)
@@ -219,12 +227,17 @@ class EngineDiff(RuleBasedStateMachine):
         except CodecError:
             return  # too little to learn from: the loop would try again later
         for s in self.stores:
-            s.add_slot(DictZstdCodec(3, dictionary), len(dictionary))
+            s.add_slot(SystemDictZstdCodec(3, dictionary), len(dictionary))
 
     @rule(pns=st.lists(st.integers(0, NPAGES - 1), min_size=1, max_size=16))
     def recompress(self, pns: list[int]) -> None:
         for pn in pns:
             self._both("recompress_page", pn)
+
+    @rule(pns=st.lists(st.integers(0, NPAGES - 1), min_size=1, max_size=24))
+    def recompress_batch(self, pns: list[int]) -> None:
+        """The loop's call: one batch (in C on the compiled engine, the GIL released)."""
+        self._both("recompress_pages", pns, 16)
 
     @rule(pns=st.lists(st.integers(0, NPAGES - 1), min_size=1, max_size=8))
     def rewarm(self, pns: list[int]) -> None:
@@ -357,11 +370,11 @@ def test_a_surprise_below_is_a_counted_storage_failure(monkeypatch: pytest.Monke
 
 @pytest.mark.parametrize("engine", ["python", "native"])
 def test_requests_and_maintenance_in_two_threads(tmp_path: Path, engine: str) -> None:
-    """Requests on one thread; compaction, migration, segment release and writeback on another,
-    all through the store and pool locks, while writes over the memory limit go to the backing
-    file: every page reads back as last written (a writeback's older copy never lands in the
-    file after the write path's newer one) and nothing deadlocks (the join deadline only ends a
-    hang)."""
+    """Requests on one thread; compaction, migration, segment release, writeback and
+    recompression batches on another, all through the store and pool locks, while writes over
+    the memory limit go to the backing file: every page reads back as last written (a
+    writeback's older copy never lands in the file after the write path's newer one) and
+    nothing deadlocks (the join deadline only ends a hang)."""
     import threading
 
     from zswapfs.engine.codec import make_codec
@@ -372,6 +385,9 @@ def test_requests_and_maintenance_in_two_threads(tmp_path: Path, engine: str) ->
         engine, npages, make_codec("lz4"), "zsmalloc", backing=backing, mem_limit=96 * PAGE_SIZE
     )
     assert store.engine == engine
+    trainer = random.Random(9)
+    sample = [make_page(trainer.choice(["text", "repeat", "half"]), trainer) for _ in range(64)]
+    store.add_slot(SystemDictZstdCodec(3, train_dictionary(sample, 4096, 3)), 4096)
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -383,6 +399,7 @@ def test_requests_and_maintenance_in_two_threads(tmp_path: Path, engine: str) ->
                 store.pool.release_segments()
                 for pn in store.cold_pages(8):
                     store.writeback_page(pn)
+                store.recompress_pages(store.idle_pages(32, 0), 16)
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
 
@@ -408,6 +425,7 @@ def test_requests_and_maintenance_in_two_threads(tmp_path: Path, engine: str) ->
     for pn, page in model.items():
         assert store.read(pn * PAGE_SIZE, PAGE_SIZE) == page
     assert store.bd_count > 0 and store.stored_pages + store.bd_count == len(model)
+    assert store.pages_recompressed > 0
     store.pool.close()
     backing.close()
 
@@ -449,3 +467,45 @@ def test_page_workers_place_a_big_write_as_the_request_thread_would(lead: bool) 
     assert b.read(0, npages * PAGE_SIZE) == bytes(expect)
     for s in stores:
         s.pool.close()
+
+
+def test_recompression_batches_in_c_match_the_python_engine() -> None:
+    """A whole store's worth of pages recompressed with a trained dictionary, in batches: the
+    compiled batch (the GIL released) leaves the same handles, counters and bytes as
+    PageStore's page-by-page path, and hands shared and already recompressed pages to it."""
+    rnd = random.Random(12)
+    npages = 600
+    kinds = ["text", "text", "repeat", "half", "random", "dup", "zero"]
+    pages = [make_page(rnd.choice(kinds), rnd) for _ in range(npages)]
+    sample = [p for p in pages if p != bytes(PAGE_SIZE)][:200]
+    dictionary = train_dictionary(sample, 4096, 5)
+    stores = [
+        native.make_store(engine, npages, SystemLz4Codec(), "zsmalloc")
+        for engine in ("python", "native")
+    ]
+    stores[1].codec = stores[1].codecs[0] = SystemLz4Codec()
+    done = []
+    try:
+        for s in stores:
+            s.write(0, b"".join(pages))
+            s.dedup_scan(list(range(npages)))  # shared pages: the Python path's
+            s.add_slot(SystemDictZstdCodec(5, dictionary), len(dictionary))
+            n = s.recompress_pages(list(range(0, npages, 2)), 16)
+            n += s.recompress_pages(list(range(npages)), 16)  # half of them a second time
+            done.append(n)
+        py, nat = stores
+        assert done[0] == done[1] > npages // 3, done
+        assert py.pool.handles.table.tobytes() == nat.pool._handle_table()
+        assert np.array_equal(py.table, nat.table)
+        flags = [s.meta & (0xFFFFFFFF ^ AGE_MASK) for s in stores]  # ages: each store's clock
+        assert np.array_equal(flags[0], flags[1])
+        a, b = py.stats(), nat.stats()
+        assert {k: v for k, v in a.items() if k not in NOT_COMPARED} == {
+            k: v for k, v in b.items() if k not in NOT_COMPARED
+        }
+        assert a["pages_deduped"] > 0 and a["recompressed_pages"] > npages // 3
+        assert nat.read(0, npages * PAGE_SIZE) == b"".join(pages)
+        assert nat._inflight_count == 0
+    finally:
+        for s in stores:
+            s.pool.close()

@@ -18,7 +18,9 @@
  *           buffers exported while it lives), the same-filled words, the pages in flight and
  *           the counters. The Python class NativeStore (native.py) derives from it and from
  *           PageStore, so the rare paths (memory limit, backing file, rejects, writeback,
- *           flush) are PageStore's own Python code running over these primitives.
+ *           flush) are PageStore's own Python code running over these primitives. It also
+ *           runs the background recompression's batches (store.py's _recode for pages of the
+ *           write codec) with each slot's digested zstd dictionary.
  *
  * GIL and locks: a request (write, read) runs with the GIL released and takes the store lock,
  * then the pool lock, once per page; before calling back into Python for a rare page it lets
@@ -83,7 +85,10 @@
 /* store.py's meta layout: recompressed pages (a codec slot) and pages sharing an object (dedup)
  * are left to the Python code, which keeps the slot and reference counts */
 #define SHARED (1u << 23)
-#define SLOT_MASK (0x3Fu << 24)
+#define SLOT_SHIFT 24
+#define SLOT_MASK (0x3Fu << SLOT_SHIFT)
+#define SLOTS 64
+#define MARK (1u << 30)
 #define AGE_MASK (SHARED - 1)
 
 enum { CODEC_NONE = 0, CODEC_LZ4 = 1, CODEC_ZSTD = 2 };
@@ -1395,6 +1400,25 @@ static int decompress_page(int codec, const uint8_t *src, int len, uint8_t *dst)
     return -1; /* the none codec stores every page raw: a shorter object is corrupt */
 }
 
+/* a page compressed with a slot's digested dictionary, with the frame settings codec.py's
+ * DictZstdCodec uses (no checksum, no content size, no dictionary id); -1 when it failed */
+static int dict_compress_page(const ZSTD_CDict *cdict, const uint8_t *src, uint8_t *dst)
+{
+    ZstdLocal *l = zstd_local(0);
+    if (!l)
+        return -1;
+    l->level = INT32_MIN; /* the context's next plain zstd use sets its parameters again */
+    ZSTD_CCtx_reset(l->cctx, ZSTD_reset_session_and_parameters);
+    ZSTD_CCtx_setParameter(l->cctx, ZSTD_c_checksumFlag, 0);
+    ZSTD_CCtx_setParameter(l->cctx, ZSTD_c_contentSizeFlag, 0);
+    ZSTD_CCtx_setParameter(l->cctx, ZSTD_c_dictIDFlag, 0);
+    if (ZSTD_isError(ZSTD_CCtx_refCDict(l->cctx, cdict)))
+        return -1;
+    size_t n = ZSTD_compress2(l->cctx, dst, COMPRESS_BOUND, src, PAGE_SIZE);
+    ZSTD_CCtx_refCDict(l->cctx, NULL);
+    return ZSTD_isError(n) ? -1 : (int)n;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Page workers: a write request of many whole pages (a 128 KiB or 1 MiB write) has its pages
  * classified and compressed on more than one core before the request loop places them in
@@ -1606,6 +1630,12 @@ typedef struct {
         invalid_io, bd_count, bd_reads, bd_writes, bd_errors, written_back_pages, pool_limit_hit,
         reject_compress_fail, reject_compress_poor, reject_alloc_fail, reject_reclaim_fail;
     long long requests; /* write and read calls (GIL held): the background loop's sign of load */
+    /* recompression (store.py's _recode for pages in the write codec): the digested
+     * dictionary of each slot, and the counters store.py keeps for it */
+    ZSTD_CDict *cdict[SLOTS];
+    Py_buffer slot_pages_buf;
+    int64_t *slot_pages;
+    long long pages_recompressed, recompress_saved_bytes, recompress_not_worth;
 } StoreObject;
 
 /* same-filled words ----------------------------------------------------------------------- */
@@ -1697,6 +1727,32 @@ static Inflight *inflight_find(StoreObject *s, uint32_t pn)
         if (s->inflight[i].pn == pn)
             return &s->inflight[i];
     return NULL;
+}
+
+/* register pn in flight (store lock held); -1 when out of memory */
+static int inflight_add(StoreObject *s, uint32_t pn)
+{
+    Inflight *f = inflight_find(s, pn);
+    if (f) {
+        f->rewritten = 0;
+        return 0;
+    }
+    if (grow((void **)&s->inflight, &s->inflight_cap, s->inflight_n + 1, sizeof(Inflight)) != 0)
+        return -1;
+    s->inflight[s->inflight_n].pn = pn;
+    s->inflight[s->inflight_n++].rewritten = 0;
+    return 0;
+}
+
+/* take pn out of flight (store lock held): was it rewritten meanwhile (or not in flight)? */
+static int inflight_take(StoreObject *s, uint32_t pn)
+{
+    Inflight *f = inflight_find(s, pn);
+    if (!f)
+        return 1;
+    int rewritten = (int)f->rewritten;
+    *f = s->inflight[--s->inflight_n];
+    return rewritten;
 }
 
 /* the index ------------------------------------------------------------------------------- */
@@ -1924,6 +1980,8 @@ static int Store_traverse(StoreObject *s, visitproc visit, void *arg)
         Py_VISIT(s->index_buf.obj);
     if (s->meta_buf.obj)
         Py_VISIT(s->meta_buf.obj);
+    if (s->slot_pages_buf.obj)
+        Py_VISIT(s->slot_pages_buf.obj);
     return 0;
 }
 
@@ -1933,7 +1991,10 @@ static int Store_clear(StoreObject *s)
         PyBuffer_Release(&s->index_buf);
     if (s->meta_buf.obj)
         PyBuffer_Release(&s->meta_buf);
+    if (s->slot_pages_buf.obj)
+        PyBuffer_Release(&s->slot_pages_buf);
     s->index = s->meta = NULL;
+    s->slot_pages = NULL;
     s->ready = 0;
     Py_CLEAR(s->pool);
     return 0;
@@ -1947,6 +2008,8 @@ static void Store_dealloc(StoreObject *s)
     free(s->fill_keys);
     free(s->fill_vals);
     free(s->inflight);
+    for (int i = 0; i < SLOTS; i++)
+        ZSTD_freeCDict(s->cdict[i]);
     Py_CLEAR(s->lock);
     Py_TYPE(s)->tp_free((PyObject *)s);
 }
@@ -1970,15 +2033,15 @@ static PyObject *Store_setup(StoreObject *s, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"index", "meta", "pool", "codec", "level", "mem_limit",
                              "low_water", "huge_to_backing", "persistent", "has_backing",
-                             "t0", NULL};
-    PyObject *index, *meta, *pool;
+                             "t0", "slot_pages", NULL};
+    PyObject *index, *meta, *pool, *slot_pages;
     const char *codec;
     int level, huge, persistent, has_backing;
     long long mem_limit, low_water;
     double t0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO!siLLpppd", kwlist, &index, &meta, &PoolType,
-                                     &pool, &codec, &level, &mem_limit, &low_water, &huge,
-                                     &persistent, &has_backing, &t0))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO!siLLpppdO", kwlist, &index, &meta,
+                                     &PoolType, &pool, &codec, &level, &mem_limit, &low_water,
+                                     &huge, &persistent, &has_backing, &t0, &slot_pages))
         return NULL;
     if (s->ready) {
         PyErr_SetString(PyExc_RuntimeError, "store already set up");
@@ -2004,6 +2067,20 @@ static PyObject *Store_setup(StoreObject *s, PyObject *args, PyObject *kw)
         PyBuffer_Release(&s->index_buf);
         return NULL;
     }
+    if (PyObject_GetBuffer(slot_pages, &s->slot_pages_buf,
+                           PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0 ||
+        s->slot_pages_buf.itemsize != 8 || s->slot_pages_buf.len != SLOTS * 8 ||
+        !s->slot_pages_buf.format || !strchr("lq", s->slot_pages_buf.format[
+            s->slot_pages_buf.format[0] == '<' || s->slot_pages_buf.format[0] == '=' ? 1 : 0])) {
+        if (s->slot_pages_buf.obj)
+            PyBuffer_Release(&s->slot_pages_buf);
+        PyBuffer_Release(&s->index_buf);
+        PyBuffer_Release(&s->meta_buf);
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_ValueError, "slot_pages: expected %d int64 items", SLOTS);
+        return NULL;
+    }
+    s->slot_pages = s->slot_pages_buf.buf;
     s->index = s->index_buf.buf;
     s->meta = s->meta_buf.buf;
     Py_INCREF(pool);
@@ -2294,14 +2371,7 @@ static PyObject *Store_peek(StoreObject *s, PyObject *arg)
     uint8_t buf[PAGE_SIZE];
     int len = -2;
     lock_wait(s->lock);
-    Inflight *f = inflight_find(s, pn);
-    if (f) {
-        f->rewritten = 0;
-    } else if (grow((void **)&s->inflight, &s->inflight_cap, s->inflight_n + 1,
-                    sizeof(Inflight)) == 0) {
-        s->inflight[s->inflight_n].pn = pn;
-        s->inflight[s->inflight_n++].rewritten = 0;
-    } else {
+    if (inflight_add(s, pn) != 0) {
         pthread_mutex_unlock(&s->lock->mutex);
         return PyErr_NoMemory();
     }
@@ -2331,12 +2401,7 @@ static PyObject *Store_rewritten(StoreObject *s, PyObject *arg)
     uint32_t pn;
     if (store_check(s) || parse_pn(s, arg, &pn))
         return NULL;
-    Inflight *f = inflight_find(s, pn);
-    if (!f)
-        Py_RETURN_TRUE;
-    int rewritten = (int)f->rewritten;
-    *f = s->inflight[--s->inflight_n];
-    return PyBool_FromLong(rewritten);
+    return PyBool_FromLong(inflight_take(s, pn));
 }
 
 /* _was_rewritten(pn) -> bool: like _rewritten, but pn stays in flight (store lock held) */
@@ -2374,6 +2439,187 @@ static PyObject *Store_fill_word(StoreObject *s, PyObject *arg)
     return PyLong_FromUnsignedLongLong(word);
 }
 
+/* recompression ---------------------------------------------------------------------------- */
+
+/* _set_slot(slot, level, dictionary | None): the digested dictionary the compiled recompression
+ * writes slot *slot* with (None: the slot is gone); the caller holds the store lock */
+static PyObject *Store_set_slot(StoreObject *s, PyObject *args)
+{
+    int slot, level;
+    PyObject *dict;
+    if (!PyArg_ParseTuple(args, "iiO", &slot, &level, &dict) || store_check(s))
+        return NULL;
+    if (slot < 1 || slot >= SLOTS)
+        return PyErr_Format(PyExc_ValueError, "slot %d out of range 1..%d", slot, SLOTS - 1);
+    ZSTD_CDict *cd = NULL;
+    if (dict != Py_None) {
+        Py_buffer b;
+        if (PyObject_GetBuffer(dict, &b, PyBUF_SIMPLE) != 0)
+            return NULL;
+        cd = ZSTD_createCDict(b.buf, (size_t)b.len, level);
+        PyBuffer_Release(&b);
+        if (!cd)
+            return PyErr_NoMemory();
+    }
+    ZSTD_freeCDict(s->cdict[slot]);
+    s->cdict[slot] = cd;
+    Py_RETURN_NONE;
+}
+
+/* outcomes of recode_page */
+enum { RECODE_DONE, RECODE_SKIP, RECODE_GONE, RECODE_PYTHON, RECODE_NOMEM };
+
+/* store.py's _recode of page pn from the write codec into recompression slot *slot*, GIL
+ * released: the store lock held twice (claim, commit), the codec work in between without it.
+ * Pages _recode would treat differently from a page of the write codec (recompressed, shared,
+ * a handle not live) go back to Python (RECODE_PYTHON), untouched. */
+static int recode_page(StoreObject *s, uint32_t pn, int slot, int min_gain, uint8_t *payload,
+                       uint8_t *page, uint8_t *out)
+{
+    pthread_mutex_lock(&s->lock->mutex);
+    uint32_t entry = s->index[pn];
+    ZSTD_CDict *cd = s->cdict[slot];
+    if (entry >= FIRST_HANDLE && (s->meta[pn] & (SLOT_MASK | SHARED))) {
+        pthread_mutex_unlock(&s->lock->mutex);
+        return RECODE_PYTHON;
+    }
+    if (entry < FIRST_HANDLE) { /* _claim: nothing held in the pool */
+        pthread_mutex_unlock(&s->lock->mutex);
+        return RECODE_GONE;
+    }
+    if (!cd) {
+        pthread_mutex_unlock(&s->lock->mutex);
+        return RECODE_PYTHON;
+    }
+    if (inflight_add(s, pn) != 0) {
+        pthread_mutex_unlock(&s->lock->mutex);
+        return RECODE_NOMEM;
+    }
+    pthread_mutex_lock(&s->pool->lock->mutex);
+    int len = pool_read_locked(s->pool, entry, payload);
+    pthread_mutex_unlock(&s->pool->lock->mutex);
+    if (len < 0) { /* the Python path raises the failure */
+        inflight_take(s, pn);
+        pthread_mutex_unlock(&s->lock->mutex);
+        return RECODE_PYTHON;
+    }
+    pthread_mutex_unlock(&s->lock->mutex);
+
+    const uint8_t *src = payload;
+    int n = -1;
+    if (len == PAGE_SIZE || decompress_page(s->codec, payload, len, page) == 0) {
+        if (len != PAGE_SIZE)
+            src = page;
+        n = dict_compress_page(cd, src, out);
+    }
+    uint64_t h = 0;
+    const uint8_t *neu = out;
+    if (n >= 0) {
+        if (n >= raw_threshold(s->pool)) {
+            neu = src;
+            n = PAGE_SIZE;
+        }
+        if (n + min_gain <= len) {
+            pthread_mutex_lock(&s->pool->lock->mutex);
+            h = pool_store_locked(s->pool, neu, (size_t)n);
+            pthread_mutex_unlock(&s->pool->lock->mutex);
+        }
+    }
+
+    int rc;
+    pthread_mutex_lock(&s->lock->mutex);
+    uint32_t meta = s->meta[pn];
+    if (inflight_take(s, pn) || s->index[pn] != entry || (meta & SHARED)) {
+        if (h) {
+            pthread_mutex_lock(&s->pool->lock->mutex);
+            pool_free_locked(s->pool, h);
+            pthread_mutex_unlock(&s->pool->lock->mutex);
+        }
+        rc = RECODE_GONE;
+    } else if (!h) {
+        s->meta[pn] = meta | MARK;
+        s->recompress_not_worth++;
+        rc = RECODE_SKIP;
+    } else if (store_swap(s, pn, (uint32_t)h, n, 0, 0) != 0) {
+        pthread_mutex_lock(&s->pool->lock->mutex);
+        pool_free_locked(s->pool, h);
+        pthread_mutex_unlock(&s->pool->lock->mutex);
+        rc = RECODE_PYTHON; /* the old handle is not live: the Python path raises it */
+    } else {
+        s->meta[pn] = (meta & (AGE_MASK | DIRTY)) | (uint32_t)slot << SLOT_SHIFT;
+        s->slot_pages[slot]++;
+        s->pages_recompressed++;
+        s->recompress_saved_bytes += len - n;
+        rc = RECODE_DONE;
+    }
+    pthread_mutex_unlock(&s->lock->mutex);
+    return rc;
+}
+
+/* _recompress_batch(indices, slot, min_gain) -> (done, [index, ...]): recompress_page for each
+ * page in C with the GIL released; the list holds the pages left to the Python path, in order
+ * (they were not touched) */
+static PyObject *Store_recompress_batch(StoreObject *s, PyObject *args)
+{
+    PyObject *seq;
+    int slot, min_gain;
+    if (!PyArg_ParseTuple(args, "Oii", &seq, &slot, &min_gain) || store_check(s))
+        return NULL;
+    if (slot < 1 || slot >= SLOTS)
+        return PyErr_Format(PyExc_ValueError, "slot %d out of range 1..%d", slot, SLOTS - 1);
+    PyObject *fast = PySequence_Fast(seq, "indices: a sequence of page numbers");
+    if (!fast)
+        return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(fast);
+    uint32_t *pns = PyMem_Malloc((size_t)(count ? count : 1) * sizeof(uint32_t));
+    uint8_t *rcs = PyMem_Malloc((size_t)(count ? count : 1));
+    if (!pns || !rcs) {
+        PyMem_Free(pns);
+        PyMem_Free(rcs);
+        Py_DECREF(fast);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (parse_pn(s, PySequence_Fast_GET_ITEM(fast, i), &pns[i]) != 0) {
+            PyMem_Free(pns);
+            PyMem_Free(rcs);
+            Py_DECREF(fast);
+            return NULL;
+        }
+    }
+    Py_DECREF(fast);
+    long done = 0;
+    int nomem = 0;
+    Py_BEGIN_ALLOW_THREADS
+    uint8_t *bufs = malloc((size_t)PAGE_SIZE * 2 + COMPRESS_BOUND);
+    if (!bufs)
+        nomem = 1;
+    for (Py_ssize_t i = 0; i < count && !nomem; i++) {
+        rcs[i] = (uint8_t)recode_page(s, pns[i], slot, min_gain, bufs, bufs + PAGE_SIZE,
+                                      bufs + 2 * PAGE_SIZE);
+        done += rcs[i] == RECODE_DONE;
+        nomem = rcs[i] == RECODE_NOMEM;
+    }
+    free(bufs);
+    Py_END_ALLOW_THREADS
+    PyObject *left = nomem ? NULL : PyList_New(0);
+    for (Py_ssize_t i = 0; left && i < count; i++) {
+        if (rcs[i] != RECODE_PYTHON)
+            continue;
+        PyObject *n = PyLong_FromUnsignedLong(pns[i]);
+        if (!n || PyList_Append(left, n) != 0)
+            Py_CLEAR(left);
+        Py_XDECREF(n);
+    }
+    PyMem_Free(pns);
+    PyMem_Free(rcs);
+    if (nomem)
+        return PyErr_NoMemory();
+    if (!left)
+        return NULL;
+    return Py_BuildValue("(lN)", done, left);
+}
+
 static PyObject *Store_get_lock(StoreObject *s, void *c)
 {
     Py_INCREF(s->lock);
@@ -2397,7 +2643,9 @@ static PyMemberDef Store_members[] = {
     COUNTER(failed_reads), COUNTER(failed_writes), COUNTER(invalid_io), COUNTER(bd_count),
     COUNTER(bd_reads), COUNTER(bd_writes), COUNTER(bd_errors), COUNTER(written_back_pages),
     COUNTER(pool_limit_hit), COUNTER(reject_compress_fail), COUNTER(reject_compress_poor),
-    COUNTER(reject_alloc_fail), COUNTER(reject_reclaim_fail), COUNTER(requests), {NULL},
+    COUNTER(reject_alloc_fail), COUNTER(reject_reclaim_fail), COUNTER(requests),
+    COUNTER(pages_recompressed), COUNTER(recompress_saved_bytes), COUNTER(recompress_not_worth),
+    {NULL},
 };
 #undef COUNTER
 
@@ -2414,6 +2662,10 @@ static PyMethodDef Store_methods[] = {
     {"_was_rewritten", (PyCFunction)Store_was_rewritten, METH_O, "store lock held"},
     {"_fill_word", (PyCFunction)Store_fill_word, METH_O, NULL},
     {"_fill_set", (PyCFunction)Store_fill_set, METH_VARARGS, "_fill_set(pn, word); store lock held"},
+    {"_set_slot", (PyCFunction)Store_set_slot, METH_VARARGS,
+     "_set_slot(slot, level, dictionary | None); store lock held"},
+    {"_recompress_batch", (PyCFunction)Store_recompress_batch, METH_VARARGS,
+     "_recompress_batch(indices, slot, min_gain) -> (done, pages left to Python)"},
     {NULL},
 };
 
@@ -2484,7 +2736,36 @@ static PyObject *workers_stats(PyObject *mod, PyObject *unused)
                          min_pages, "batches", parallel, "pages_by_workers", helped);
 }
 
+/* _dict_compress(dictionary, level, page) -> bytes: a page as the compiled recompression
+ * writes it (for tests: a Python codec that matches it byte for byte) */
+static PyObject *dict_compress(PyObject *mod, PyObject *args)
+{
+    Py_buffer dict, page;
+    int level;
+    if (!PyArg_ParseTuple(args, "y*iy*", &dict, &level, &page))
+        return NULL;
+    PyObject *res = NULL;
+    if (page.len != PAGE_SIZE) {
+        PyErr_SetString(PyExc_ValueError, "a page is 4096 bytes");
+    } else {
+        uint8_t out[COMPRESS_BOUND];
+        int n = -1;
+        ZSTD_CDict *cd = ZSTD_createCDict(dict.buf, (size_t)dict.len, level);
+        if (cd)
+            n = dict_compress_page(cd, page.buf, out);
+        ZSTD_freeCDict(cd);
+        if (n < 0)
+            PyErr_SetString(PyExc_ValueError, "zstd with this dictionary failed");
+        else
+            res = PyBytes_FromStringAndSize((const char *)out, n);
+    }
+    PyBuffer_Release(&dict);
+    PyBuffer_Release(&page);
+    return res;
+}
+
 static PyMethodDef module_methods[] = {
+    {"_dict_compress", dict_compress, METH_VARARGS, "_dict_compress(dictionary, level, page)"},
     {"_set_workers", set_workers, METH_VARARGS, "_set_workers(n, min_pages)"},
     {"_workers", workers_stats, METH_NOARGS, "_workers() -> dict"},
     {"_set_errors", set_errors, METH_VARARGS, "_set_errors(PoolFull, StorageFailure, StoreError)"},

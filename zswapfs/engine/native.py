@@ -22,6 +22,11 @@ NativeZsPool is the C zsmalloc pool with Pool's Python conveniences (compact, mi
 on top; its placement decisions, handles and counters are those of pools/zsmalloc.py step for
 step (tests/test_engine_diff.py checks it).
 
+The background recompression's batches (recompress_pages: pages of the write codec into the
+current dictionary slot) run in C with the GIL released; the C side keeps each slot's digested
+dictionary (_set_slot, kept in step with add_slot and _leave_slot), the per-slot page counts
+(slot_pages, a numpy array it shares) and the recompression counters.
+
 A write request of at least BATCH_MIN_PAGES whole pages has its pages compressed by the page
 workers (C threads, one per spare core) alongside the request thread before the loop places
 them in order; see "Page workers" in _native.c.
@@ -36,13 +41,14 @@ import os
 from typing import Any
 
 from zswapfs.engine.backing import BackingFile
-from zswapfs.engine.codec import PAGE_SIZE, Codec, Lz4Codec, NoneCodec, ZstdCodec
+from zswapfs.engine.codec import PAGE_SIZE, Codec, DictZstdCodec, Lz4Codec, NoneCodec, ZstdCodec
 from zswapfs.engine.pools import Pool, PoolFull, make_pool
 from zswapfs.engine.pools.zsmalloc import DEFAULT_CHAIN, ZsPool
 from zswapfs.engine.store import (
     FIRST_HANDLE,
     SLOT_MASK,
     SLOT_SHIFT,
+    SLOTS,
     PageStore,
     StorageFailure,
     StoreError,
@@ -211,6 +217,7 @@ if _native is not None:
                 self.persistent,
                 backing is not None,
                 self._t0,
+                self.slot_pages,
             )
 
         # -- one call a request: write(offset, data) and read(offset, size) are the C
@@ -255,6 +262,31 @@ if _native is not None:
                     else:
                         self.shared[old] = refs - 1
             self._swap_entry(index, entry, size, keep)
+
+        # -- recompression: pages of the write codec into a dictionary slot, in C
+        def add_slot(self, codec: Codec, nbytes: int) -> int:
+            slot = PageStore.add_slot(self, codec, nbytes)
+            with self.lock:
+                for other in range(1, SLOTS):
+                    if self.codecs[other] is None:
+                        self._set_slot(other, 0, None)
+                if isinstance(codec, DictZstdCodec):  # other codecs: recompressed in Python
+                    self._set_slot(slot, codec.level, codec.dictionary)
+            return slot
+
+        def _leave_slot(self, slot: int) -> None:
+            PageStore._leave_slot(self, slot)
+            if self.codecs[slot] is None:
+                self._set_slot(slot, 0, None)
+
+        def recompress_pages(self, indices: list[int], min_gain: int = 16) -> int:
+            """The batch in C with the GIL released; pages C leaves alone (recompressed or
+            shared already, a slot without a dictionary) take PageStore's Python path."""
+            slot = self.current_slot
+            if not slot:
+                return 0
+            done, left = self._recompress_batch(indices, slot, min_gain)
+            return int(done) + PageStore.recompress_pages(self, left, min_gain)
 
         def stats(self) -> dict[str, Any]:
             st = PageStore.stats(self)

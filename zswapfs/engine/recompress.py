@@ -19,7 +19,9 @@ it works DUTY of the time, or BUSY_DUTY when the store served a request during t
 loop's Python holds the GIL the request thread needs, so while requests flow it takes little,
 and it works at DUTY again once they stop.
 Every page is its own pair of store-lock holds (read, commit) with the codec work in between,
-unlocked; a page rewritten meanwhile is left alone (the store's in-flight marks).
+unlocked; a page rewritten meanwhile is left alone (the store's in-flight marks). The pages of
+a batch go to the store in one call (recompress_pages), which the compiled engine runs in C
+with the GIL released.
 
 A step runs under the SCHED_IDLE scheduling policy (the calling thread only, restored after the
 step): the kernel gives the loop a core only when nothing else wants one, so on a busy machine
@@ -141,21 +143,21 @@ class Recompression:
         self._requests_seen = self.store.requests
         if self.dedup and len(pages) > 1:
             changed += self.store.dedup_scan(pages, between=self._pace)
-        for index in pages:
+        for at in range(0, len(pages), BATCH):
             if self.stopping.is_set():
                 break
-            if self.store.recompress_page(index, MIN_GAIN) == "done":
-                changed += 1
-            self._pace()
+            changed += self.store.recompress_pages(pages[at : at + BATCH], MIN_GAIN)
+            self._pace(BATCH)
         return changed
 
-    def _pace(self) -> None:
-        """After each page: let a request thread waiting for the GIL have it now, not at the end
-        of the interpreter's switch interval (5 ms); after each BATCH pages, rest."""
+    def _pace(self, pages: int = 1) -> None:
+        """After *pages* pages: let a request thread waiting for the GIL have it now, not at
+        the end of the interpreter's switch interval (5 ms); after each BATCH pages, rest."""
         if self.duty >= 1:
             return
-        self._paced += 1
-        if self._paced % BATCH:
+        before = self._paced
+        self._paced += pages
+        if self._paced // BATCH == before // BATCH:
             time.sleep(0)
             return
         # a batch that took t seconds is followed by t * (1 - duty) / duty seconds of rest

@@ -126,7 +126,7 @@ class PageStore:
         #: codec of each slot (0: the write codec; others: recompression, see meta's slot bits)
         self.codecs: list[Codec | None] = [codec] + [None] * (SLOTS - 1)
         #: pages held in each slot (slot 0 not counted: it is every other stored page)
-        self.slot_pages = [0] * SLOTS
+        self.slot_pages = np.zeros(SLOTS, dtype=np.int64)
         #: the slot recompression writes to now; older slots are dropped once empty
         self.current_slot = 0
         #: bytes a slot's codec keeps (its dictionary), counted in mem_used_total
@@ -655,6 +655,10 @@ class PageStore:
             return "gone"
         return self._recode(index, self.current_slot, min_gain)
 
+    def recompress_pages(self, indices: list[int], min_gain: int = 16) -> int:
+        """recompress_page for each of *indices*, in order; returns the pages recompressed."""
+        return sum(self.recompress_page(index, min_gain) == "done" for index in indices)
+
     def rewarm_page(self, index: int) -> str:
         """Send a recompressed page that is read again back to the write codec."""
         with self.lock:
@@ -737,11 +741,11 @@ class PageStore:
     # -- figures -------------------------------------------------------------------------------
     def _codec_pages(self) -> dict[str, int]:
         """Pool pages by the codec that holds them (store lock held)."""
-        out = {self.codec.name: self.stored_pages - self.same_pages - sum(self.slot_pages)}
+        out = {self.codec.name: self.stored_pages - self.same_pages - int(self.slot_pages.sum())}
         for slot in range(1, SLOTS):
             codec = self.codecs[slot]
             if codec is not None and self.slot_pages[slot]:
-                out[f"{codec.name}#{slot}"] = self.slot_pages[slot]
+                out[f"{codec.name}#{slot}"] = int(self.slot_pages[slot])
         return out
 
     def mem_used_pages(self) -> int:
@@ -784,7 +788,7 @@ class PageStore:
                 "reject_alloc_fail": self.reject_alloc_fail,
                 "reject_reclaim_fail": self.reject_reclaim_fail,
                 "pages_recompressed": self.pages_recompressed,
-                "recompressed_pages": sum(self.slot_pages),
+                "recompressed_pages": int(self.slot_pages.sum()),
                 "recompress_saved_bytes": self.recompress_saved_bytes,
                 "recompress_not_worth": self.recompress_not_worth,
                 "pages_rewarmed": self.pages_rewarmed,
