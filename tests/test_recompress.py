@@ -107,7 +107,7 @@ def test_a_step_runs_under_sched_idle_and_restores_the_policy(
 @pytest.mark.unit
 def test_the_loop_steps_aside_while_requests_flow(monkeypatch: pytest.MonkeyPatch) -> None:
     """After each batch the loop rests to work *duty* of the time, and only *busy_duty* of it
-    when the store served a request during the batch (a fake clock: every page costs 1 ms)."""
+    when the store served a request during the batch (a fake CPU clock: every page costs 1 ms)."""
     from zswapfs.engine import recompress
 
     store = make_store()
@@ -120,7 +120,7 @@ def test_the_loop_steps_aside_while_requests_flow(monkeypatch: pytest.MonkeyPatc
 
     class Clock:
         @staticmethod
-        def perf_counter() -> float:
+        def thread_time() -> float:
             return now[0]
 
         @staticmethod

@@ -15,7 +15,8 @@ The maintenance thread calls `Recompression.step()` once a pass. A step:
      least MIN_GAIN bytes is marked and not tried again until rewritten, so incompressible
      ("huge") pages are tried once.
 Pacing: after every BATCH pages (of the dedup scan or of recompression) the loop rests so that
-it works DUTY of the time, or BUSY_DUTY when the store served a request during the batch: the
+it works DUTY of the time, or BUSY_DUTY when the store served a request during the batch (work
+is the thread's CPU time, so time spent waiting for a core, under SCHED_IDLE, is not counted): the
 loop's Python holds the GIL the request thread needs, so while requests flow it takes little,
 and it works at DUTY again once they stop.
 Every page is its own pair of store-lock holds (read, commit) with the codec work in between,
@@ -114,7 +115,7 @@ class Recompression:
         self.duty = duty
         self.busy_duty = min(busy_duty, duty)
         self._paced = 0
-        self._batch_started = time.perf_counter()
+        self._batch_started = time.thread_time()
         self._requests_seen = store.requests
         self.busy_rests = 0
         self.stopping = stopping or threading.Event()
@@ -139,7 +140,7 @@ class Recompression:
         if not self.store.current_slot:
             return changed
         pages = self.store.idle_pages(self.pages_per_step, max(0, int(self.idle)))
-        self._batch_started = time.perf_counter()
+        self._batch_started = time.thread_time()
         self._requests_seen = self.store.requests
         if self.dedup and len(pages) > 1:
             changed += self.store.dedup_scan(pages, between=self._pace)
@@ -160,8 +161,8 @@ class Recompression:
         if self._paced // BATCH == before // BATCH:
             time.sleep(0)
             return
-        # a batch that took t seconds is followed by t * (1 - duty) / duty seconds of rest
-        spent = time.perf_counter() - self._batch_started
+        # a batch that took t seconds of CPU is followed by t * (1 - duty) / duty seconds of rest
+        spent = time.thread_time() - self._batch_started
         duty = self.duty
         requests = self.store.requests
         if requests != self._requests_seen:
@@ -169,7 +170,7 @@ class Recompression:
             self.busy_rests += 1
         time.sleep(spent * (1 - duty) / duty)
         self._requests_seen = self.store.requests
-        self._batch_started = time.perf_counter()
+        self._batch_started = time.thread_time()
 
     def _rewarm(self) -> int:
         done = 0
