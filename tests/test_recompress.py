@@ -106,8 +106,9 @@ def test_a_step_runs_under_sched_idle_and_restores_the_policy(
 
 @pytest.mark.unit
 def test_the_loop_steps_aside_while_requests_flow(monkeypatch: pytest.MonkeyPatch) -> None:
-    """After each batch the loop rests to work *duty* of the time, and only *busy_duty* of it
-    when the store served a request during the batch (a fake CPU clock: every page costs 1 ms)."""
+    """After each batch the loop rests to work *duty* of the time (at normal priority; under
+    SCHED_IDLE it does not rest), and only *busy_duty* of it when the store served a request
+    during the batch (a fake CPU clock: every page costs 1 ms)."""
     from zswapfs.engine import recompress
 
     store = make_store()
@@ -129,7 +130,9 @@ def test_the_loop_steps_aside_while_requests_flow(monkeypatch: pytest.MonkeyPatc
                 rests.append(seconds)
 
     monkeypatch.setattr(recompress, "time", Clock)
-    work = Recompression(store, idle=30, dedup=False, min_pages=64, duty=0.5, busy_duty=0.01)
+    work = Recompression(
+        store, idle=30, dedup=False, min_pages=64, duty=0.5, busy_duty=0.01, idle_priority=False
+    )
     work._maybe_train()  # the dictionary first, so the step below is only the batches
     real = store.recompress_page
 
@@ -144,6 +147,14 @@ def test_the_loop_steps_aside_while_requests_flow(monkeypatch: pytest.MonkeyPatc
     spent = recompress.BATCH * 0.001
     assert rests == pytest.approx([spent * 0.99 / 0.01, spent * 0.5 / 0.5])
     assert work.busy_rests == 1 and work.stats()["busy_rests"] == 1
+    # under SCHED_IDLE a quiet batch does not rest at all; a busy one still does
+    for pn in range(2 * recompress.BATCH):
+        store.write_page(pn, record_page(rnd, pn + 1000))
+    age(store, 31)
+    rests.clear()
+    work.idle_priority = True
+    assert work.step() == 2 * recompress.BATCH
+    assert rests == pytest.approx([spent * 0.99 / 0.01])
 
 
 @pytest.mark.unit

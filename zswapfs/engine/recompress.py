@@ -15,8 +15,10 @@ The maintenance thread calls `Recompression.step()` once a pass. A step:
      least MIN_GAIN bytes is marked and not tried again until rewritten, so incompressible
      ("huge") pages are tried once.
 Pacing: after every BATCH pages (of the dedup scan or of recompression) the loop rests so that
-it works DUTY of the time, or BUSY_DUTY when the store served a request during the batch (work
-is the thread's CPU time, so time spent waiting for a core, under SCHED_IDLE, is not counted): the
+it works BUSY_DUTY of the time when the store served a request during the batch; otherwise it
+works on without rest under SCHED_IDLE (nothing else wants the CPU it gets), or DUTY of the time
+at normal priority. Work is the thread's CPU time, so time spent waiting for a core is not
+counted: the
 loop's Python holds the GIL the request thread needs, so while requests flow it takes little,
 and it works at DUTY again once they stop.
 Every page is its own pair of store-lock holds (read, commit) with the codec work in between,
@@ -62,8 +64,8 @@ MIN_GAIN = 16
 BATCH = 64
 #: most idle pages one step considers (and dedup compares at once)
 STEP_PAGES = 16384
-#: share of the time the loop may work (it rests the rest): the request path keeps the GIL
-#: most of the time while the loop catches up with a burst of idle pages
+#: share of the time the loop may work at normal priority (recompress-priority = "normal") while
+#: no requests come: the CPU is shared with every other program alike
 DUTY = 0.25
 #: the share while requests keep coming (any request during the last batch): the loop shares
 #: the GIL with the request thread, so under load it all but steps aside
@@ -118,6 +120,7 @@ class Recompression:
         self._batch_started = time.thread_time()
         self._requests_seen = store.requests
         self.busy_rests = 0
+        self._quiet_duty = duty
         self.stopping = stopping or threading.Event()
         self.idle_priority = idle_priority
         self.trainings = 0
@@ -130,8 +133,12 @@ class Recompression:
         """One round of the work above (under SCHED_IDLE unless idle_priority is off); returns
         the pages it changed."""
         if not self.idle_priority:
+            self._quiet_duty = self.duty
             return self._step()
-        with idle_scheduling():
+        with idle_scheduling() as took:
+            # under SCHED_IDLE the kernel keeps every other task first: with no request to
+            # share the GIL with, the loop may use all the CPU nothing else wants
+            self._quiet_duty = 1.0 if took else self.duty
             return self._step()
 
     def _step(self) -> int:
@@ -163,12 +170,12 @@ class Recompression:
             return
         # a batch that took t seconds of CPU is followed by t * (1 - duty) / duty seconds of rest
         spent = time.thread_time() - self._batch_started
-        duty = self.duty
+        duty = self._quiet_duty
         requests = self.store.requests
         if requests != self._requests_seen:
             duty = self.busy_duty
             self.busy_rests += 1
-        time.sleep(spent * (1 - duty) / duty)
+        time.sleep(spent * (1 - duty) / duty if duty < 1 else 0)
         self._requests_seen = self.store.requests
         self._batch_started = time.thread_time()
 
