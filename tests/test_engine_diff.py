@@ -34,7 +34,7 @@ from zswapfs.engine.codec import (
     fill_page,
     train_dictionary,
 )
-from zswapfs.engine.store import AGE_MASK, FIRST_HANDLE, PageStore, StoreFull
+from zswapfs.engine.store import AGE_MASK, FIRST_HANDLE, SHARED, PageStore, StoreFull
 
 pytestmark = [
     pytest.mark.unit,
@@ -509,3 +509,34 @@ def test_recompression_batches_in_c_match_the_python_engine() -> None:
     finally:
         for s in stores:
             s.pool.close()
+
+
+def test_a_batch_keeps_the_reference_order_around_pages_python_decides() -> None:
+    """A page the C batch leaves to Python (here a dedup survivor whose partner was rewritten:
+    its SHARED bit stays) is recoded in its turn, not after the rest, so every object lands
+    where the Python engine puts it."""
+    tables = []
+    for engine in ("python", "native"):
+        s = native.make_store(engine, 64, SystemLz4Codec(), "zsmalloc")
+        s.codec = s.codecs[0] = SystemLz4Codec()
+        rnd = random.Random(1)
+        pages = [make_page("text", rnd) for _ in range(8)]
+        for i, page in enumerate(pages):
+            s.write(i * PAGE_SIZE, page)
+        s.write(8 * PAGE_SIZE, DUP)
+        s.write(9 * PAGE_SIZE, DUP)
+        assert s.dedup_scan([8, 9]) == 1
+        s.write(9 * PAGE_SIZE, pages[0][::-1])  # the partner rewritten
+        assert s.meta.item(8) & SHARED and s.table.item(8) not in s.shared
+        trainer = random.Random(9)
+        sample = [make_page(trainer.choice(["text", "repeat", "half"]), trainer) for _ in range(64)]
+        s.add_slot(SystemDictZstdCodec(3, train_dictionary(sample, 4096, 3)), 4096)
+        assert s.recompress_pages([8, 0, 1, 2, 3], 16) == 5
+        tables.append((s.table.copy(), s.pool._handle_table() if engine == "native" else None))
+        if engine == "python":
+            py_handles = s.pool.handles.table.tobytes()
+        else:
+            assert tables[1][1] == py_handles
+        assert s.read(0, 8 * PAGE_SIZE) == b"".join(pages)
+        s.pool.close()
+    assert np.array_equal(tables[0][0], tables[1][0])

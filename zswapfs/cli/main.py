@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--recompress-priority",
         choices=("idle", "normal"),
-        help="idle (default): the loop runs SCHED_IDLE, on cores nothing else wants; normal: "
+        help="idle (default): the loop runs at nice 19, on CPU other programs leave; normal: "
         "it competes for CPU like any thread, keeping pace under sustained load",
     )
     r.add_argument("--dict-size", help="bytes of each trained dictionary (default 16K)")

@@ -1432,6 +1432,7 @@ static int dict_compress_page(const ZSTD_CDict *cdict, const uint8_t *src, uint8
 
 enum { PREP_SAME = -2, PREP_FAILED = -1 };
 #define PREP_CHUNK 2 /* pages a worker takes at a time */
+#define BATCH_MAX 256 /* most pages in one batch: a 1 MiB request */
 
 typedef struct {
     const uint8_t *src;   /* the request's whole pages, back to back */
@@ -1577,7 +1578,7 @@ static void batch_prepare(Scratch *sc, const uint8_t *src, uint32_t npages, int 
 {
     Batch b = {.src = src, .npages = npages, .codec = codec, .level = level, .lens = sc->lens,
                .words = sc->words, .out = sc->out};
-    int shared = 0;
+    int shared = 0, lead = 1;
     pthread_mutex_lock(&workers_mu);
     if (workers_running < workers_wanted)
         workers_start();
@@ -1585,15 +1586,16 @@ static void batch_prepare(Scratch *sc, const uint8_t *src, uint32_t npages, int 
         posted = &b;
         posted_gen++;
         shared = 1;
+        lead = batch_lead; /* read once: _set_workers may change it meanwhile */
         pthread_cond_broadcast(&workers_cv);
     }
     pthread_mutex_unlock(&workers_mu);
-    if (!shared || batch_lead)
+    if (lead)
         batch_work(&b);
     if (!shared)
         return;
     pthread_mutex_lock(&workers_mu);
-    while (!batch_lead && __atomic_load_n(&b.next, __ATOMIC_RELAXED) < npages)
+    while (!lead && __atomic_load_n(&b.next, __ATOMIC_RELAXED) < npages)
         pthread_cond_wait(&batch_done_cv, &workers_mu); /* the tests' mode: workers do it all */
     posted = NULL; /* no worker joins from now on; wait for those inside to leave */
     while (b.active)
@@ -2204,17 +2206,21 @@ static PyObject *Store_cwrite(StoreObject *s, PyObject *args)
     uint32_t now = store_now(s);
     if (!stamp)
         stamp = now | (s->persistent ? DIRTY : 0);
-    /* an aligned request of many whole pages: classify and compress them on every core first */
+    /* an aligned request of many whole pages: classify and compress them on every core first,
+     * BATCH_MAX pages at a time (each thread's scratch holds one such batch) */
     uint32_t first = pn, nprep = 0;
     Scratch *sc = NULL;
     if (!head && left / PAGE_SIZE >= (size_t)__atomic_load_n(&batch_min_pages, __ATOMIC_RELAXED) &&
         __atomic_load_n(&workers_wanted, __ATOMIC_RELAXED) &&
-        (sc = scratch_get(left / PAGE_SIZE)) != NULL) {
-        nprep = (uint32_t)(left / PAGE_SIZE);
+        (sc = scratch_get(BATCH_MAX)) != NULL)
         sc->busy = 1;
-        batch_prepare(sc, src, nprep, s->codec, s->level);
-    }
     while (left) {
+        if (sc && pn - first >= nprep &&
+            left / PAGE_SIZE >= (size_t)__atomic_load_n(&batch_min_pages, __ATOMIC_RELAXED)) {
+            first = pn;
+            nprep = left / PAGE_SIZE < BATCH_MAX ? (uint32_t)(left / PAGE_SIZE) : BATCH_MAX;
+            batch_prepare(sc, src, nprep, s->codec, s->level);
+        }
         size_t n = PAGE_SIZE - head < left ? PAGE_SIZE - head : left;
         const uint8_t *page = src;
         int rc;
@@ -2384,6 +2390,8 @@ static PyObject *Store_peek(StoreObject *s, PyObject *arg)
         lock_wait(s->pool->lock); /* the GIL is held here: never wait for a lock with it */
         len = pool_read_locked(s->pool, entry, buf);
         pthread_mutex_unlock(&s->pool->lock->mutex);
+        if (len == -1) /* raised below: nobody will take the page out of flight */
+            inflight_take(s, pn);
     }
     pthread_mutex_unlock(&s->lock->mutex);
     if (entry == SAME)
@@ -2556,9 +2564,10 @@ static int recode_page(StoreObject *s, uint32_t pn, int slot, int min_gain, uint
     return rc;
 }
 
-/* _recompress_batch(indices, slot, min_gain) -> (done, [index, ...]): recompress_page for each
- * page in C with the GIL released; the list holds the pages left to the Python path, in order
- * (they were not touched) */
+/* _recompress_batch(indices, slot, min_gain) -> (done, at): recompress_page for each page in C
+ * with the GIL released, in order, up to the first page the Python path must decide: *at* is
+ * its position in indices (untouched; the caller runs it and calls again with the rest), -1
+ * when every page was done here. Stopping there keeps the reference's order of placements. */
 static PyObject *Store_recompress_batch(StoreObject *s, PyObject *args)
 {
     PyObject *seq;
@@ -2572,52 +2581,41 @@ static PyObject *Store_recompress_batch(StoreObject *s, PyObject *args)
         return NULL;
     Py_ssize_t count = PySequence_Fast_GET_SIZE(fast);
     uint32_t *pns = PyMem_Malloc((size_t)(count ? count : 1) * sizeof(uint32_t));
-    uint8_t *rcs = PyMem_Malloc((size_t)(count ? count : 1));
-    if (!pns || !rcs) {
-        PyMem_Free(pns);
-        PyMem_Free(rcs);
+    if (!pns) {
         Py_DECREF(fast);
         return PyErr_NoMemory();
     }
     for (Py_ssize_t i = 0; i < count; i++) {
         if (parse_pn(s, PySequence_Fast_GET_ITEM(fast, i), &pns[i]) != 0) {
             PyMem_Free(pns);
-            PyMem_Free(rcs);
             Py_DECREF(fast);
             return NULL;
         }
     }
     Py_DECREF(fast);
     long done = 0;
+    Py_ssize_t at = -1;
     int nomem = 0;
     Py_BEGIN_ALLOW_THREADS
     uint8_t *bufs = malloc((size_t)PAGE_SIZE * 2 + COMPRESS_BOUND);
     if (!bufs)
         nomem = 1;
     for (Py_ssize_t i = 0; i < count && !nomem; i++) {
-        rcs[i] = (uint8_t)recode_page(s, pns[i], slot, min_gain, bufs, bufs + PAGE_SIZE,
-                                      bufs + 2 * PAGE_SIZE);
-        done += rcs[i] == RECODE_DONE;
-        nomem = rcs[i] == RECODE_NOMEM;
+        int rc = recode_page(s, pns[i], slot, min_gain, bufs, bufs + PAGE_SIZE,
+                             bufs + 2 * PAGE_SIZE);
+        done += rc == RECODE_DONE;
+        nomem = rc == RECODE_NOMEM;
+        if (rc == RECODE_PYTHON) {
+            at = i;
+            break;
+        }
     }
     free(bufs);
     Py_END_ALLOW_THREADS
-    PyObject *left = nomem ? NULL : PyList_New(0);
-    for (Py_ssize_t i = 0; left && i < count; i++) {
-        if (rcs[i] != RECODE_PYTHON)
-            continue;
-        PyObject *n = PyLong_FromUnsignedLong(pns[i]);
-        if (!n || PyList_Append(left, n) != 0)
-            Py_CLEAR(left);
-        Py_XDECREF(n);
-    }
     PyMem_Free(pns);
-    PyMem_Free(rcs);
     if (nomem)
         return PyErr_NoMemory();
-    if (!left)
-        return NULL;
-    return Py_BuildValue("(lN)", done, left);
+    return Py_BuildValue("(ln)", done, at);
 }
 
 static PyObject *Store_get_lock(StoreObject *s, void *c)

@@ -280,13 +280,21 @@ if _native is not None:
                 self._set_slot(slot, 0, None)
 
         def recompress_pages(self, indices: list[int], min_gain: int = 16) -> int:
-            """The batch in C with the GIL released; pages C leaves alone (recompressed or
-            shared already, a slot without a dictionary) take PageStore's Python path."""
+            """The batch in C with the GIL released; a page C leaves alone (recompressed or
+            shared already, a slot without a dictionary) takes PageStore's Python path in its
+            turn, and C goes on with the pages after it."""
             slot = self.current_slot
             if not slot:
                 return 0
-            done, left = self._recompress_batch(indices, slot, min_gain)
-            return int(done) + PageStore.recompress_pages(self, left, min_gain)
+            total = 0
+            while indices:
+                done, at = self._recompress_batch(indices, slot, min_gain)
+                total += done
+                if at < 0:
+                    break
+                total += PageStore.recompress_page(self, indices[at], min_gain) == "done"
+                indices = indices[at + 1 :]
+            return total
 
         def stats(self) -> dict[str, Any]:
             st = PageStore.stats(self)

@@ -16,8 +16,8 @@ The maintenance thread calls `Recompression.step()` once a pass. A step:
      ("huge") pages are tried once.
 Pacing: after every BATCH pages (of the dedup scan or of recompression) the loop rests so that
 it works BUSY_DUTY of the time when the store served a request during the batch; otherwise it
-works on without rest under SCHED_IDLE (nothing else wants the CPU it gets), or DUTY of the time
-at normal priority. Work is the thread's CPU time, so time spent waiting for a core is not
+works on without rest at nice 19 (other programs get ~98% of a core both want), or DUTY of the
+time at normal priority. Work is the thread's CPU time, so time spent waiting for a core is not
 counted: the
 loop's Python holds the GIL the request thread needs, so while requests flow it takes little,
 and it works at DUTY again once they stop.
@@ -26,14 +26,12 @@ unlocked; a page rewritten meanwhile is left alone (the store's in-flight marks)
 a batch go to the store in one call (recompress_pages), which the compiled engine runs in C
 with the GIL released.
 
-A step runs under the SCHED_IDLE scheduling policy (the calling thread only, restored after the
-step): the kernel gives the loop a core only when nothing else wants one, so on a busy machine
-the requests (and the programs swapping) keep their CPU, and the loop works through what they
-leave idle. A lock or the GIL held by the loop when it is preempted is not held for long: the
-thread waiting for it sleeps, which leaves a core idle for the loop to finish and let go.
-
-What it may touch: the store through recompress_page, rewarm_page, dedup_scan, idle_pages and
-add_slot only.
+A step runs with its thread at nice 19, as the kernel's khugepaged does, and the thread's own
+nice value back after the step: on a busy machine the requests and the programs that swap get
+nearly all the CPU, and the loop works through what they leave. Not SCHED_IDLE: a SCHED_IDLE
+thread preempted while it holds the GIL or a store lock could leave a swap request waiting for as
+long as other tasks keep every core busy, which is just when a machine swaps; at nice 19 it
+still gets a slice now and then.
 """
 
 from __future__ import annotations
@@ -72,24 +70,29 @@ DUTY = 0.25
 BUSY_DUTY = 0.03
 
 
+#: the nice value of the loop's thread during a pass (khugepaged's)
+LOW_NICE = 19
+
+
 @contextlib.contextmanager
-def idle_scheduling() -> Iterator[bool]:
-    """Run the block with this thread under SCHED_IDLE, then put its policy back; yields False
-    (and changes nothing) where the kernel refuses."""
+def low_priority() -> Iterator[bool]:
+    """Run the block with this thread at nice LOW_NICE, then put its nice value back; yields
+    False (and changes nothing) where the kernel refuses."""
+    tid = threading.get_native_id()
     try:
-        policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        before = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, LOW_NICE)
     except OSError as exc:
-        log.debug("recompression: no SCHED_IDLE (%s)", exc)
+        log.debug("recompression: no nice %d (%s)", LOW_NICE, exc)
         yield False
         return
     try:
         yield True
     finally:
         try:
-            os.sched_setscheduler(0, policy, param)
-        except OSError as exc:  # an unprivileged thread may not leave SCHED_IDLE
-            log.warning("maintenance thread stays SCHED_IDLE: %s", exc)
+            os.setpriority(os.PRIO_PROCESS, tid, before)
+        except OSError as exc:  # without CAP_SYS_NICE a thread may not raise its priority again
+            log.warning("maintenance thread stays at nice %d: %s", LOW_NICE, exc)
 
 
 class Recompression:
@@ -130,14 +133,14 @@ class Recompression:
         self._rnd = random.Random(0)
 
     def step(self) -> int:
-        """One round of the work above (under SCHED_IDLE unless idle_priority is off); returns
-        the pages it changed."""
+        """One round of the work above (at nice 19 unless idle_priority is off); returns the
+        pages it changed."""
         if not self.idle_priority:
             self._quiet_duty = self.duty
             return self._step()
-        with idle_scheduling() as took:
-            # under SCHED_IDLE the kernel keeps every other task first: with no request to
-            # share the GIL with, the loop may use all the CPU nothing else wants
+        with low_priority() as took:
+            # at nice 19 a contended core goes to other tasks ~98% of the time: with no request
+            # to share the GIL with, the loop may use what they leave
             self._quiet_duty = 1.0 if took else self.duty
             return self._step()
 

@@ -446,7 +446,11 @@ class PageStore:
                 return entry, fill_page(self.fill.get(index, 0))
             if entry < FIRST_HANDLE:
                 return entry, None
-            return entry, self.pool.read(entry)
+            try:
+                return entry, self.pool.read(entry)
+            except BaseException:  # raised to the caller: nobody will take it out of flight
+                del self._inflight[index]
+                raise
 
     def _decode(self, index: int, payload: bytes) -> bytes:
         """Page *index* from its pool payload: a raw page as it is, else by the page's codec slot.

@@ -70,7 +70,7 @@ class MountConfig:
     recompress: str = "zstd:9"
     #: seconds a page must go unread and unwritten before it is recompressed
     recompress_idle: float = 20.0
-    #: "idle": the loop runs under SCHED_IDLE; "normal": like any other thread
+    #: "idle": the loop runs at nice 19; "normal": like any other thread
     recompress_priority: str = "idle"
     #: bytes of each trained dictionary
     dict_size: int = 16 << 10
