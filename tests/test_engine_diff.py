@@ -540,3 +540,31 @@ def test_a_batch_keeps_the_reference_order_around_pages_python_decides() -> None
         assert s.read(0, 8 * PAGE_SIZE) == b"".join(pages)
         s.pool.close()
     assert np.array_equal(tables[0][0], tables[1][0])
+
+
+@pytest.mark.parametrize("engine", ["python", "native"])
+def test_two_owners_of_a_page_in_flight_both_see_a_rewrite(engine: str) -> None:
+    """A flush (request thread) and a background step can have one page in flight at once: a
+    rewrite between their claims is seen by both, so the second claim cannot hide it from the
+    first (which would then clear the page's dirty bit over a stale file copy)."""
+    from zswapfs.engine.codec import make_codec
+
+    store = native.make_store(engine, 8, make_codec("lz4"), "zsmalloc")
+    rnd = random.Random(4)
+    store.write(0, make_page("text", rnd))
+    store._peek(0)  # owner A (say, flush) reads the page
+    store.write(0, make_page("text", rnd))  # rewritten
+    store._peek(0)  # owner B (say, recompression) reads the new contents
+    with store.lock:
+        assert store._was_rewritten(0)
+        assert store._rewritten(0)  # A: refused
+        assert store._inflight_count == 1 if engine == "native" else len(store._inflight) == 1
+        assert store._rewritten(0)  # B: refused too (conservative: tried again later)
+    with store.lock:
+        assert store._rewritten(0)  # out of flight now: True, as for any page not in flight
+    store._peek(0)
+    with store.lock:
+        assert not store._rewritten(0)  # one owner, no rewrite
+    count = store._inflight_count if engine == "native" else len(store._inflight)
+    assert count == 0
+    store.pool.close()

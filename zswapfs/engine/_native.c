@@ -1609,7 +1609,8 @@ static void batch_prepare(Scratch *sc, const uint8_t *src, uint32_t npages, int 
 
 typedef struct {
     uint32_t pn;
-    uint32_t rewritten;
+    uint16_t rewritten;
+    uint16_t owners; /* threads that have it in flight (see store.py's _rewritten) */
 } Inflight;
 
 typedef struct {
@@ -1735,25 +1736,28 @@ static Inflight *inflight_find(StoreObject *s, uint32_t pn)
 static int inflight_add(StoreObject *s, uint32_t pn)
 {
     Inflight *f = inflight_find(s, pn);
-    if (f) {
-        f->rewritten = 0;
+    if (f) { /* another owner: its rewritten mark stays */
+        f->owners++;
         return 0;
     }
     if (grow((void **)&s->inflight, &s->inflight_cap, s->inflight_n + 1, sizeof(Inflight)) != 0)
         return -1;
     s->inflight[s->inflight_n].pn = pn;
+    s->inflight[s->inflight_n].owners = 1;
     s->inflight[s->inflight_n++].rewritten = 0;
     return 0;
 }
 
-/* take pn out of flight (store lock held): was it rewritten meanwhile (or not in flight)? */
+/* take pn out of flight for one owner (store lock held): was it rewritten meanwhile (or not in
+ * flight)? */
 static int inflight_take(StoreObject *s, uint32_t pn)
 {
     Inflight *f = inflight_find(s, pn);
     if (!f)
         return 1;
     int rewritten = (int)f->rewritten;
-    *f = s->inflight[--s->inflight_n];
+    if (--f->owners == 0)
+        *f = s->inflight[--s->inflight_n];
     return rewritten;
 }
 
@@ -2449,28 +2453,57 @@ static PyObject *Store_fill_word(StoreObject *s, PyObject *arg)
 
 /* recompression ---------------------------------------------------------------------------- */
 
-/* _set_slot(slot, level, dictionary | None): the digested dictionary the compiled recompression
- * writes slot *slot* with (None: the slot is gone); the caller holds the store lock */
+static int parse_slot(PyObject *obj, int *slot)
+{
+    long v = PyLong_AsLong(obj);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v < 1 || v >= SLOTS) {
+        PyErr_Format(PyExc_ValueError, "slot %ld out of range 1..%d", v, SLOTS - 1);
+        return -1;
+    }
+    *slot = (int)v;
+    return 0;
+}
+
+/* _set_slot(slot, level, dictionary): the digested dictionary the compiled recompression writes
+ * slot *slot* with; digested with the GIL released and no lock held (it takes a while at high
+ * levels), then swapped in under the store lock, which the caller must not hold */
 static PyObject *Store_set_slot(StoreObject *s, PyObject *args)
 {
+    PyObject *slotobj;
     int slot, level;
-    PyObject *dict;
-    if (!PyArg_ParseTuple(args, "iiO", &slot, &level, &dict) || store_check(s))
+    Py_buffer b;
+    if (!PyArg_ParseTuple(args, "Oiy*", &slotobj, &level, &b))
         return NULL;
-    if (slot < 1 || slot >= SLOTS)
-        return PyErr_Format(PyExc_ValueError, "slot %d out of range 1..%d", slot, SLOTS - 1);
-    ZSTD_CDict *cd = NULL;
-    if (dict != Py_None) {
-        Py_buffer b;
-        if (PyObject_GetBuffer(dict, &b, PyBUF_SIMPLE) != 0)
-            return NULL;
-        cd = ZSTD_createCDict(b.buf, (size_t)b.len, level);
+    if (store_check(s) || parse_slot(slotobj, &slot)) {
         PyBuffer_Release(&b);
-        if (!cd)
-            return PyErr_NoMemory();
+        return NULL;
     }
-    ZSTD_freeCDict(s->cdict[slot]);
+    ZSTD_CDict *cd;
+    Py_BEGIN_ALLOW_THREADS
+    cd = ZSTD_createCDict(b.buf, (size_t)b.len, level);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&b);
+    if (!cd)
+        return PyErr_NoMemory();
+    lock_wait(s->lock);
+    ZSTD_CDict *old = s->cdict[slot];
     s->cdict[slot] = cd;
+    pthread_mutex_unlock(&s->lock->mutex);
+    ZSTD_freeCDict(old);
+    Py_RETURN_NONE;
+}
+
+/* _drop_slot(slot): slot *slot* is gone (store lock held by the caller); the batches only ever
+ * use the current slot, which is never the one dropped */
+static PyObject *Store_drop_slot(StoreObject *s, PyObject *arg)
+{
+    int slot;
+    if (store_check(s) || parse_slot(arg, &slot))
+        return NULL;
+    ZSTD_freeCDict(s->cdict[slot]);
+    s->cdict[slot] = NULL;
     Py_RETURN_NONE;
 }
 
@@ -2661,7 +2694,8 @@ static PyMethodDef Store_methods[] = {
     {"_fill_word", (PyCFunction)Store_fill_word, METH_O, NULL},
     {"_fill_set", (PyCFunction)Store_fill_set, METH_VARARGS, "_fill_set(pn, word); store lock held"},
     {"_set_slot", (PyCFunction)Store_set_slot, METH_VARARGS,
-     "_set_slot(slot, level, dictionary | None); store lock held"},
+     "_set_slot(slot, level, dictionary); takes the store lock"},
+    {"_drop_slot", (PyCFunction)Store_drop_slot, METH_O, "_drop_slot(slot); store lock held"},
     {"_recompress_batch", (PyCFunction)Store_recompress_batch, METH_VARARGS,
      "_recompress_batch(indices, slot, min_gain) -> (done, pages left to Python)"},
     {NULL},

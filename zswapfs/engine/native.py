@@ -52,6 +52,7 @@ from zswapfs.engine.store import (
     PageStore,
     StorageFailure,
     StoreError,
+    StoreFull,
 )
 
 log = logging.getLogger(__name__)
@@ -265,19 +266,34 @@ if _native is not None:
 
         # -- recompression: pages of the write codec into a dictionary slot, in C
         def add_slot(self, codec: Codec, nbytes: int) -> int:
+            """PageStore's, with the dictionary digested for C before the slot is current
+            and with no lock held (a batch that finds no dictionary leaves its pages to
+            Python, so this only keeps them in C)."""
+            ready = 0
+            if isinstance(codec, DictZstdCodec):  # other codecs: recompressed in Python
+                ready = self._next_slot()
+                self._set_slot(ready, codec.level, codec.dictionary)
             slot = PageStore.add_slot(self, codec, nbytes)
+            if ready and slot != ready:  # a slot freed meanwhile came first
+                assert isinstance(codec, DictZstdCodec)
+                self._set_slot(slot, codec.level, codec.dictionary)
             with self.lock:
                 for other in range(1, SLOTS):
                     if self.codecs[other] is None:
-                        self._set_slot(other, 0, None)
-                if isinstance(codec, DictZstdCodec):  # other codecs: recompressed in Python
-                    self._set_slot(slot, codec.level, codec.dictionary)
+                        self._drop_slot(other)
             return slot
+
+        def _next_slot(self) -> int:
+            with self.lock:
+                free = [s for s in range(1, SLOTS) if self.codecs[s] is None]
+            if not free:
+                raise StoreFull("every recompression slot is in use")
+            return free[0]
 
         def _leave_slot(self, slot: int) -> None:
             PageStore._leave_slot(self, slot)
             if self.codecs[slot] is None:
-                self._set_slot(slot, 0, None)
+                self._drop_slot(slot)
 
         def recompress_pages(self, indices: list[int], min_gain: int = 16) -> int:
             """The batch in C with the GIL released; a page C leaves alone (recompressed or

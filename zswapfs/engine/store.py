@@ -39,11 +39,14 @@ and again to commit it; file I/O and codec calls happen with no lock held. Compa
 is not enough to know the page was left alone meanwhile: pools reuse a freed handle first, so a
 page rewritten twice can come back to the very handle that was read (ABA). So a page under
 writeback, flush, recompression or dedup is registered in `_inflight`, every rewrite of it (in
-_swap) marks it there, and the commit is refused when it was marked. The file write itself is
-ordered too: a page the write path sends to the backing file (_reject) is written and committed
-under the file lock, and writeback and flush check, under the same lock, that the page was not
-rewritten before they write their (older) copy (_write_file). Full lock order: file lock ->
-store lock -> pool lock.
+_swap) marks it there, and the commit is refused when it was marked. Two threads may have one
+page in flight at once (a flush beside a background step): the entry counts its owners and a
+mark stays until the last of them lets go, so one owner's claim never hides a rewrite the other
+must see (it may refuse a commit it could have made: the page is tried again later). The file
+write itself is ordered too: a page the write path sends to the backing file (_reject) is
+written and committed under the file lock, and writeback and flush check, under the same lock,
+that the page was not rewritten before they write their (older) copy (_write_file). Full lock
+order: file lock -> store lock -> pool lock.
 
 Errors: the store raises StoreError subclasses, never errno values; fs.py maps them.
 """
@@ -137,7 +140,7 @@ class PageStore:
         self.rewarm: set[int] = set()
         self._t0 = time.monotonic()
         #: pages being written back or flushed -> rewritten meanwhile (store lock held)
-        self._inflight: dict[int, bool] = {}
+        self._inflight: dict[int, list[int]] = {}
         #: held across a backing-file write and its commit (see _write_file)
         self._file_lock = threading.Lock()
         self.stored_pages = 0
@@ -317,7 +320,7 @@ class PageStore:
     def _swap(self, index: int, entry: int, size: int) -> None:
         """Point page *index* at a new entry and release the old one (store lock held)."""
         if self._inflight and index in self._inflight:
-            self._inflight[index] = True
+            self._inflight[index][1] = 1
         old = self.table.item(index)
         if old == SAME:
             self.same_pages -= 1
@@ -440,7 +443,11 @@ class PageStore:
         flight (the caller must end that with _rewritten): the raw pool payload, the page itself
         for a same-filled page, None for a page not in memory."""
         with self.lock:
-            self._inflight[index] = False
+            held = self._inflight.get(index)
+            if held:  # another thread has it in flight too: its rewritten mark stays
+                held[0] += 1
+            else:
+                self._inflight[index] = [1, 0]
             entry = self.table.item(index)
             if entry == SAME:
                 return entry, fill_page(self.fill.get(index, 0))
@@ -449,7 +456,7 @@ class PageStore:
             try:
                 return entry, self.pool.read(entry)
             except BaseException:  # raised to the caller: nobody will take it out of flight
-                del self._inflight[index]
+                self._rewritten(index)
                 raise
 
     def _decode(self, index: int, payload: bytes) -> bytes:
@@ -472,12 +479,22 @@ class PageStore:
         return entry, payload
 
     def _rewritten(self, index: int) -> bool:
-        """Take *index* out of flight (store lock held): was it rewritten since _page_of?"""
-        return self._inflight.pop(index, True)
+        """Take *index* out of flight for one owner (store lock held): was it rewritten since
+        _page_of? With two owners (a flush on the request thread and a background step), a
+        rewrite seen while either held it counts for both, until the last one lets go: one
+        owner's claim must never clear what the other has to know."""
+        held = self._inflight.get(index)
+        if held is None:
+            return True
+        held[0] -= 1
+        if not held[0]:
+            del self._inflight[index]
+        return bool(held[1])
 
     def _was_rewritten(self, index: int) -> bool:
         """Like _rewritten, but *index* stays in flight (store lock held)."""
-        return self._inflight.get(index, True)
+        held = self._inflight.get(index)
+        return held is None or bool(held[1])
 
     def _write_file(self, index: int, page: bytes) -> bool:
         """Write *page*, read by _page_of, to the backing file unless the page was rewritten
