@@ -32,6 +32,7 @@ from pathlib import Path
 from zswapfs.lab import cgroup, kzram
 from zswapfs.lab.procs import reap
 from zswapfs.service.config import parse_size
+from zswapfs.service.safepath import default_log
 
 
 def hog_seconds(mib: int, limit: int) -> float | None:
@@ -62,6 +63,10 @@ def zswapfs_round(mib: int, limit: int, stripes: int) -> float | None:
             return hog_seconds(mib, limit)
         finally:
             subprocess.run([*zs, "swapoff", "--config", str(config)], capture_output=True)
+            # the daemons' logs (one a stripe, in the default log directory) go with the round
+            names = ["mnt"] if stripes == 1 else [f"mnt-{i}" for i in range(stripes)]
+            for name in names:
+                Path(default_log(f"{tmp}/{name}")).unlink(missing_ok=True)
 
 
 def ram_fuse_round(mib: int, limit: int) -> float | None:

@@ -17,8 +17,10 @@ tear it down (fusermount3 -u -z, then terminate, then kill), even when the test 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,6 +41,26 @@ TIERS = ("unit", "mount", "system")
 #: seconds a test waits for something that should happen: long enough for a loaded one-core
 #: machine, and reached only when the thing waited for is not coming
 HANG = 120.0
+
+
+@pytest.fixture(autouse=True)
+def _remove_daemon_logs_the_test_made(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Daemons started without --log (swapon, the systemd-style paths) log to the default log
+    directory, one file a mountpoint; the files a test's temp mounts created there are removed
+    after it (only those: files that were there before, or are not named after this run's temp
+    directory, are not ours)."""
+    from zswapfs.service.safepath import log_directory
+
+    directory = log_directory()
+    before = set(os.listdir(directory)) if directory.is_dir() else set()
+    yield
+    if not directory.is_dir():
+        return
+    ours = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(tmp_path_factory.getbasetemp())).strip("_")
+    for name in set(os.listdir(directory)) - before:
+        if name.startswith(ours) and name.endswith(".log"):
+            with contextlib.suppress(FileNotFoundError):
+                (directory / name).unlink()
 
 
 @pytest.hookimpl(tryfirst=True)
