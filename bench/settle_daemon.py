@@ -23,6 +23,7 @@ from typing import Any
 
 from zswapfs.engine.codec import PAGE_SIZE
 from zswapfs.lab import bench, kzram
+from zswapfs.lab.replay import stats_density
 
 
 def main() -> int:
@@ -38,7 +39,7 @@ def main() -> int:
         raise SystemExit("the corpus is smaller than 1 MiB")
     data = data[:size]
     zram = kzram.measure(data, "lz4")
-    zram_density = size / (zram["mem_used_total"] + zram["metadata_bytes"])
+    zram_density = stats_density(zram)
     samples: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="zswapfs-settle-") as d:
         tmp = Path(d)
@@ -54,7 +55,7 @@ def main() -> int:
             while True:
                 st = bench.fio.read_mount_stats(img.parent)
                 at = time.monotonic() - written
-                density = st["orig_data_size"] / (st["mem_used_total"] + st["metadata_bytes"])
+                density = stats_density(st)
                 samples.append(
                     {
                         "after_s": round(at, 1),

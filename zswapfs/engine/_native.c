@@ -1456,13 +1456,18 @@ static long long batches_parallel, batch_pages_helped; /* workers_mu */
 
 static int compress_page(int codec, int level, const uint8_t *src, uint8_t *dst);
 
+/* same-filled: one 8-byte word repeated, i.e. the page equals itself shifted by a word (one
+ * memcmp; the page may sit at any alignment); *word* gets its first word either way */
+static inline int same_filled(const uint8_t *page, uint64_t *word)
+{
+    memcpy(word, page, 8);
+    return memcmp(page, page + 8, PAGE_SIZE - 8) == 0;
+}
+
 static inline int prepare_page(int codec, int level, const uint8_t *page, uint8_t *out,
                                uint64_t *word)
 {
-    memcpy(word, page, 8);
-    if (memcmp(page, page + 8, PAGE_SIZE - 8) == 0)
-        return PREP_SAME;
-    return compress_page(codec, level, page, out);
+    return same_filled(page, word) ? PREP_SAME : compress_page(codec, level, page, out);
 }
 
 /* take pages of *b* until none is left; the number taken */
@@ -1523,27 +1528,20 @@ static void workers_start(void)
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
-/* per-thread room for one batch's results */
+/* per-thread room for one batch's results (BATCH_MAX pages) */
 typedef struct {
-    int32_t *lens;
-    uint64_t *words;
-    uint8_t *out;
-    size_t cap; /* pages */
-    int busy;   /* a request on this thread is using it (a callback's nested request must not) */
+    int32_t lens[BATCH_MAX];
+    uint64_t words[BATCH_MAX];
+    uint8_t out[BATCH_MAX * COMPRESS_BOUND];
+    int busy; /* a request on this thread is using it (a callback's nested request must not) */
 } Scratch;
 
 static pthread_key_t scratch_key;
 
-static void scratch_free(void *v)
-{
-    Scratch *sc = v;
-    free(sc->lens);
-    free(sc->words);
-    free(sc->out);
-    free(sc);
-}
+static void scratch_free(void *v) { free(v); }
 
-static Scratch *scratch_get(size_t npages)
+/* this thread's scratch, made on first use; NULL when a request on this thread holds it */
+static Scratch *scratch_get(void)
 {
     Scratch *sc = pthread_getspecific(scratch_key);
     if (!sc) {
@@ -1553,23 +1551,7 @@ static Scratch *scratch_get(size_t npages)
             return NULL;
         }
     }
-    if (sc->busy)
-        return NULL;
-    if (sc->cap < npages) {
-        int32_t *lens = realloc(sc->lens, npages * sizeof(*lens));
-        if (lens)
-            sc->lens = lens;
-        uint64_t *words = realloc(sc->words, npages * sizeof(*words));
-        if (words)
-            sc->words = words;
-        uint8_t *out = realloc(sc->out, npages * COMPRESS_BOUND);
-        if (out)
-            sc->out = out;
-        if (!lens || !words || !out)
-            return NULL;
-        sc->cap = npages;
-    }
-    return sc;
+    return sc->busy ? NULL : sc;
 }
 
 /* Classify and compress *npages* whole pages at *src* into *sc*, with the workers' help when
@@ -1903,9 +1885,8 @@ static int store_page(StoreObject *s, uint32_t pn, const uint8_t *page, uint32_t
 {
     uint8_t out[COMPRESS_BOUND];
     uint64_t word;
-    memcpy(&word, page, 8);
     int len;
-    if (memcmp(page, page + 8, PAGE_SIZE - 8) == 0)
+    if (same_filled(page, &word))
         len = PREP_SAME;
     else if (s->mem_limit && pool_bytes(s) >= s->mem_limit)
         return PAGE_PYTHON;
@@ -2216,7 +2197,7 @@ static PyObject *Store_cwrite(StoreObject *s, PyObject *args)
     Scratch *sc = NULL;
     if (!head && left / PAGE_SIZE >= (size_t)__atomic_load_n(&batch_min_pages, __ATOMIC_RELAXED) &&
         __atomic_load_n(&workers_wanted, __ATOMIC_RELAXED) &&
-        (sc = scratch_get(BATCH_MAX)) != NULL)
+        (sc = scratch_get()) != NULL)
         sc->busy = 1;
     while (left) {
         if (sc && pn - first >= nprep &&

@@ -52,7 +52,6 @@ from zswapfs.engine.store import (
     PageStore,
     StorageFailure,
     StoreError,
-    StoreFull,
 )
 
 log = logging.getLogger(__name__)
@@ -271,7 +270,8 @@ if _native is not None:
             Python, so this only keeps them in C)."""
             ready = 0
             if isinstance(codec, DictZstdCodec):  # other codecs: recompressed in Python
-                ready = self._next_slot()
+                with self.lock:
+                    ready = self._free_slot()
                 self._set_slot(ready, codec.level, codec.dictionary)
             slot = PageStore.add_slot(self, codec, nbytes)
             if ready and slot != ready:  # a slot freed meanwhile came first
@@ -282,13 +282,6 @@ if _native is not None:
                     if self.codecs[other] is None:
                         self._drop_slot(other)
             return slot
-
-        def _next_slot(self) -> int:
-            with self.lock:
-                free = [s for s in range(1, SLOTS) if self.codecs[s] is None]
-            if not free:
-                raise StoreFull("every recompression slot is in use")
-            return free[0]
 
         def _leave_slot(self, slot: int) -> None:
             PageStore._leave_slot(self, slot)

@@ -572,11 +572,8 @@ class PageStore:
         """Make *codec* (holding *nbytes*, its dictionary) the codec recompression writes with;
         returns its slot. The previous slot stays until its last page leaves it."""
         with self.lock:
-            free = [s for s in range(1, SLOTS) if self.codecs[s] is None]
-            if not free:
-                raise StoreFull("every recompression slot is in use")
             old = self.current_slot
-            slot = free[0]
+            slot = self._free_slot()
             self.codecs[slot] = codec
             self.slot_bytes[slot] = nbytes
             self.current_slot = slot
@@ -584,6 +581,13 @@ class PageStore:
                 self.codecs[old] = None
                 self.slot_bytes[old] = 0
             return slot
+
+    def _free_slot(self) -> int:
+        """The lowest codec slot holding no codec (store lock held); StoreFull if none."""
+        for slot in range(1, SLOTS):
+            if self.codecs[slot] is None:
+                return slot
+        raise StoreFull("every recompression slot is in use")
 
     def idle_pages(self, count: int, min_idle: int) -> list[int]:
         """Up to *count* pages held in the write codec's slot, idle at least *min_idle* seconds

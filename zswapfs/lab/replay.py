@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,9 +77,14 @@ class ReplayResult:
         return out
 
 
-def density(store: PageStore) -> float:
-    st = store.stats()
+def stats_density(st: Mapping[str, Any]) -> float:
+    """orig_data_size / (mem_used_total + metadata_bytes) of a store's stats, a mount's, or
+    kzram.measure()'s (the same names)."""
     return float(st["orig_data_size"] / max(1, st["mem_used_total"] + st["metadata_bytes"]))
+
+
+def density(store: PageStore) -> float:
+    return stats_density(store.stats())
 
 
 def settle(store: PageStore, result: ReplayResult, level: int) -> None:

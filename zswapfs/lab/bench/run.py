@@ -21,7 +21,7 @@ from zswapfs.engine.store import PageStore, StoreError
 from zswapfs.lab import kzram
 from zswapfs.lab.bench.corpus import BenchError, Corpus, load_spec
 from zswapfs.lab.bench.fio import FIO_JOBS, FioOptions, run_fio
-from zswapfs.lab.replay import replay
+from zswapfs.lab.replay import replay, stats_density
 
 
 @dataclass
@@ -87,7 +87,7 @@ def zram_row(corpus: Corpus) -> dict[str, Any]:
         "metadata_bytes": z["metadata_bytes"],
         "same_pages": z["same_pages"],
         "huge_pages": z["huge_pages"],
-        "density": z["orig_data_size"] / (z["mem_used_total"] + z["metadata_bytes"]),
+        "density": stats_density(z),
         "pool_density": z["orig_data_size"] / z["mem_used_total"],
         "efficiency": z["compr_data_size"] / z["mem_used_total"],
     }
