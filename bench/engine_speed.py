@@ -7,7 +7,8 @@ other processes hold the core does not):
   bare decompress   lz4.block.decompress of every page's payload
   python / native   a fresh store (zsmalloc, lz4) per round: every page written as one 4 KiB
                     request (store.write), then read back as one (store.read); and the same with
-                    1 MiB requests (256 pages a call, as a large FUSE request)
+                    1 MiB requests (256 pages a call, as a large FUSE request); with --pools,
+                    the same for each pool named (rows "native-zbud", ...)
 The ratios are the targets': bare compress time / store time (goal >= 0.8) and bare decompress
 time / load time (goal >= 0.7), so 1.0 means the engine costs no more than the codec alone.
 The page workers are off here (--page-workers 0): they would move 1 MiB requests' compression
@@ -15,6 +16,7 @@ to other threads, whose CPU time this thread's clock does not see (bench/large_w
 measures what they bring, in wall time against zram).
 
     python bench/engine_speed.py [--pages FILE] [--rounds 5] [--synthetic 8192] [--json OUT]
+                                 [--pools zsmalloc,zbud,z3fold]
 
 FILE is a corpus of 4 KiB pages (`zswapfs capture --out FILE -- COMMAND`); without it, a
 synthetic mix (zero, text-like, half random, random pages).
@@ -62,14 +64,15 @@ def load_requests(read: Callable[[int, int], bytes], requests: list[bytes]) -> N
         offset += len(data)
 
 
-def engine_round(engine: str, pages: list[bytes], blob: bytes) -> dict[str, float]:
+def engine_round(engine: str, pool: str, pages: list[bytes], blob: bytes) -> dict[str, float]:
     """Seconds for: every page stored and loaded one request each, then in 1 MiB requests."""
     step = BIG * PAGE_SIZE
     chunks = [blob[off : off + step] for off in range(0, len(blob), step)]
     out: dict[str, float] = {}
     for size, requests in (("4k", pages), ("1m", chunks)):
-        store: PageStore = native.make_store(engine, len(pages), make_codec("lz4"), "zsmalloc")
+        store: PageStore = native.make_store(engine, len(pages), make_codec("lz4"), pool)
         assert store.engine == engine, f"asked for {engine}, got {store.engine}"
+        assert store.pool.name == pool
         out[f"store_{size}"] = timed(store_requests, store.write, requests)
         out[f"load_{size}"] = timed(load_requests, store.read, requests)
         assert store.read(0, len(blob)) == blob
@@ -83,7 +86,15 @@ def main() -> int:
     p.add_argument("--synthetic", type=int, default=8192, help="pages of the synthetic mix")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--pools", default="zsmalloc", help="comma-separated pools (default zsmalloc)")
     args = p.parse_args()
+    pools = [name.strip() for name in args.pools.split(",") if name.strip()]
+    # rows: "python", "native" for zsmalloc (the targets'), "native-zbud" etc. for the others
+    rows = [
+        (engine, pool, engine if pool == "zsmalloc" else f"{engine}-{pool}")
+        for pool in pools
+        for engine in ("python", "native")
+    ]
     if not native.available():
         print(f"engine_speed: {native.UNAVAILABLE}", file=sys.stderr)
         return 1
@@ -106,9 +117,9 @@ def main() -> int:
     samples: dict[str, list[float]] = {}
     for _ in range(args.rounds):
         row = {"bare_compress": timed(bare_compress), "bare_decompress": timed(bare_decompress)}
-        for engine in ("python", "native"):
-            for key, secs in engine_round(engine, pages, blob).items():
-                row[f"{engine}_{key}"] = secs
+        for engine, pool, name in rows:
+            for key, secs in engine_round(engine, pool, pages, blob).items():
+                row[f"{name}_{key}"] = secs
         for key, secs in row.items():
             samples.setdefault(key, []).append(secs * 1e6 / n)  # us a page
     med = {key: statistics.median(v) for key, v in samples.items()}
@@ -122,15 +133,15 @@ def main() -> int:
         f"bare lz4 decompress {med['bare_decompress']:7.2f}"
     )
     ratios: dict[str, float] = {}
-    for engine in ("python", "native"):
+    for _, _, name in rows:
         for size in ("4k", "1m"):
-            st, ld = med[f"{engine}_store_{size}"], med[f"{engine}_load_{size}"]
-            ratios[f"{engine}_store_{size}"] = med["bare_compress"] / st
-            ratios[f"{engine}_load_{size}"] = med["bare_decompress"] / ld
+            st, ld = med[f"{name}_store_{size}"], med[f"{name}_load_{size}"]
+            ratios[f"{name}_store_{size}"] = med["bare_compress"] / st
+            ratios[f"{name}_load_{size}"] = med["bare_decompress"] / ld
             print(
-                f"  {engine:6} {size} requests: store {st:7.2f} (ratio "
-                f"{ratios[f'{engine}_store_{size}']:.2f}, goal 0.8)   load {ld:7.2f} (ratio "
-                f"{ratios[f'{engine}_load_{size}']:.2f}, goal 0.7)"
+                f"  {name:13} {size} requests: store {st:7.2f} (ratio "
+                f"{ratios[f'{name}_store_{size}']:.2f}, goal 0.8)   load {ld:7.2f} (ratio "
+                f"{ratios[f'{name}_load_{size}']:.2f}, goal 0.7)"
             )
     if args.json:
         args.json.write_text(

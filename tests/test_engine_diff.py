@@ -43,6 +43,7 @@ pytestmark = [
 
 NPAGES = 64
 KINDS = ["zero", "fill", "random", "half", "half", "half", "text", "sparse", "repeat", "dup"]
+KINDS += ["small", "small"]
 #: the page "dup" writes, every time: identical pages for dedup to find
 DUP = b"".join(b"record %d, " % i for i in range(600))[:PAGE_SIZE]
 #: figures that differ by construction: which engine, its page workers, each store's backing file
@@ -79,6 +80,9 @@ def make_page(kind: str, rnd: random.Random) -> bytes:
     if kind == "half":  # a few sizes of 1-4 objects a zspage: holes that compaction can close
         n = rnd.choice((2000, 3000))
         return rnd.randbytes(n) + bytes(PAGE_SIZE - n)
+    if kind == "small":  # 5-20 chunks: pool pages of two or three buddies that compaction empties
+        n = rnd.choice((300, 700, 1200))
+        return rnd.randbytes(n) + bytes(PAGE_SIZE - n)
     if kind == "text":
         words = [b"swap", b"page", b"zram", b"pool", b"class", b"handle", b" ", b"\n"]
         return b"".join(rnd.choice(words) for _ in range(1500))[:PAGE_SIZE].ljust(PAGE_SIZE, b"#")
@@ -105,6 +109,7 @@ def teardown_module() -> None:
 class EngineDiff(RuleBasedStateMachine):
     """Subclasses set the store's options: a memory limit, a backing file, image mode."""
 
+    pool = "zsmalloc"
     mem_limit_pages = 0
     backing = False
     persistent = False
@@ -130,7 +135,7 @@ class EngineDiff(RuleBasedStateMachine):
             engine,
             NPAGES,
             codec,
-            "zsmalloc",
+            self.pool,
             backing=backing,
             mem_limit=self.mem_limit_pages * PAGE_SIZE,
             huge_to_backing=self.huge_to_backing,
@@ -170,6 +175,14 @@ class EngineDiff(RuleBasedStateMachine):
     @rule(pn=st.integers(0, NPAGES - 1), kind=st.sampled_from(KINDS))
     def write_page(self, pn: int, kind: str) -> None:
         self._both("write_page", pn, make_page(kind, self.rnd))
+
+    @rule(pns=st.lists(st.integers(0, NPAGES - 1), min_size=4, max_size=32, unique=True))
+    def fragment(self, pns: list[int]) -> None:
+        """Small objects, then every other one freed: pool pages with holes, for compaction."""
+        for pn in pns:
+            self._both("write_page", pn, make_page("small", self.rnd))
+        for pn in pns[::2]:
+            self._both("write_page", pn, bytes(PAGE_SIZE))
 
     # -- background steps ----------------------------------------------------------------------
     @rule(budget=st.integers(1, 40))
@@ -256,7 +269,8 @@ class EngineDiff(RuleBasedStateMachine):
             assert a[key] == b[key], f"{key}: python {a[key]!r}, native {b[key]!r}"
         assert a.keys() - NOT_COMPARED == b.keys() - NOT_COMPARED
         assert np.array_equal(self.stores[0].table, self.stores[1].table)
-        # every object at the same place: same zspage, slot and length (or huge pool page)
+        # every object at the same place: same zspage and slot, or pool page and buddy, and
+        # the same length (or huge pool page)
         assert self.stores[0].pool.handles.table.tobytes() == self.stores[1].pool._handle_table()
         # dirty, slot, mark and shared bits alike (the ages are each engine's own clock)
         flags = [s.meta & (0xFFFFFFFF ^ AGE_MASK) for s in self.stores]
@@ -306,16 +320,38 @@ class NoRoom(EngineDiff):
     mem_limit_pages = 10
 
 
-for _cls in (Plain, Limited, Image, NoRoom):
+class PlainZbud(EngineDiff):
+    """zbud: two objects a pool page, compaction moves whole pages' objects."""
+
+    pool = "zbud"
+
+
+class PlainZ3fold(EngineDiff):
+    """z3fold: three objects a pool page, the middle one moved inside its page on a free."""
+
+    pool = "z3fold"
+
+
+class LimitedZ3fold(Limited):
+    pool = "z3fold"
+
+
+class ImageZbud(Image):
+    pool = "zbud"
+
+
+for _cls in (Plain, Limited, Image, NoRoom, PlainZbud, PlainZ3fold, LimitedZ3fold, ImageZbud):
     _cls.TestCase.settings = settings(max_examples=60, stateful_step_count=60, deadline=None)
     globals()[f"TestEngineDiff{_cls.__name__}"] = _cls.TestCase
 
 
-def test_fallback_to_python_for_other_pools() -> None:
+@pytest.mark.parametrize("pool", ["zsmalloc", "zbud", "z3fold"])
+def test_every_pool_is_compiled(pool: str) -> None:
     from zswapfs.engine.codec import make_codec
 
-    store = native.make_store("native", 16, make_codec("lz4"), "zbud")
-    assert store.engine == "python" and store.stats()["engine"] == "python"
+    store = native.make_store("native", 16, make_codec("lz4"), pool)
+    assert store.engine == "native" and store.stats()["engine"] == "native"
+    assert store.pool.name == pool and isinstance(store.pool, native.NATIVE_POOLS[pool])
     store.pool.close()
 
 
@@ -368,8 +404,10 @@ def test_a_surprise_below_is_a_counted_storage_failure(monkeypatch: pytest.Monke
     store.pool.close()
 
 
-@pytest.mark.parametrize("engine", ["python", "native"])
-def test_requests_and_maintenance_in_two_threads(tmp_path: Path, engine: str) -> None:
+@pytest.mark.parametrize(
+    ("engine", "pool"), [("python", "zsmalloc"), ("native", "zsmalloc"), ("native", "z3fold")]
+)
+def test_requests_and_maintenance_in_two_threads(tmp_path: Path, engine: str, pool: str) -> None:
     """Requests on one thread; compaction, migration, segment release, writeback and
     recompression batches on another, all through the store and pool locks, while writes over
     the memory limit go to the backing file: every page reads back as last written (a
@@ -382,9 +420,9 @@ def test_requests_and_maintenance_in_two_threads(tmp_path: Path, engine: str) ->
     npages = 512
     backing = BackingFile(str(tmp_path / "b.img"), npages, persistent=False)
     store = native.make_store(
-        engine, npages, make_codec("lz4"), "zsmalloc", backing=backing, mem_limit=96 * PAGE_SIZE
+        engine, npages, make_codec("lz4"), pool, backing=backing, mem_limit=96 * PAGE_SIZE
     )
-    assert store.engine == engine
+    assert store.engine == engine and store.pool.name == pool
     trainer = random.Random(9)
     sample = [make_page(trainer.choice(["text", "repeat", "half"]), trainer) for _ in range(64)]
     store.add_slot(SystemDictZstdCodec(3, train_dictionary(sample, 4096, 3)), 4096)
@@ -568,3 +606,32 @@ def test_two_owners_of_a_page_in_flight_both_see_a_rewrite(engine: str) -> None:
     count = store._inflight_count if engine == "native" else len(store._inflight)
     assert count == 0
     store.pool.close()
+
+
+@pytest.mark.parametrize("engine", ["python", "native"])
+def test_a_backing_file_cut_short_fails_the_read_not_the_store(tmp_path: Path, engine: str) -> None:
+    """Written-back pages are read from the backing file (in C on the compiled engine, with
+    the GIL released); when the file was cut short under the store, the read is a counted
+    StorageFailure (EIO for the request) and the pages still in the file read back."""
+    import os
+
+    from zswapfs.engine.codec import make_codec
+    from zswapfs.engine.store import BACKED, StorageFailure
+
+    backing = BackingFile(str(tmp_path / "b.img"), 8, persistent=False)
+    store = native.make_store(engine, 8, make_codec("lz4"), "zsmalloc", backing=backing)
+    rnd = random.Random(5)
+    pages = [make_page("text", rnd) for _ in range(8)]
+    store.write(0, b"".join(pages))
+    for pn in range(8):
+        assert store.writeback_page(pn)
+    assert store.table.tolist() == [BACKED] * 8
+    assert store.read(0, 8 * PAGE_SIZE) == b"".join(pages)
+    assert store.bd_reads == 8
+    os.truncate(backing.path, 6 * PAGE_SIZE)  # pages 6 and 7 are gone
+    assert store.read(5 * PAGE_SIZE, PAGE_SIZE) == pages[5]
+    with pytest.raises(StorageFailure, match="short read of page 6"):
+        store.read(4 * PAGE_SIZE, 4 * PAGE_SIZE)
+    assert (store.failed_reads, store.bd_errors, store.bd_reads) == (1, 1, 9 + 2)
+    store.pool.close()
+    backing.close()

@@ -37,7 +37,8 @@ def test_engine_key_and_its_check() -> None:
     [
         ([], "native"),
         (["--engine", "python"], "python"),
-        (["--engine", "native", "--pool", "zbud"], "python"),
+        (["--engine", "native", "--pool", "zbud"], "native"),
+        (["--pool", "z3fold"], "native"),
         (["--engine", "native", "--codec", "zstd:1"], "native"),
     ],
 )
@@ -54,8 +55,10 @@ def test_stats_name_the_engine(mount: Callable[..., Mounted], args: list[str], e
     stats = m.stats()
     assert stats["engine"] == engine
     assert stats["stored_pages"] == 65  # 64 pages' worth, unaligned: 65 pages touched
-    if "zbud" in args:
-        assert "native engine unavailable (the zbud pool is Python only)" in m.log_text()
+    for pool in ("zbud", "z3fold"):
+        if pool in args:
+            assert stats["pool"] == pool and "unbuddied_pages" in stats["pool_stats"]
+    assert "native engine unavailable" not in m.log_text()
 
 
 @pytest.mark.mount

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--size", help="image size, e.g. 1G (default 1G)")
     m.add_argument("--codec", help="lz4 (default), zstd[:LEVEL] or none")
     m.add_argument("--pool", help="zsmalloc (default), zbud or z3fold")
-    m.add_argument("--engine", help="native (compiled, default; zsmalloc only) or python")
+    m.add_argument("--engine", help="native (compiled, default) or python (the reference)")
     m.add_argument(
         "--page-workers",
         type=int,

@@ -1,19 +1,21 @@
-/* The compiled page engine: the zsmalloc pool, the page index and the request loop in C.
+/* The compiled page engine: the pools, the page index and the request loop in C.
  *
  * It is a transcription of the readable Python reference (store.py, pools/zsmalloc.py,
- * pools/__init__.py, arena.py), data structure for data structure, so that both engines make
- * the same placement decisions and keep the same counters; tests/test_engine_diff.py drives
- * both with the same random sequences and compares them. Read the Python modules for the design
- * (size classes, zspage geometry, fullness groups, handle encoding, lock order); this file says
- * only where it differs and why.
+ * pools/buddy.py, pools/__init__.py, arena.py), data structure for data structure, so that
+ * both engines make the same placement decisions and keep the same counters;
+ * tests/test_engine_diff.py drives both with the same random sequences and compares them. Read
+ * the Python modules for the design (size classes, zspage geometry, fullness groups, buddy
+ * placement, handle encoding, lock order); this file says only where it differs and why.
  *
  * Where it differs from the reference: arena segments are mapped with MAP_POPULATE (see
  * arena_map); a new segment is resident at once, which the mlocked daemon's are anyway.
  *
  * Objects
  *   Lock    a pthread mutex Python can hold too: `with store.lock:` waits with the GIL released.
- *   ZsPool  arena (memfd segments, lowest-first free map, hole punching), handle table, size
- *           classes and zspages; its own Lock (the pool lock).
+ *   Pool    arena (memfd segments, lowest-first free map, hole punching), handle table and
+ *           one placement strategy: zsmalloc's size classes and zspages, or the zbud/z3fold
+ *           page records and unbuddied lists; its own Lock (the pool lock). The strategy is
+ *           chosen at set-up; the store calls the pool_*_locked functions, which dispatch.
  *   Store   the request loop over numpy-owned index and meta arrays (this object keeps the
  *           buffers exported while it lives), the same-filled words, the pages in flight and
  *           the counters. The Python class NativeStore (native.py) derives from it and from
@@ -350,12 +352,20 @@ static inline int arena_is_free(const Arena *a, uint32_t pn)
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* ZsPool: pools/zsmalloc.py and the HandleTable of pools/__init__.py in C                     */
+/* Pool: the HandleTable of pools/__init__.py and pools/zsmalloc.py in C                      */
 
 typedef struct {
     int index, size, pages, objs, huge;
     long long zspages, inuse;
 } SizeClass;
+
+/* the pool strategies (pools/__init__.py's POOL_NAMES) */
+enum { POOL_ZSMALLOC = 0, POOL_ZBUD = 1, POOL_Z3FOLD = 2 };
+/* zbud and z3fold geometry: see pools/buddy.py */
+#define CHUNK 64
+#define NCHUNKS (PAGE_SIZE / CHUNK)
+#define BIG_GAP 3
+enum { BUD_FIRST = 0, BUD_MIDDLE = 1, BUD_LAST = 2 };
 
 typedef struct {
     PyObject_HEAD
@@ -387,6 +397,15 @@ typedef struct {
     size_t page_len;
     int compact_cursor;
     long long bytes_stored, pages_compacted, objects_moved, migrated_pages;
+    /* zbud and z3fold (kind): per pool page, pools/buddy.py's arrays */
+    int kind;
+    uint8_t *bd_chunks[3], *bd_mid;
+    uint32_t *bd_handle[3];
+    int8_t *bd_free_at;
+    int32_t *bd_prev, *bd_next;
+    size_t bd_len;
+    int32_t bd_heads[NCHUNKS + 1];
+    long long bd_listed_pages, bd_listed_chunks;
 } PoolObject;
 
 static int grow(void **p, size_t *cap, size_t need, size_t item)
@@ -498,7 +517,7 @@ static inline SizeClass *class_for(PoolObject *p, size_t size)
     return &p->classes[p->lookup[(slot - MIN_SIZE + DELTA - 1) / DELTA]];
 }
 
-static inline int raw_threshold(const PoolObject *p) { return p->huge_class_size - HDR; }
+static inline int zs_raw_threshold(const PoolObject *p) { return p->huge_class_size - HDR; }
 
 /* zspage lists ---------------------------------------------------------------------------- */
 
@@ -566,29 +585,40 @@ static int32_t zs_emptiest(PoolObject *p, SizeClass *cls)
 
 /* zspage life ----------------------------------------------------------------------------- */
 
-/* Grow the per-pool-page tables to cover every page handed out (the Python growth rule, so
- * metadata_bytes agrees). */
-static int track_pages(PoolObject *p)
+/* Grow *arr from *old* to *n* items of *item* bytes, the new ones zeroed. */
+static int resize_zeroed(void **arr, size_t old, size_t n, size_t item)
+{
+    void *q = realloc(*arr, n * item);
+    if (!q)
+        return -1;
+    memset((char *)q + old * item, 0, (n - old) * item);
+    *arr = q;
+    return 0;
+}
+
+/* The new length of a per-pool-page table of *len* items that must cover every page handed
+ * out (the Python growth rule, so metadata_bytes agrees), or 0 when it already does. */
+static size_t page_table_len(const PoolObject *p, size_t len)
 {
     size_t hw = p->arena.high_water;
-    if (hw <= p->page_len)
+    if (hw <= len)
         return 0;
-    size_t need = hw - p->page_len, g = p->page_len / 8;
+    size_t need = hw - len, g = len / 8;
     if (g < need)
         g = need;
     if (g < 64)
         g = 64;
-    size_t n = p->page_len + g;
-    uint32_t *a = realloc(p->page_next, n * 4);
-    if (!a)
+    return len + g;
+}
+
+static int track_pages(PoolObject *p)
+{
+    size_t n = page_table_len(p, p->page_len);
+    if (!n)
+        return 0;
+    if (resize_zeroed((void **)&p->page_next, p->page_len, n, 4) ||
+        resize_zeroed((void **)&p->page_owner, p->page_len, n, 4))
         return -1;
-    p->page_next = a;
-    uint32_t *b = realloc(p->page_owner, n * 4);
-    if (!b)
-        return -1;
-    p->page_owner = b;
-    memset(p->page_next + p->page_len, 0, g * 4);
-    memset(p->page_owner + p->page_len, 0, g * 4);
     p->page_len = n;
     return 0;
 }
@@ -758,10 +788,9 @@ static int zs_drop_slot(PoolObject *p, SizeClass *cls, int32_t z, int idx)
     return 0;
 }
 
-/* the interface (pool lock held) ---------------------------------------------------------- */
+/* zsmalloc's side of the pool interface (pool lock held) ---------------------------------- */
 
-/* Place *len* bytes (1..4096); the new handle, or 0 when the pool has no room (PoolFull). */
-static uint64_t pool_store_locked(PoolObject *p, const uint8_t *data, size_t len)
+static uint64_t zs_store_locked(PoolObject *p, const uint8_t *data, size_t len)
 {
     SizeClass *cls = class_for(p, len);
     if (cls->huge) {
@@ -802,8 +831,7 @@ static uint64_t pool_store_locked(PoolObject *p, const uint8_t *data, size_t len
     return h;
 }
 
-/* Copy the object out into dst (room for 4096); its length, or -1 if the handle is not live. */
-static int pool_read_locked(const PoolObject *p, uint64_t h, uint8_t *dst)
+static int zs_read_locked(const PoolObject *p, uint64_t h, uint8_t *dst)
 {
     uint64_t loc;
     if (handle_get(p, h, &loc) != 0)
@@ -819,8 +847,7 @@ static int pool_read_locked(const PoolObject *p, uint64_t h, uint8_t *dst)
     return (int)len;
 }
 
-/* Release the object; its length, or -1 if the handle is not live (or memory ran out). */
-static int pool_free_locked(PoolObject *p, uint64_t h)
+static int zs_free_locked(PoolObject *p, uint64_t h)
 {
     uint64_t loc;
     if (handle_get(p, h, &loc) != 0)
@@ -887,7 +914,7 @@ static int compact_class_step(PoolObject *p, SizeClass *cls, int budget)
     return 0;
 }
 
-static int compact_step_locked(PoolObject *p, int budget)
+static int zs_compact_step_locked(PoolObject *p, int budget)
 {
     int n = p->nclasses;
     for (int i = 0; i < n; i++) {
@@ -901,7 +928,7 @@ static int compact_step_locked(PoolObject *p, int budget)
     return -1;
 }
 
-static int migrate_page_locked(PoolObject *p, uint32_t pn)
+static int zs_migrate_page_locked(PoolObject *p, uint32_t pn)
 {
     Arena *a = &p->arena;
     if (arena_is_free(a, pn) || pn >= p->page_len)
@@ -937,6 +964,362 @@ static int migrate_page_locked(PoolObject *p, uint32_t pn)
     return 1;
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* Buddy pools: pools/buddy.py (zbud, z3fold) in C. The page records live in arrays indexed by
+ * pool page number, as there; a location word is pn << 15 | buddy << 13 | length.            */
+
+static inline int chunks_for(size_t size) { return (int)((size + CHUNK - 1) / CHUNK); }
+
+static int bd_track_pages(PoolObject *p)
+{
+    size_t old = p->bd_len, n = page_table_len(p, old);
+    if (!n)
+        return 0;
+    for (int b = 0; b < 3; b++)
+        if (resize_zeroed((void **)&p->bd_chunks[b], old, n, 1) ||
+            resize_zeroed((void **)&p->bd_handle[b], old, n, 4))
+            return -1;
+    if (resize_zeroed((void **)&p->bd_mid, old, n, 1) ||
+        resize_zeroed((void **)&p->bd_free_at, old, n, 1) ||
+        resize_zeroed((void **)&p->bd_prev, old, n, 4) ||
+        resize_zeroed((void **)&p->bd_next, old, n, 4))
+        return -1;
+    p->bd_len = n;
+    return 0;
+}
+
+/* first chunk of buddy *bud* of page *pn* */
+static inline int bd_first_chunk(const PoolObject *p, uint32_t pn, int bud)
+{
+    if (bud == BUD_FIRST)
+        return 0;
+    if (bud == BUD_LAST)
+        return NCHUNKS - p->bd_chunks[BUD_LAST][pn];
+    return p->bd_mid[pn];
+}
+
+static inline uint8_t *bd_addr(const PoolObject *p, uint64_t loc)
+{
+    uint32_t pn = (uint32_t)(loc >> 15);
+    return page_addr(&p->arena, pn) + bd_first_chunk(p, pn, (int)(loc >> 13) & 3) * CHUNK;
+}
+
+/* chunks an allocation could use in page *pn* under the placement rules */
+static int bd_free_chunks(const PoolObject *p, uint32_t pn)
+{
+    int f = p->bd_chunks[BUD_FIRST][pn], m = p->bd_chunks[BUD_MIDDLE][pn];
+    int l = p->bd_chunks[BUD_LAST][pn];
+    if (p->kind == POOL_ZBUD)
+        return f && l ? 0 : NCHUNKS - f - l;
+    if (f && m && l)
+        return 0;
+    if (m) {
+        int ms = p->bd_mid[pn];
+        int before = f ? 0 : ms, after = l ? 0 : NCHUNKS - ms - m;
+        return before > after ? before : after;
+    }
+    return NCHUNKS - f - l;
+}
+
+/* which buddy of page *pn* takes an object of *n* chunks (the caller checked it fits) */
+static int bd_choose(const PoolObject *p, uint32_t pn, int n)
+{
+    if (!p->bd_chunks[BUD_FIRST][pn]) {
+        if (p->kind == POOL_Z3FOLD && p->bd_chunks[BUD_MIDDLE][pn] && n > p->bd_mid[pn])
+            return BUD_LAST;
+        return BUD_FIRST;
+    }
+    if (!p->bd_chunks[BUD_LAST][pn])
+        return BUD_LAST;
+    return BUD_MIDDLE;
+}
+
+static void bd_list_del(PoolObject *p, uint32_t pn)
+{
+    int k = p->bd_free_at[pn];
+    if (k < 0)
+        return;
+    int32_t prev = p->bd_prev[pn], nxt = p->bd_next[pn];
+    if (prev != NONE)
+        p->bd_next[prev] = nxt;
+    else
+        p->bd_heads[k] = nxt;
+    if (nxt != NONE)
+        p->bd_prev[nxt] = prev;
+    p->bd_free_at[pn] = NONE;
+    p->bd_listed_pages--;
+    p->bd_listed_chunks -= NCHUNKS - k;
+}
+
+/* (re)file page *pn* at the head of the unbuddied list of its free chunks, or on none */
+static void bd_list_add(PoolObject *p, uint32_t pn)
+{
+    bd_list_del(p, pn);
+    int k = bd_free_chunks(p, pn);
+    if (k == 0)
+        return;
+    int32_t head = p->bd_heads[k];
+    p->bd_prev[pn] = NONE;
+    p->bd_next[pn] = head;
+    if (head != NONE)
+        p->bd_prev[head] = (int32_t)pn;
+    p->bd_heads[k] = (int32_t)pn;
+    p->bd_free_at[pn] = (int8_t)k;
+    p->bd_listed_pages++;
+    p->bd_listed_chunks += NCHUNKS - k;
+}
+
+static inline int bd_taken(const int32_t *taken, int ntaken, int32_t pn)
+{
+    for (int i = 0; i < ntaken; i++)
+        if (taken[i] == pn)
+            return 1;
+    return 0;
+}
+
+/* the first page on the tightest unbuddied list that fits *n* chunks, skipping *taken* */
+static int32_t bd_find_page(const PoolObject *p, int n, const int32_t *taken, int ntaken)
+{
+    for (int k = n; k <= NCHUNKS; k++) {
+        int32_t pn = p->bd_heads[k];
+        while (pn != NONE && bd_taken(taken, ntaken, pn))
+            pn = p->bd_next[pn];
+        if (pn != NONE)
+            return pn;
+    }
+    return NONE;
+}
+
+static int32_t bd_new_page(PoolObject *p)
+{
+    int64_t pn = arena_alloc_page(&p->arena, 0, 0);
+    if (pn < 0)
+        return NONE;
+    if (bd_track_pages(p) != 0) {
+        arena_free_page(&p->arena, (uint32_t)pn);
+        return NONE;
+    }
+    for (int b = 0; b < 3; b++)
+        p->bd_chunks[b][pn] = 0;
+    p->bd_mid[pn] = 0;
+    p->bd_free_at[pn] = NONE;
+    return (int32_t)pn;
+}
+
+/* claim a buddy of *pn* for an object of *len* bytes; its location word */
+static uint64_t bd_put(PoolObject *p, uint32_t pn, uint64_t h, size_t len)
+{
+    int n = chunks_for(len), bud = bd_choose(p, pn, n);
+    p->bd_chunks[bud][pn] = (uint8_t)n;
+    p->bd_handle[bud][pn] = (uint32_t)h;
+    if (bud == BUD_MIDDLE)
+        p->bd_mid[pn] = p->bd_chunks[BUD_FIRST][pn];
+    bd_list_add(p, pn);
+    return (uint64_t)pn << 15 | (uint64_t)bud << 13 | len;
+}
+
+static uint64_t bd_store_locked(PoolObject *p, const uint8_t *data, size_t len)
+{
+    uint64_t h = handle_new(p, 0);
+    if (!h)
+        return 0;
+    int32_t pn = bd_find_page(p, chunks_for(len), NULL, 0);
+    if (pn == NONE && (pn = bd_new_page(p)) == NONE) {
+        handle_release(p, h);
+        return 0;
+    }
+    uint64_t loc = bd_put(p, (uint32_t)pn, h, len);
+    p->table[h] = loc;
+    memcpy(bd_addr(p, loc), data, len);
+    p->bytes_stored += len;
+    return h;
+}
+
+/* z3fold's in-page compaction: the middle object moves to chunk *start* as buddy *to* */
+static void bd_move_middle(PoolObject *p, uint32_t pn, int start, int to)
+{
+    int n = p->bd_chunks[BUD_MIDDLE][pn];
+    uint32_t h = p->bd_handle[BUD_MIDDLE][pn];
+    uint64_t len = p->table[h] & LEN_MASK;
+    const uint8_t *src = page_addr(&p->arena, pn) + p->bd_mid[pn] * CHUNK;
+    p->bd_chunks[BUD_MIDDLE][pn] = 0;
+    p->bd_chunks[to][pn] = (uint8_t)n;
+    p->bd_handle[to][pn] = h;
+    if (to == BUD_MIDDLE)
+        p->bd_mid[pn] = (uint8_t)start;
+    uint64_t loc = (uint64_t)pn << 15 | (uint64_t)to << 13 | len;
+    memmove(bd_addr(p, loc), src, len); /* within one page: the ranges may overlap */
+    p->table[h] = loc;
+    p->objects_moved++;
+}
+
+static void bd_compact_page(PoolObject *p, uint32_t pn)
+{
+    int f = p->bd_chunks[BUD_FIRST][pn], m = p->bd_chunks[BUD_MIDDLE][pn];
+    int l = p->bd_chunks[BUD_LAST][pn];
+    if (!m)
+        return;
+    int ms = p->bd_mid[pn];
+    if (!f && !l)
+        bd_move_middle(p, pn, 0, BUD_FIRST);
+    else if (f && !l && ms - f >= BIG_GAP)
+        bd_move_middle(p, pn, f, BUD_MIDDLE);
+    else if (l && !f && NCHUNKS - l - (ms + m) >= BIG_GAP)
+        bd_move_middle(p, pn, NCHUNKS - l - m, BUD_MIDDLE);
+}
+
+static int bd_free_locked(PoolObject *p, uint64_t h)
+{
+    uint64_t loc;
+    if (handle_get(p, h, &loc) != 0)
+        return -1;
+    handle_release(p, h);
+    int len = (int)(loc & LEN_MASK);
+    p->bytes_stored -= len;
+    uint32_t pn = (uint32_t)(loc >> 15);
+    p->bd_chunks[(loc >> 13) & 3][pn] = 0;
+    if (!(p->bd_chunks[BUD_FIRST][pn] || p->bd_chunks[BUD_MIDDLE][pn] ||
+          p->bd_chunks[BUD_LAST][pn])) {
+        bd_list_del(p, pn);
+        arena_free_page(&p->arena, pn);
+        return len;
+    }
+    if (p->kind == POOL_Z3FOLD)
+        bd_compact_page(p, pn);
+    bd_list_add(p, pn);
+    return len;
+}
+
+static int bd_read_locked(const PoolObject *p, uint64_t h, uint8_t *dst)
+{
+    uint64_t loc;
+    if (handle_get(p, h, &loc) != 0)
+        return -1;
+    size_t len = loc & LEN_MASK;
+    memcpy(dst, bd_addr(p, loc), len);
+    return (int)len;
+}
+
+/* Move every object of the emptiest page (three at most) into other pages with room, each to
+ * a different page, or nothing when one has no home: 1 when a page was freed, else -1. */
+static int bd_compact_step_locked(PoolObject *p)
+{
+    int32_t src = NONE;
+    for (int k = NCHUNKS; k > 0 && src == NONE; k--)
+        src = p->bd_heads[k];
+    if (src == NONE)
+        return -1;
+    int buds[3], nb = 0;
+    for (int b = BUD_FIRST; b <= BUD_LAST; b++)
+        if (p->bd_chunks[b][src])
+            buds[nb++] = b;
+    /* biggest first; equal sizes keep first, middle, last order (Python's stable sort) */
+    for (int i = 1; i < nb; i++)
+        for (int j = i; j > 0 && p->bd_chunks[buds[j - 1]][src] < p->bd_chunks[buds[j]][src]; j--) {
+            int t = buds[j];
+            buds[j] = buds[j - 1];
+            buds[j - 1] = t;
+        }
+    int32_t taken[4] = {src}, dst[3];
+    for (int i = 0; i < nb; i++) {
+        dst[i] = bd_find_page(p, p->bd_chunks[buds[i]][src], taken, i + 1);
+        if (dst[i] == NONE)
+            return -1;
+        taken[i + 1] = dst[i];
+    }
+    for (int i = 0; i < nb; i++) {
+        int b = buds[i];
+        uint32_t h = p->bd_handle[b][src];
+        size_t len = p->table[h] & LEN_MASK;
+        const uint8_t *from = bd_addr(p, (uint64_t)src << 15 | (uint64_t)b << 13);
+        uint64_t loc = bd_put(p, (uint32_t)dst[i], h, len);
+        memcpy(bd_addr(p, loc), from, len);
+        p->table[h] = loc;
+        p->bd_chunks[b][src] = 0;
+        p->objects_moved++;
+    }
+    bd_list_del(p, (uint32_t)src);
+    arena_free_page(&p->arena, (uint32_t)src);
+    p->pages_compacted++;
+    return 1;
+}
+
+static int bd_migrate_page_locked(PoolObject *p, uint32_t pn)
+{
+    Arena *a = &p->arena;
+    if (arena_is_free(a, pn) || pn >= p->bd_len)
+        return 0;
+    int64_t nw = arena_alloc_page(a, 1, pn);
+    if (nw < 0)
+        return 0;
+    if (bd_track_pages(p) != 0) {
+        arena_free_page(a, (uint32_t)nw);
+        return 0;
+    }
+    memcpy(page_addr(a, (uint32_t)nw), page_addr(a, pn), PAGE_SIZE);
+    for (int b = BUD_FIRST; b <= BUD_LAST; b++) {
+        p->bd_chunks[b][nw] = p->bd_chunks[b][pn];
+        p->bd_handle[b][nw] = p->bd_handle[b][pn];
+        if (p->bd_chunks[b][pn]) {
+            uint32_t h = p->bd_handle[b][pn];
+            p->table[h] = (uint64_t)nw << 15 | (uint64_t)b << 13 | (p->table[h] & LEN_MASK);
+        }
+    }
+    p->bd_mid[nw] = p->bd_mid[pn];
+    p->bd_free_at[nw] = NONE;
+    bd_list_del(p, pn);
+    bd_list_add(p, (uint32_t)nw);
+    for (int b = BUD_FIRST; b <= BUD_LAST; b++)
+        p->bd_chunks[b][pn] = 0;
+    arena_free_page(a, pn);
+    p->migrated_pages++;
+    return 1;
+}
+
+/* pool pages a perfect repacking of the pages with room would free (O(1), from the counters) */
+static long long bd_freeable_pages(const PoolObject *p)
+{
+    long long n = p->bd_listed_pages - (p->bd_listed_chunks + NCHUNKS - 1) / NCHUNKS - 1;
+    return n > 0 ? n : 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The pool interface (pool lock held): one strategy or the other                              */
+
+/* Place *len* bytes (1..4096); the new handle, or 0 when the pool has no room (PoolFull). */
+static inline uint64_t pool_store_locked(PoolObject *p, const uint8_t *data, size_t len)
+{
+    return p->kind == POOL_ZSMALLOC ? zs_store_locked(p, data, len) : bd_store_locked(p, data, len);
+}
+
+/* Copy the object out into dst (room for 4096); its length, or -1 if the handle is not live. */
+static inline int pool_read_locked(const PoolObject *p, uint64_t h, uint8_t *dst)
+{
+    return p->kind == POOL_ZSMALLOC ? zs_read_locked(p, h, dst) : bd_read_locked(p, h, dst);
+}
+
+/* Release the object; its length, or -1 if the handle is not live (or memory ran out). */
+static inline int pool_free_locked(PoolObject *p, uint64_t h)
+{
+    return p->kind == POOL_ZSMALLOC ? zs_free_locked(p, h) : bd_free_locked(p, h);
+}
+
+/* Payloads this long or longer are kept raw: a zsmalloc huge object, or a whole buddy page. */
+static inline int raw_threshold(const PoolObject *p)
+{
+    return p->kind == POOL_ZSMALLOC ? zs_raw_threshold(p) : PAGE_SIZE;
+}
+
+static int compact_step_locked(PoolObject *p, int budget)
+{
+    return p->kind == POOL_ZSMALLOC ? zs_compact_step_locked(p, budget) : bd_compact_step_locked(p);
+}
+
+static int migrate_page_locked(PoolObject *p, uint32_t pn)
+{
+    return p->kind == POOL_ZSMALLOC ? zs_migrate_page_locked(p, pn) : bd_migrate_page_locked(p, pn);
+}
+
 /* Python face of the pool ----------------------------------------------------------------- */
 
 static int pool_check(PoolObject *p)
@@ -948,7 +1331,7 @@ static int pool_check(PoolObject *p)
     return 0;
 }
 
-/* a new ZsPool or Store (*type*) with its Lock made, stored at *lock_offset* */
+/* a new Pool or Store (*type*) with its Lock made, stored at *lock_offset* */
 static PyObject *new_with_lock(PyTypeObject *type, size_t lock_offset)
 {
     PyObject *self = type->tp_alloc(type, 0);
@@ -986,6 +1369,14 @@ static void Pool_dealloc(PoolObject *p)
     free(p->zs_unused);
     free(p->page_next);
     free(p->page_owner);
+    for (int b = 0; b < 3; b++) {
+        free(p->bd_chunks[b]);
+        free(p->bd_handle[b]);
+    }
+    free(p->bd_mid);
+    free(p->bd_free_at);
+    free(p->bd_prev);
+    free(p->bd_next);
     Py_CLEAR(p->lock);
     Py_TYPE(p)->tp_free((PyObject *)p);
 }
@@ -997,15 +1388,25 @@ static int Pool_traverse(PoolObject *p, visitproc visit, void *arg)
 
 static PyObject *Pool_setup(PoolObject *p, PyObject *args)
 {
+    static const char *kinds[] = {"zsmalloc", "zbud", "z3fold"};
     unsigned long long max_pages;
     int max_chain;
-    if (!PyArg_ParseTuple(args, "Ki", &max_pages, &max_chain))
+    const char *name;
+    if (!PyArg_ParseTuple(args, "Kis", &max_pages, &max_chain, &name))
         return NULL;
     if (p->ready) {
         PyErr_SetString(PyExc_RuntimeError, "pool already set up");
         return NULL;
     }
-    if (max_chain < 1 || max_chain > 16) {
+    int kind = -1;
+    for (int i = 0; i < 3; i++)
+        if (strcmp(name, kinds[i]) == 0)
+            kind = i;
+    if (kind < 0) {
+        PyErr_Format(PyExc_ValueError, "unknown pool %s", name);
+        return NULL;
+    }
+    if (kind == POOL_ZSMALLOC && (max_chain < 1 || max_chain > 16)) {
         PyErr_Format(PyExc_ValueError, "zsmalloc chain length %d out of range 1..16", max_chain);
         return NULL;
     }
@@ -1013,8 +1414,12 @@ static PyObject *Pool_setup(PoolObject *p, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "an arena needs 1..2**32-1 pages");
         return NULL;
     }
+    p->kind = kind;
     p->max_chain = max_chain;
-    if (arena_init(&p->arena, (uint32_t)max_pages) != 0 || build_classes(p) != 0 ||
+    for (int k = 0; k <= NCHUNKS; k++)
+        p->bd_heads[k] = NONE;
+    if (arena_init(&p->arena, (uint32_t)max_pages) != 0 ||
+        (kind == POOL_ZSMALLOC && build_classes(p) != 0) ||
         grow((void **)&p->table, &p->tcap, 3, 8) != 0)
         return PyErr_NoMemory();
     for (int i = 0; i < 3; i++)
@@ -1132,6 +1537,8 @@ static PyObject *Pool_freeable_pages(PoolObject *p, PyObject *unused)
         return NULL;
     long long total = 0;
     lock_wait(p->lock);
+    if (p->kind != POOL_ZSMALLOC)
+        total = bd_freeable_pages(p);
     for (int i = 0; i < p->nclasses; i++)
         total += freeable_zspages(&p->classes[i]) * p->classes[i].pages;
     pthread_mutex_unlock(&p->lock->mutex);
@@ -1209,11 +1616,20 @@ static PyObject *Pool_class_table(PoolObject *p, PyObject *unused)
     return rows;
 }
 
+/* the tables pools/zsmalloc.py or pools/buddy.py would keep, at their item sizes */
 static PyObject *Pool_metadata_bytes(PoolObject *p, PyObject *unused)
 {
-    size_t n = p->tlen * 8 + (size_t)NGROUPS * p->nclasses * 4;
-    n += p->zs_count * (2 + 2 + 2 + 4 + 4 + 4 + 4 + 1) + p->unused_count * 4;
-    n += p->page_len * 8;
+    lock_wait(p->lock);
+    size_t n = p->tlen * 8;
+    if (p->kind == POOL_ZSMALLOC) {
+        n += (size_t)NGROUPS * p->nclasses * 4;
+        n += p->zs_count * (2 + 2 + 2 + 4 + 4 + 4 + 4 + 1) + p->unused_count * 4;
+        n += p->page_len * 8;
+    } else {
+        /* chunks and handle of three buddies, middle start, list, prev, next; the list heads */
+        n += p->bd_len * (3 * 1 + 3 * 4 + 1 + 1 + 4 + 4) + (NCHUNKS + 1) * 4;
+    }
+    pthread_mutex_unlock(&p->lock->mutex);
     return PyLong_FromSize_t(n);
 }
 
@@ -1260,6 +1676,7 @@ POOL_GETTER(arena_high_water, p->arena.high_water)
 POOL_GETTER(arena_pages_max, p->arena.pages_max)
 POOL_GETTER(arena_max_pages, p->arena.max_pages)
 POOL_GETTER(arena_segments_released, p->arena.segments_released)
+POOL_GETTER(unbuddied_pages, p->bd_listed_pages)
 
 static PyObject *Pool_get_arena_segments_mapped(PoolObject *p, void *c)
 {
@@ -1282,12 +1699,13 @@ static PyGetSetDef Pool_getset[] = {
     GET(pages_used), GET(objects), GET(bytes_stored), GET(pages_compacted), GET(objects_moved),
     GET(migrated_pages), GET(huge_class_size), GET(raw_threshold), GET(max_chain),
     GET(arena_holes), GET(arena_high_water), GET(arena_pages_max), GET(arena_max_pages),
-    GET(arena_segments_released), GET(arena_segments_mapped), GET(lock), {NULL},
+    GET(arena_segments_released), GET(arena_segments_mapped), GET(unbuddied_pages), GET(lock),
+    {NULL},
 };
 #undef GET
 
 static PyMethodDef Pool_methods[] = {
-    {"_setup", (PyCFunction)Pool_setup, METH_VARARGS, "_setup(max_pages, max_chain)"},
+    {"_setup", (PyCFunction)Pool_setup, METH_VARARGS, "_setup(max_pages, max_chain, kind)"},
     {"store", (PyCFunction)Pool_store, METH_O, NULL},
     {"read", (PyCFunction)Pool_read, METH_O, NULL},
     {"free", (PyCFunction)Pool_free, METH_O, NULL},
@@ -1306,10 +1724,10 @@ static PyMethodDef Pool_methods[] = {
 };
 
 static PyTypeObject PoolType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "zswapfs.engine._native.ZsPool",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "zswapfs.engine._native.Pool",
     .tp_basicsize = sizeof(PoolObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "The zsmalloc pool in C (see pools/zsmalloc.py for the design).",
+    .tp_doc = "A zsmalloc, zbud or z3fold pool in C (see pools/zsmalloc.py, pools/buddy.py).",
     .tp_new = Pool_new,
     .tp_dealloc = (destructor)Pool_dealloc,
     .tp_traverse = (traverseproc)Pool_traverse,
@@ -1609,6 +2027,7 @@ typedef struct {
     size_t inflight_n, inflight_cap;
     long long mem_limit, low_water;
     int huge_to_backing, persistent, has_backing, codec, level, ready;
+    int backing_fd; /* the BackingFile's descriptor (read in C), -1 without one */
     double t0;
     /* counters: the names of store.py (zram's and zswap's) */
     long long stored_pages, same_pages, huge_pages, compr_data_size, failed_reads, failed_writes,
@@ -1915,6 +2334,16 @@ static int load_page(StoreObject *s, uint32_t pn, uint8_t *out, uint32_t now)
             memset(out, 0, PAGE_SIZE);
             return PAGE_DONE;
         }
+        /* only in the backing file (written back, or never written in image mode): read
+         * unlocked, as store.py's _read_backing does (the index only moves a page there);
+         * a failed or short read goes to the Python path, which reads again and reports it */
+        if (s->backing_fd >= 0 &&
+            pread(s->backing_fd, out, PAGE_SIZE, (off_t)pn * PAGE_SIZE) == PAGE_SIZE) {
+            pthread_mutex_lock(&s->lock->mutex);
+            s->bd_reads++;
+            pthread_mutex_unlock(&s->lock->mutex);
+            return PAGE_DONE;
+        }
         return PAGE_PYTHON;
     }
     if (s->meta[pn] & SLOT_MASK) { /* recompressed: its codec and read marks are Python's */
@@ -2019,16 +2448,16 @@ static int get_u32_buffer(PyObject *obj, Py_buffer *buf, uint64_t npages, const 
 static PyObject *Store_setup(StoreObject *s, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"index", "meta", "pool", "codec", "level", "mem_limit",
-                             "low_water", "huge_to_backing", "persistent", "has_backing",
+                             "low_water", "huge_to_backing", "persistent", "backing_fd",
                              "t0", "slot_pages", NULL};
     PyObject *index, *meta, *pool, *slot_pages;
     const char *codec;
-    int level, huge, persistent, has_backing;
+    int level, huge, persistent, backing_fd;
     long long mem_limit, low_water;
     double t0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO!siLLpppdO", kwlist, &index, &meta,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO!siLLppidO", kwlist, &index, &meta,
                                      &PoolType, &pool, &codec, &level, &mem_limit, &low_water,
-                                     &huge, &persistent, &has_backing, &t0, &slot_pages))
+                                     &huge, &persistent, &backing_fd, &t0, &slot_pages))
         return NULL;
     if (s->ready) {
         PyErr_SetString(PyExc_RuntimeError, "store already set up");
@@ -2077,7 +2506,8 @@ static PyObject *Store_setup(StoreObject *s, PyObject *args, PyObject *kw)
     s->low_water = low_water;
     s->huge_to_backing = huge;
     s->persistent = persistent;
-    s->has_backing = has_backing;
+    s->has_backing = backing_fd >= 0;
+    s->backing_fd = backing_fd;
     s->t0 = t0;
     s->ready = 1;
     Py_RETURN_NONE;
@@ -2806,7 +3236,7 @@ PyMODINIT_FUNC PyInit__native(void)
     if (!m)
         return NULL;
     if (PyModule_AddObjectRef(m, "Lock", (PyObject *)&LockType) < 0 ||
-        PyModule_AddObjectRef(m, "ZsPool", (PyObject *)&PoolType) < 0 ||
+        PyModule_AddObjectRef(m, "Pool", (PyObject *)&PoolType) < 0 ||
         PyModule_AddObjectRef(m, "Store", (PyObject *)&StoreType) < 0 ||
         PyModule_AddIntConstant(m, "LZ4_VERSION", LZ4_versionNumber()) < 0 ||
         PyModule_AddIntConstant(m, "ZSTD_VERSION", (long)ZSTD_versionNumber()) < 0) {

@@ -21,7 +21,7 @@ class Lock:
     def __enter__(self) -> bool: ...
     def __exit__(self, *exc: object) -> bool: ...
 
-class ZsPool:
+class Pool:
     lock: Lock
     pages_used: int
     objects: int
@@ -38,7 +38,8 @@ class ZsPool:
     arena_max_pages: int
     arena_segments_released: int
     arena_segments_mapped: int
-    def _setup(self, max_pages: int, max_chain: int) -> None: ...
+    unbuddied_pages: int
+    def _setup(self, max_pages: int, max_chain: int, kind: str) -> None: ...
     def store(self, data: bytes) -> int: ...
     def read(self, handle: int) -> bytes: ...
     def free(self, handle: int) -> int: ...
@@ -81,14 +82,14 @@ class Store:
         self,
         index: NDArray[Any],
         meta: NDArray[Any],
-        pool: ZsPool,
+        pool: Pool,
         codec: str,
         level: int,
         mem_limit: int,
         low_water: int,
         huge_to_backing: bool,
         persistent: bool,
-        has_backing: bool,
+        backing_fd: int,
         t0: float,
         slot_pages: NDArray[Any],
     ) -> None: ...

@@ -12,15 +12,17 @@ A page the C loop does not decide goes back to PageStore's Python code, page by 
   - a non-same-filled page while the pool is at its memory limit, or one PageStore would reject
     (compression failure, incompressible page past the low watermark with huge_to_backing, no
     room in the pool): PageStore.write_page, which counts and routes it;
-  - a page only the backing file holds (written back, or never written in image mode), or one
-    recompressed by the background loop: PageStore.read_page;
+  - a page recompressed by the background loop, or one only the backing file holds whose read
+    failed or came short: PageStore.read_page (a read from the backing file that succeeds is
+    C's own: a pread of the BackingFile's descriptor, so the pool is closed before the file);
   - a page whose old object is recompressed (a codec slot counts it) or shared (dedup counts
     its references): PageStore.write_page, whose _swap (here: the bookkeeping in Python, the
     swap in C) keeps those counts.
 
-NativeZsPool is the C zsmalloc pool with Pool's Python conveniences (compact, migrate_top, stats)
-on top; its placement decisions, handles and counters are those of pools/zsmalloc.py step for
-step (tests/test_engine_diff.py checks it).
+NativeZsPool, NativeZbudPool and NativeZ3foldPool are the C pool (one type, its strategy chosen
+at set-up) with Pool's Python conveniences (compact, migrate_top, stats) on top; their placement
+decisions, handles and counters are those of pools/zsmalloc.py and pools/buddy.py step for step
+(tests/test_engine_diff.py checks it).
 
 The background recompression's batches (recompress_pages: pages of the write codec into the
 current dictionary slot) run in C with the GIL released; the C side keeps each slot's digested
@@ -31,7 +33,7 @@ A write request of at least BATCH_MIN_PAGES whole pages has its pages compressed
 workers (C threads, one per spare core) alongside the request thread before the loop places
 them in order; see "Page workers" in _native.c.
 
-Only zsmalloc is compiled; zbud and z3fold are Python only. ``make_store`` picks the engine.
+``make_store`` picks the engine.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ from typing import Any
 
 from zswapfs.engine.backing import BackingFile
 from zswapfs.engine.codec import PAGE_SIZE, Codec, DictZstdCodec, Lz4Codec, NoneCodec, ZstdCodec
-from zswapfs.engine.pools import Pool, PoolFull, make_pool
+from zswapfs.engine.pools import POOL_NAMES, Pool, PoolFull, make_pool
+from zswapfs.engine.pools.buddy import BuddyPool
 from zswapfs.engine.pools.zsmalloc import DEFAULT_CHAIN, ZsPool
 from zswapfs.engine.store import (
     FIRST_HANDLE,
@@ -112,7 +115,7 @@ if _native is not None:
     class NativeArena:
         """The arena figures Pool and the maintenance thread read (pool.arena.*)."""
 
-        def __init__(self, pool: NativeZsPool) -> None:
+        def __init__(self, pool: _NativePool) -> None:
             self._pool = pool
 
         @property
@@ -152,15 +155,21 @@ if _native is not None:
         def close(self) -> None:
             self._pool.close()
 
-    class NativeZsPool(_native.ZsPool, Pool):  # type: ignore[misc]
-        """The C zsmalloc pool; the interface of pools/__init__.py's Pool."""
+    class _NativePool(_native.Pool, Pool):  # type: ignore[misc]
+        """The C pool; the interface of pools/__init__.py's Pool."""
+
+        def __init__(self, max_pages: int, max_chain: int = 0) -> None:
+            # Pool.__init__ is not called: the arena, handle table and lock are in C
+            self._setup(max_pages, max_chain, self.name)
+            self.arena = NativeArena(self)  # type: ignore[assignment]
+
+    class NativeZsPool(_NativePool):
+        """pools/zsmalloc.py's ZsPool in C."""
 
         name = "zsmalloc"
 
         def __init__(self, max_pages: int, max_chain: int = DEFAULT_CHAIN) -> None:
-            # Pool.__init__ is not called: the arena, handle table and lock are in C
-            self._setup(max_pages, max_chain)
-            self.arena = NativeArena(self)  # type: ignore[assignment]
+            super().__init__(max_pages, max_chain)
 
         headroom = staticmethod(ZsPool.headroom)
 
@@ -169,6 +178,30 @@ if _native is not None:
             out["huge_class_size"] = self.huge_class_size
             out["classes"] = self.class_table()
             return out
+
+    class NativeBuddyPool(_NativePool):
+        """pools/buddy.py's BuddyPool in C."""
+
+        headroom = staticmethod(BuddyPool.headroom)
+
+        def stats(self) -> dict[str, Any]:
+            out = Pool.stats(self)
+            unbuddied = self.unbuddied_pages
+            out["unbuddied_pages"] = unbuddied
+            out["buddied_pages"] = self.pages_used - unbuddied
+            return out
+
+    class NativeZbudPool(NativeBuddyPool):
+        name = "zbud"
+
+    class NativeZ3foldPool(NativeBuddyPool):
+        name = "z3fold"
+
+    NATIVE_POOLS: dict[str, type[_NativePool]] = {
+        "zsmalloc": NativeZsPool,
+        "zbud": NativeZbudPool,
+        "z3fold": NativeZ3foldPool,
+    }
 
     class _FillWords:
         """What PageStore's Python write path does with `fill` (store lock held): keep a
@@ -196,8 +229,8 @@ if _native is not None:
             low_watermark: int = 90,
         ) -> None:
             kind = _codec_args(codec)
-            if not isinstance(pool, NativeZsPool) or kind is None:
-                raise ValueError("the native engine needs a NativeZsPool and lz4, zstd or none")
+            if not isinstance(pool, _NativePool) or kind is None:
+                raise ValueError("the native engine needs a native pool and lz4, zstd or none")
             PageStore.__init__(
                 self, npages, codec, pool, backing, mem_limit, huge_to_backing, low_watermark
             )
@@ -215,7 +248,7 @@ if _native is not None:
                 self.low_water,
                 huge_to_backing,
                 self.persistent,
-                backing is not None,
+                backing.fd if backing is not None else -1,
                 self._t0,
                 self.slot_pages,
             )
@@ -239,8 +272,9 @@ if _native is not None:
             PageStore.write_page(self, index, page, stamp)
 
         def _read_slow(self, index: int) -> bytes:
-            """A page the C loop hands back (only in the backing file, or recompressed: decoded
-            with its slot's codec, and its read marks kept): PageStore's Python read path."""
+            """A page the C loop hands back (recompressed: decoded with its slot's codec, and
+            its read marks kept; or a failed read of the backing file, counted and reported):
+            PageStore's Python read path."""
             return PageStore.read_page(self, index)
 
         def _swap(self, index: int, entry: int, size: int) -> None:
@@ -326,19 +360,24 @@ def make_store(
     with a log line, when the extension is not built or has no such pool or codec."""
     if engine not in ENGINE_NAMES:
         raise ValueError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINE_NAMES)}")
+    if pool_name not in POOL_NAMES:
+        raise ValueError(f"unknown pool {pool_name!r}: expected one of {', '.join(POOL_NAMES)}")
     if engine == "native":
         why = UNAVAILABLE
-        if why is None and pool_name != "zsmalloc":
-            why = f"the {pool_name} pool is Python only"
         if why is None and _codec_args(codec) is None:
             why = f"codec {codec.name} is Python only"
         if why is None:
-            chain = max_chain or DEFAULT_CHAIN
-            pool: Pool = NativeZsPool(npages + ZsPool.headroom(chain), chain)
+            pool: Pool
+            if pool_name == "zsmalloc":
+                chain = max_chain or DEFAULT_CHAIN
+                pool = NativeZsPool(npages + ZsPool.headroom(chain), chain)
+            else:
+                kind = NativeZbudPool if pool_name == "zbud" else NativeZ3foldPool
+                pool = kind(npages + kind.headroom())
             return NativeStore(
                 npages, codec, pool, backing, mem_limit, huge_to_backing, low_watermark
             )
-        # a missing build is worth a warning; a pool or codec not compiled yet is a choice
+        # a missing build is worth a warning; a codec not compiled is a choice
         level = logging.WARNING if UNAVAILABLE else logging.INFO
         log.log(level, "native engine unavailable (%s): using the python engine", why)
     pool = make_pool(pool_name, npages, max_chain=max_chain or DEFAULT_CHAIN)

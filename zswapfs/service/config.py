@@ -46,7 +46,7 @@ class MountConfig:
     size: int = 1 << 30
     codec: str = "lz4"
     pool: str = "zsmalloc"
-    #: "native" (compiled; zsmalloc only, other pools fall back to python) or "python"
+    #: "native" (compiled; falls back to python when the extension is not built) or "python"
     engine: str = "native"
     #: native engine: page workers for big writes (-1: one per spare core, at most 3)
     page_workers: int = -1

@@ -215,6 +215,7 @@ def run(mountpoint: str, cfg: MountConfig, ready_fd: int | None = None) -> None:
                     log.info("flushed %d pages to %s", written, store.backing.path)
             except StoreError as exc:
                 log.error("flush at unmount failed: %s", exc)
+        store.pool.close()  # first: the compiled engine reads the backing file's descriptor
+        if store.backing is not None:
             store.backing.close()
-        store.pool.close()
         log.info("unmounted %s", mountpoint)
