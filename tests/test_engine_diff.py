@@ -217,6 +217,12 @@ class EngineDiff(RuleBasedStateMachine):
             self._both("writeback_page", pn)
 
     @precondition(lambda self: self.backing)
+    @rule(pns=st.lists(st.integers(0, NPAGES - 1), min_size=1, max_size=24))
+    def writeback_batch(self, pns: list[int]) -> None:
+        """The maintenance thread's call: one batch (in C on the compiled engine)."""
+        self._both("writeback_pages", pns)
+
+    @precondition(lambda self: self.backing)
     @rule(count=st.integers(1, 12), huge_first=st.booleans())
     def cold_pages(self, count: int, huge_first: bool) -> None:
         picks = [set(s.cold_pages(count, huge_first=huge_first)) for s in self.stores]
@@ -435,8 +441,7 @@ def test_requests_and_maintenance_in_two_threads(tmp_path: Path, engine: str, po
                 store.pool.compact_step()
                 store.pool.migrate_top()
                 store.pool.release_segments()
-                for pn in store.cold_pages(8):
-                    store.writeback_page(pn)
+                store.writeback_pages(store.cold_pages(8))
                 store.recompress_pages(store.idle_pages(32, 0), 16)
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)

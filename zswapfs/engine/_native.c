@@ -2027,7 +2027,8 @@ typedef struct {
     size_t inflight_n, inflight_cap;
     long long mem_limit, low_water;
     int huge_to_backing, persistent, has_backing, codec, level, ready;
-    int backing_fd; /* the BackingFile's descriptor (read in C), -1 without one */
+    int backing_fd; /* the BackingFile's descriptor (read and written in C), -1 without one */
+    LockObject *file_lock; /* store.py's _file_lock: around backing-file writes */
     double t0;
     /* counters: the names of store.py (zram's and zswap's) */
     long long stored_pages, same_pages, huge_pages, compr_data_size, failed_reads, failed_writes,
@@ -2386,7 +2387,15 @@ static int store_check(StoreObject *s)
 
 static PyObject *Store_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
-    return new_with_lock(type, offsetof(StoreObject, lock));
+    StoreObject *s = (StoreObject *)new_with_lock(type, offsetof(StoreObject, lock));
+    if (!s)
+        return NULL;
+    s->file_lock = (LockObject *)PyObject_CallNoArgs((PyObject *)&LockType);
+    if (!s->file_lock) {
+        Py_DECREF(s);
+        return NULL;
+    }
+    return (PyObject *)s;
 }
 
 static int Store_traverse(StoreObject *s, visitproc visit, void *arg)
@@ -2427,6 +2436,7 @@ static void Store_dealloc(StoreObject *s)
     for (int i = 0; i < SLOTS; i++)
         ZSTD_freeCDict(s->cdict[i]);
     Py_CLEAR(s->lock);
+    Py_CLEAR(s->file_lock);
     Py_TYPE(s)->tp_free((PyObject *)s);
 }
 
@@ -2765,6 +2775,31 @@ static int parse_pn(StoreObject *s, PyObject *arg, uint32_t *pn)
 }
 
 /* _swap(pn, entry, size): store.py's _swap (the caller holds the store lock) */
+/* a sequence of page numbers as a PyMem array at *out*: its length, or -1 with an error set */
+static Py_ssize_t parse_pns(StoreObject *s, PyObject *seq, uint32_t **out)
+{
+    PyObject *fast = PySequence_Fast(seq, "indices: a sequence of page numbers");
+    if (!fast)
+        return -1;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(fast);
+    uint32_t *pns = PyMem_Malloc((size_t)(count ? count : 1) * sizeof(uint32_t));
+    if (!pns) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (parse_pn(s, PySequence_Fast_GET_ITEM(fast, i), &pns[i]) != 0) {
+            PyMem_Free(pns);
+            Py_DECREF(fast);
+            return -1;
+        }
+    }
+    Py_DECREF(fast);
+    *out = pns;
+    return count;
+}
+
 static PyObject *Store_swap(StoreObject *s, PyObject *args)
 {
     PyObject *pnobj;
@@ -3020,23 +3055,10 @@ static PyObject *Store_recompress_batch(StoreObject *s, PyObject *args)
         return NULL;
     if (slot < 1 || slot >= SLOTS)
         return PyErr_Format(PyExc_ValueError, "slot %d out of range 1..%d", slot, SLOTS - 1);
-    PyObject *fast = PySequence_Fast(seq, "indices: a sequence of page numbers");
-    if (!fast)
+    uint32_t *pns;
+    Py_ssize_t count = parse_pns(s, seq, &pns);
+    if (count < 0)
         return NULL;
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(fast);
-    uint32_t *pns = PyMem_Malloc((size_t)(count ? count : 1) * sizeof(uint32_t));
-    if (!pns) {
-        Py_DECREF(fast);
-        return PyErr_NoMemory();
-    }
-    for (Py_ssize_t i = 0; i < count; i++) {
-        if (parse_pn(s, PySequence_Fast_GET_ITEM(fast, i), &pns[i]) != 0) {
-            PyMem_Free(pns);
-            Py_DECREF(fast);
-            return NULL;
-        }
-    }
-    Py_DECREF(fast);
     long done = 0;
     Py_ssize_t at = -1;
     int nomem = 0;
@@ -3062,10 +3084,125 @@ static PyObject *Store_recompress_batch(StoreObject *s, PyObject *args)
     return Py_BuildValue("(ln)", done, at);
 }
 
+/* Writeback ------------------------------------------------------------------------------- */
+
+enum { WB_DONE, WB_SKIP, WB_PYTHON, WB_NOMEM };
+
+/* store.py's writeback_page for one page, GIL released: claim it (in flight) and copy its
+ * object out under the store lock, decode it unlocked, write it to the backing file under the
+ * file lock unless it was rewritten meanwhile (or is clean in image mode: the file has it),
+ * then commit BACKED under the store lock unless it was rewritten. WB_PYTHON, with nothing
+ * changed, for a page the Python path must do (recompressed or shared, or a failure it must
+ * count and log: a handle not live, a payload that does not decode, a failed write). */
+static int writeback_one(StoreObject *s, uint32_t pn, uint8_t *payload, uint8_t *page)
+{
+    pthread_mutex_lock(&s->lock->mutex);
+    uint32_t entry = s->index[pn];
+    if (entry >= FIRST_HANDLE && (s->meta[pn] & (SLOT_MASK | SHARED))) {
+        pthread_mutex_unlock(&s->lock->mutex);
+        return WB_PYTHON;
+    }
+    if (entry < FIRST_HANDLE) { /* nothing in the pool: the reference's claim and let-go */
+        pthread_mutex_unlock(&s->lock->mutex);
+        return WB_SKIP;
+    }
+    if (inflight_add(s, pn) != 0) {
+        pthread_mutex_unlock(&s->lock->mutex);
+        return WB_NOMEM;
+    }
+    pthread_mutex_lock(&s->pool->lock->mutex);
+    int len = pool_read_locked(s->pool, entry, payload);
+    pthread_mutex_unlock(&s->pool->lock->mutex);
+    int clean = s->persistent && !(s->meta[pn] & DIRTY);
+    if (len < 0) {
+        inflight_take(s, pn);
+        pthread_mutex_unlock(&s->lock->mutex);
+        return WB_PYTHON;
+    }
+    pthread_mutex_unlock(&s->lock->mutex);
+
+    const uint8_t *src = payload;
+    int failed = 0;
+    if (len != PAGE_SIZE) {
+        failed = decompress_page(s->codec, payload, len, page) != 0;
+        src = page;
+    }
+    if (!failed && !clean) {
+        pthread_mutex_lock(&s->file_lock->mutex);
+        pthread_mutex_lock(&s->lock->mutex);
+        Inflight *f = inflight_find(s, pn);
+        int rewritten = !f || f->rewritten;
+        pthread_mutex_unlock(&s->lock->mutex);
+        if (!rewritten)
+            failed = pwrite(s->backing_fd, src, PAGE_SIZE, (off_t)pn * PAGE_SIZE) != PAGE_SIZE;
+        pthread_mutex_unlock(&s->file_lock->mutex);
+    }
+
+    int rc;
+    pthread_mutex_lock(&s->lock->mutex);
+    if (inflight_take(s, pn) || s->index[pn] != entry) {
+        rc = WB_SKIP; /* rewritten while we wrote: the pool copy is newer */
+    } else if (failed || (s->meta[pn] & (SLOT_MASK | SHARED)) ||
+               store_swap(s, pn, BACKED, 0, 0, 0) != 0) {
+        rc = WB_PYTHON;
+    } else {
+        s->meta[pn] &= AGE_MASK; /* clean, no codec */
+        s->written_back_pages++;
+        if (!clean)
+            s->bd_writes++;
+        rc = WB_DONE;
+    }
+    pthread_mutex_unlock(&s->lock->mutex);
+    return rc;
+}
+
+/* _writeback_batch(indices) -> (done, at): writeback_page for each page in C with the GIL
+ * released, in order, up to the first page the Python path must do (as _recompress_batch) */
+static PyObject *Store_writeback_batch(StoreObject *s, PyObject *seq)
+{
+    if (store_check(s))
+        return NULL;
+    if (s->backing_fd < 0)
+        return PyErr_Format(PyExc_RuntimeError, "no backing file");
+    uint32_t *pns;
+    Py_ssize_t count = parse_pns(s, seq, &pns);
+    if (count < 0)
+        return NULL;
+    long done = 0;
+    Py_ssize_t at = -1;
+    int nomem = 0;
+    Py_BEGIN_ALLOW_THREADS
+    uint8_t *bufs = malloc((size_t)PAGE_SIZE * 2);
+    if (!bufs)
+        nomem = 1;
+    for (Py_ssize_t i = 0; i < count && !nomem; i++) {
+        int rc = writeback_one(s, pns[i], bufs, bufs + PAGE_SIZE);
+        done += rc == WB_DONE;
+        nomem = rc == WB_NOMEM;
+        if (rc == WB_PYTHON) {
+            at = i;
+            break;
+        }
+    }
+    free(bufs);
+    Py_END_ALLOW_THREADS
+    PyMem_Free(pns);
+    if (nomem)
+        return PyErr_NoMemory();
+    return Py_BuildValue("(ln)", done, at);
+}
+
+
 static PyObject *Store_get_lock(StoreObject *s, void *c)
 {
     Py_INCREF(s->lock);
     return (PyObject *)s->lock;
+}
+
+static PyObject *Store_get_file_lock(StoreObject *s, void *c)
+{
+    Py_INCREF(s->file_lock);
+    return (PyObject *)s->file_lock;
 }
 
 static PyObject *Store_get_inflight(StoreObject *s, void *c)
@@ -3075,6 +3212,7 @@ static PyObject *Store_get_inflight(StoreObject *s, void *c)
 
 static PyGetSetDef Store_getset[] = {
     {"_lock", (getter)Store_get_lock, NULL, "the store lock", NULL},
+    {"_file_lock_c", (getter)Store_get_file_lock, NULL, "the backing-file write lock", NULL},
     {"_inflight_count", (getter)Store_get_inflight, NULL, "pages in flight", NULL},
     {NULL},
 };
@@ -3107,6 +3245,8 @@ static PyMethodDef Store_methods[] = {
     {"_set_slot", (PyCFunction)Store_set_slot, METH_VARARGS,
      "_set_slot(slot, level, dictionary); takes the store lock"},
     {"_drop_slot", (PyCFunction)Store_drop_slot, METH_O, "_drop_slot(slot); store lock held"},
+    {"_writeback_batch", (PyCFunction)Store_writeback_batch, METH_O,
+     "_writeback_batch(indices) -> (done, at)"},
     {"_recompress_batch", (PyCFunction)Store_recompress_batch, METH_VARARGS,
      "_recompress_batch(indices, slot, min_gain) -> (done, pages left to Python)"},
     {NULL},

@@ -7,9 +7,11 @@ What a step may touch:
       most COMPACT_BUDGET objects of one source zspage, or one buddy page) or one migrate_page
       (one pool page). They never take the store lock nor touch the store's index: objects keep
       their handles when they move; pools rewrite only their own handle table.
-  writeback: one page at a time through store.writeback_page, which takes the store lock (and
-      the pool lock inside it, keeping the order store -> pool) to read the entry and again to
-      commit it; the backing-file write happens with no lock held.
+  writeback: a batch of WRITEBACK_BATCH pages through store.writeback_pages, each page as
+      store.writeback_page does it: the store lock (and the pool lock inside it, keeping the
+      order store -> pool) to read the entry and again to commit it; the backing-file write
+      under the file lock only (file -> store -> pool). The compiled engine runs the batch in C
+      with the GIL released.
   recompression and dedup: see engine/recompress.py (each page its own read and commit under
       the store lock, codec work unlocked between them).
 Between steps the thread sleeps for SLICE, which also hands the GIL back to the FUSE thread.
@@ -188,15 +190,12 @@ class Maintenance:
                     break
 
     def _write_back(self, batch: list[int]) -> bool:
-        moved = False
-        for pn in batch:
-            if self._stopping.is_set():
-                break
-            if self.store is not None and self.store.writeback_page(pn):
-                self.written_back += 1
-                moved = True
+        moved = 0
+        if self.store is not None and not self._stopping.is_set():
+            moved = self.store.writeback_pages(batch)  # one call: in C on the compiled engine
+            self.written_back += moved
         time.sleep(SLICE)
-        return moved
+        return moved > 0
 
     def _writeback_until(self, low: int) -> None:
         store = self.store

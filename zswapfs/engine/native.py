@@ -24,10 +24,12 @@ at set-up) with Pool's Python conveniences (compact, migrate_top, stats) on top;
 decisions, handles and counters are those of pools/zsmalloc.py and pools/buddy.py step for step
 (tests/test_engine_diff.py checks it).
 
-The background recompression's batches (recompress_pages: pages of the write codec into the
-current dictionary slot) run in C with the GIL released; the C side keeps each slot's digested
-dictionary (_set_slot, kept in step with add_slot and _leave_slot), the per-slot page counts
-(slot_pages, a numpy array it shares) and the recompression counters.
+The maintenance thread's writeback batches (writeback_pages: decode, backing-file write under
+the file lock, commit) run in C with the GIL released, as do the background recompression's
+batches (recompress_pages: pages of the write codec into the current dictionary slot); the C
+side keeps each slot's digested dictionary (_set_slot, kept in step with add_slot and
+_leave_slot), the per-slot page counts (slot_pages, a numpy array it shares) and the
+recompression counters.
 
 A write request of at least BATCH_MIN_PAGES whole pages has its pages compressed by the page
 workers (C threads, one per spare core) alongside the request thread before the loop places
@@ -235,6 +237,7 @@ if _native is not None:
                 self, npages, codec, pool, backing, mem_limit, huge_to_backing, low_watermark
             )
             self.lock = self._lock  # type: ignore[assignment]
+            self._file_lock = self._file_lock_c  # type: ignore[assignment]
             # the same-filled words and the pages in flight live in C
             del self._inflight
             self.fill = _FillWords(self)  # type: ignore[assignment]
@@ -336,6 +339,20 @@ if _native is not None:
                 if at < 0:
                     break
                 total += PageStore.recompress_page(self, indices[at], min_gain) == "done"
+                indices = indices[at + 1 :]
+            return total
+
+        def writeback_pages(self, indices: list[int]) -> int:
+            """The batch in C with the GIL released (decode, the backing-file write, the
+            commit); a page C leaves alone (recompressed or shared, or a failure the Python
+            path counts and logs) takes PageStore.writeback_page in its turn."""
+            total = 0
+            while indices:
+                done, at = self._writeback_batch(indices)
+                total += done
+                if at < 0:
+                    break
+                total += PageStore.writeback_page(self, indices[at])
                 indices = indices[at + 1 :]
             return total
 

@@ -538,6 +538,11 @@ class PageStore:
                 self.bd_writes += 1
         return True
 
+    def writeback_pages(self, indices: list[int]) -> int:
+        """writeback_page for each page, in order (the maintenance thread's batch); returns
+        how many were moved to the backing file."""
+        return sum(self.writeback_page(index) for index in indices)
+
     def flush(self) -> int:
         """Image mode: write every page newer in memory than in the backing file, then fsync
         the file. Returns the pages written. Raises StorageFailure if the file fails."""
