@@ -640,3 +640,30 @@ def test_a_backing_file_cut_short_fails_the_read_not_the_store(tmp_path: Path, e
     assert (store.failed_reads, store.bd_errors, store.bd_reads) == (1, 1, 9 + 2)
     store.pool.close()
     backing.close()
+
+
+@pytest.mark.parametrize("engine", ["python", "native"])
+def test_writes_over_the_limit_go_to_the_file_and_wake_maintenance(
+    tmp_path: Path, engine: str
+) -> None:
+    """A request that finds the pool at its memory limit sends its pages to the backing file
+    (in C on the compiled engine) and tells the maintenance thread (on_pressure)."""
+    from zswapfs.engine.codec import make_codec
+    from zswapfs.engine.store import BACKED
+
+    backing = BackingFile(str(tmp_path / "b.img"), 64, persistent=False)
+    store = native.make_store(
+        engine, 64, make_codec("lz4"), "zsmalloc", backing=backing, mem_limit=PAGE_SIZE
+    )
+    woken: list[int] = []
+    store.on_pressure = lambda: woken.append(1)
+    rnd = random.Random(6)
+    data = b"".join(make_page("text", rnd) for _ in range(32))
+    store.write(0, data)
+    assert woken, "the maintenance thread was not told"
+    assert store.pool.pages_used >= 1 and store.pool_limit_hit == store.bd_writes > 0
+    assert int((store.table == BACKED).sum()) == store.bd_count == store.bd_writes
+    assert store.read(0, len(data)) == data
+    assert store.failed_writes == 0
+    store.pool.close()
+    backing.close()

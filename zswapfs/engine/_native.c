@@ -2250,12 +2250,42 @@ static inline int python_owned(const StoreObject *s, uint32_t pn)
 }
 
 /* outcomes of one page in the request loop */
-enum { PAGE_DONE = 0, PAGE_PYTHON = 1, PAGE_NOT_LIVE = -1, PAGE_CORRUPT = -2, PAGE_NOMEM = -3 };
+enum { PAGE_DONE = 0, PAGE_PYTHON = 1, PAGE_TO_FILE = 2, PAGE_NOT_LIVE = -1, PAGE_CORRUPT = -2,
+       PAGE_NOMEM = -3 };
 
 /* write_page's fast path for a page already classified (prepare_page: *len* is PREP_SAME with
  * its fill *word*, the codec output's length at *out*, or PREP_FAILED), GIL released: a
  * same-filled page or one the pool takes. Returns PAGE_PYTHON for a page the Python path must
  * decide (memory limit, a reject, no room). */
+/* store.py's _reject for a page that finds the pool at its memory limit, when there is a
+ * backing file, GIL released: the page to the file under the file lock, then BACKED committed
+ * under the store lock inside it, as there. PAGE_TO_FILE when done (the caller tells the
+ * maintenance thread, on_pressure); PAGE_PYTHON, nothing counted, when the Python path must do
+ * it: no backing file (a hard limit), an old object that is recompressed or shared, or a failed
+ * write (which it counts and logs, keeping the page in the pool over its limit). */
+static int store_to_file(StoreObject *s, uint32_t pn, const uint8_t *page, uint32_t stamp)
+{
+    if (s->backing_fd < 0)
+        return PAGE_PYTHON;
+    int rc = PAGE_PYTHON;
+    pthread_mutex_lock(&s->file_lock->mutex);
+    pthread_mutex_lock(&s->lock->mutex);
+    int owned = python_owned(s, pn);
+    pthread_mutex_unlock(&s->lock->mutex);
+    if (!owned && pwrite(s->backing_fd, page, PAGE_SIZE, (off_t)pn * PAGE_SIZE) == PAGE_SIZE) {
+        pthread_mutex_lock(&s->lock->mutex);
+        if (!python_owned(s, pn) && store_swap(s, pn, BACKED, 0, 0, 0) == 0) {
+            s->pool_limit_hit++;
+            s->bd_writes++;
+            s->meta[pn] = stamp & AGE_MASK; /* the file holds it: clean */
+            rc = PAGE_TO_FILE;
+        }
+        pthread_mutex_unlock(&s->lock->mutex);
+    }
+    pthread_mutex_unlock(&s->file_lock->mutex);
+    return rc;
+}
+
 static int store_prepared(StoreObject *s, uint32_t pn, const uint8_t *page, uint32_t stamp,
                           int len, const uint8_t *out, uint64_t word)
 {
@@ -2273,8 +2303,10 @@ static int store_prepared(StoreObject *s, uint32_t pn, const uint8_t *page, uint
         pthread_mutex_unlock(&s->lock->mutex);
         return rc;
     }
-    if (len < 0 || (s->mem_limit && pool_bytes(s) >= s->mem_limit))
+    if (len < 0)
         return PAGE_PYTHON;
+    if (s->mem_limit && pool_bytes(s) >= s->mem_limit)
+        return store_to_file(s, pn, page, stamp);
     const uint8_t *payload = out;
     if (len >= raw_threshold(s->pool)) {
         if (s->huge_to_backing && s->has_backing && s->mem_limit && pool_bytes(s) >= s->low_water)
@@ -2309,7 +2341,7 @@ static int store_page(StoreObject *s, uint32_t pn, const uint8_t *page, uint32_t
     if (same_filled(page, &word))
         len = PREP_SAME;
     else if (s->mem_limit && pool_bytes(s) >= s->mem_limit)
-        return PAGE_PYTHON;
+        return store_to_file(s, pn, page, stamp);
     else
         len = compress_page(s->codec, s->level, page, out);
     return store_prepared(s, pn, page, stamp, len, out, word);
@@ -2627,6 +2659,7 @@ static PyObject *Store_cwrite(StoreObject *s, PyObject *args)
     size_t head = offset % PAGE_SIZE;
     uint8_t tmp[PAGE_SIZE];
     PyObject *failed = NULL; /* set when a page fails: the GIL is held then */
+    int pressure = 0;        /* a page went to the file for the memory limit */
     PyThreadState *ts = PyEval_SaveThread();
     uint32_t now = store_now(s);
     if (!stamp)
@@ -2674,7 +2707,9 @@ static PyObject *Store_cwrite(StoreObject *s, PyObject *args)
         } else {
             rc = store_page(s, pn, page, (uint32_t)stamp);
         }
-        if (rc == PAGE_PYTHON) {
+        if (rc == PAGE_TO_FILE) {
+            pressure = 1;
+        } else if (rc == PAGE_PYTHON) {
             PyEval_RestoreThread(ts);
             PyObject *r = PyObject_CallMethod((PyObject *)s, "_write_slow", "Iy#k", pn,
                                               (const char *)page, (Py_ssize_t)PAGE_SIZE, stamp);
@@ -2700,6 +2735,12 @@ static PyObject *Store_cwrite(StoreObject *s, PyObject *args)
     if (sc)
         sc->busy = 0;
     PyBuffer_Release(&data);
+    if (pressure && !failed) { /* once a request: wake the maintenance thread (_encode's) */
+        PyObject *r = PyObject_CallMethod((PyObject *)s, "on_pressure", NULL);
+        if (!r)
+            failed = Py_None;
+        Py_XDECREF(r);
+    }
     if (failed)
         return wrap_failure(s, 1, offset, 0);
     Py_RETURN_NONE;

@@ -9,9 +9,11 @@ unchanged over them: writeback_page, flush, cold_pages, stats, the reject path. 
 a C mutex (``_native.Lock``) that ``with store.lock:`` holds from Python too.
 
 A page the C loop does not decide goes back to PageStore's Python code, page by page:
-  - a non-same-filled page while the pool is at its memory limit, or one PageStore would reject
-    (compression failure, incompressible page past the low watermark with huge_to_backing, no
-    room in the pool): PageStore.write_page, which counts and routes it;
+  - a non-same-filled page while the pool is at its memory limit and there is no backing file
+    or the write to it failed, or one PageStore would reject (compression failure,
+    incompressible page past the low watermark with huge_to_backing, no room in the pool):
+    PageStore.write_page, which counts and routes it (a page over the limit that the backing
+    file takes is C's own: store.py's _reject, the file write under the file lock);
   - a page recompressed by the background loop, or one only the backing file holds whose read
     failed or came short: PageStore.read_page (a read from the backing file that succeeds is
     C's own: a pread of the BackingFile's descriptor, so the pool is closed before the file);
