@@ -34,7 +34,7 @@ from zswapfs.engine.codec import (
     fill_page,
     train_dictionary,
 )
-from zswapfs.engine.store import AGE_MASK, FIRST_HANDLE, SHARED, PageStore, StoreFull
+from zswapfs.engine.store import AGE_MASK, FIRST_HANDLE, SHARED, SLOT_MASK, PageStore, StoreFull
 
 pytestmark = [
     pytest.mark.unit,
@@ -257,6 +257,17 @@ class EngineDiff(RuleBasedStateMachine):
     def recompress_batch(self, pns: list[int]) -> None:
         """The loop's call: one batch (in C on the compiled engine, the GIL released)."""
         self._both("recompress_pages", pns, 16)
+
+    @rule(k=st.integers(0, 10**6), times=st.integers(1, 3))
+    def read_recompressed(self, k: int, times: int) -> None:
+        """A recompressed page read: the first time in C (the slot's digested dictionary), a
+        second time by the Python path, which queues it to go back to the write codec."""
+        held = np.flatnonzero(self.stores[0].meta & SLOT_MASK)
+        if len(held):
+            pn = int(held[k % len(held)])
+            for _ in range(times):
+                self._both("read", pn * PAGE_SIZE, PAGE_SIZE)
+            assert self.stores[0].rewarm == self.stores[1].rewarm
 
     @rule(pns=st.lists(st.integers(0, NPAGES - 1), min_size=1, max_size=8))
     def rewarm(self, pns: list[int]) -> None:

@@ -1755,6 +1755,8 @@ static void zstd_local_free(void *v)
     free(l);
 }
 
+#define ANY_LEVEL INT32_MIN /* zstd_local for decompression: the compressor is left as it is */
+
 static ZstdLocal *zstd_local(int level)
 {
     ZstdLocal *l = pthread_getspecific(zstd_key);
@@ -1770,7 +1772,7 @@ static ZstdLocal *zstd_local(int level)
             return NULL;
         }
     }
-    if (l->level != level) {
+    if (level != ANY_LEVEL && l->level != level) {
         /* as python-zstandard is used in codec.py: no checksum, no content size */
         ZSTD_CCtx_reset(l->cctx, ZSTD_reset_session_and_parameters);
         ZSTD_CCtx_setParameter(l->cctx, ZSTD_c_compressionLevel, level);
@@ -1809,13 +1811,24 @@ static int decompress_page(int codec, const uint8_t *src, int len, uint8_t *dst)
                    ? 0
                    : -1;
     if (codec == CODEC_ZSTD) {
-        ZstdLocal *l = zstd_local(0);
+        ZstdLocal *l = zstd_local(ANY_LEVEL);
         if (!l)
             return -1;
         size_t n = ZSTD_decompressDCtx(l->dctx, dst, PAGE_SIZE, src, (size_t)len);
         return !ZSTD_isError(n) && n == PAGE_SIZE ? 0 : -1;
     }
     return -1; /* the none codec stores every page raw: a shorter object is corrupt */
+}
+
+/* 0 when *src*, compressed with a slot's dictionary, decoded to exactly one page */
+static int dict_decompress_page(const ZSTD_DDict *ddict, const uint8_t *src, int len,
+                                uint8_t *dst)
+{
+    ZstdLocal *l = zstd_local(ANY_LEVEL);
+    if (!l)
+        return -1;
+    size_t n = ZSTD_decompress_usingDDict(l->dctx, dst, PAGE_SIZE, src, (size_t)len, ddict);
+    return !ZSTD_isError(n) && n == PAGE_SIZE ? 0 : -1;
 }
 
 /* a page compressed with a slot's digested dictionary, with the frame settings codec.py's
@@ -2038,6 +2051,7 @@ typedef struct {
     /* recompression (store.py's _recode for pages in the write codec): the digested
      * dictionary of each slot, and the counters store.py keeps for it */
     ZSTD_CDict *cdict[SLOTS];
+    ZSTD_DDict *ddict[SLOTS]; /* the same dictionaries digested for reading them back */
     Py_buffer slot_pages_buf;
     int64_t *slot_pages;
     long long pages_recompressed, recompress_saved_bytes, recompress_not_worth;
@@ -2349,6 +2363,38 @@ static int store_page(StoreObject *s, uint32_t pn, const uint8_t *page, uint32_t
 
 /* read_page's fast path, GIL released: PAGE_PYTHON for a page only the backing file holds or a
  * recompressed one (store.py's read_page decodes it with its slot's codec). */
+/* load_page's case of a recompressed page (store lock held on entry, let go here): its first
+ * read since it was recompressed marks it (store.py's read_page), decoded with the slot's
+ * digested dictionary under the store lock, so that _drop_slot cannot free it meanwhile (a
+ * page's zstd decode is a few microseconds; only the background thread waits). A second read
+ * (the page is to go back to the write codec: the rewarm set), or a slot without a dictionary
+ * in C, is the Python path's. */
+static int load_recompressed(StoreObject *s, uint32_t pn, uint32_t entry, uint32_t meta,
+                             uint8_t *out, uint32_t now)
+{
+    const ZSTD_DDict *dd = s->ddict[(meta & SLOT_MASK) >> SLOT_SHIFT];
+    if (!dd || (meta & MARK)) {
+        pthread_mutex_unlock(&s->lock->mutex);
+        return PAGE_PYTHON;
+    }
+    uint8_t buf[PAGE_SIZE];
+    s->meta[pn] = (meta & ~AGE_MASK) | MARK | now;
+    pthread_mutex_lock(&s->pool->lock->mutex);
+    int len = pool_read_locked(s->pool, entry, buf);
+    pthread_mutex_unlock(&s->pool->lock->mutex);
+    int rc = PAGE_DONE;
+    if (len < 0)
+        rc = PAGE_NOT_LIVE;
+    else if (len == PAGE_SIZE)
+        memcpy(out, buf, PAGE_SIZE);
+    else if (dict_decompress_page(dd, buf, len, out) != 0)
+        rc = PAGE_CORRUPT;
+    if (rc != PAGE_DONE)
+        s->failed_reads++;
+    pthread_mutex_unlock(&s->lock->mutex);
+    return rc;
+}
+
 static int load_page(StoreObject *s, uint32_t pn, uint8_t *out, uint32_t now)
 {
     uint8_t buf[PAGE_SIZE];
@@ -2379,11 +2425,10 @@ static int load_page(StoreObject *s, uint32_t pn, uint8_t *out, uint32_t now)
         }
         return PAGE_PYTHON;
     }
-    if (s->meta[pn] & SLOT_MASK) { /* recompressed: its codec and read marks are Python's */
-        pthread_mutex_unlock(&s->lock->mutex);
-        return PAGE_PYTHON;
-    }
-    s->meta[pn] = (s->meta[pn] & ~AGE_MASK) | now;
+    uint32_t meta = s->meta[pn];
+    if (meta & SLOT_MASK)
+        return load_recompressed(s, pn, entry, meta, out, now);
+    s->meta[pn] = (meta & ~AGE_MASK) | now;
     pthread_mutex_lock(&s->pool->lock->mutex);
     int len = pool_read_locked(s->pool, entry, buf);
     pthread_mutex_unlock(&s->pool->lock->mutex);
@@ -2465,8 +2510,10 @@ static void Store_dealloc(StoreObject *s)
     free(s->fill_keys);
     free(s->fill_vals);
     free(s->inflight);
-    for (int i = 0; i < SLOTS; i++)
+    for (int i = 0; i < SLOTS; i++) {
         ZSTD_freeCDict(s->cdict[i]);
+        ZSTD_freeDDict(s->ddict[i]);
+    }
     Py_CLEAR(s->lock);
     Py_CLEAR(s->file_lock);
     Py_TYPE(s)->tp_free((PyObject *)s);
@@ -2968,17 +3015,25 @@ static PyObject *Store_set_slot(StoreObject *s, PyObject *args)
         return NULL;
     }
     ZSTD_CDict *cd;
+    ZSTD_DDict *dd;
     Py_BEGIN_ALLOW_THREADS
     cd = ZSTD_createCDict(b.buf, (size_t)b.len, level);
+    dd = ZSTD_createDDict(b.buf, (size_t)b.len);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&b);
-    if (!cd)
+    if (!cd || !dd) {
+        ZSTD_freeCDict(cd);
+        ZSTD_freeDDict(dd);
         return PyErr_NoMemory();
+    }
     lock_wait(s->lock);
     ZSTD_CDict *old = s->cdict[slot];
+    ZSTD_DDict *oldd = s->ddict[slot];
     s->cdict[slot] = cd;
+    s->ddict[slot] = dd;
     pthread_mutex_unlock(&s->lock->mutex);
     ZSTD_freeCDict(old);
+    ZSTD_freeDDict(oldd);
     Py_RETURN_NONE;
 }
 
@@ -2990,7 +3045,9 @@ static PyObject *Store_drop_slot(StoreObject *s, PyObject *arg)
     if (store_check(s) || parse_slot(arg, &slot))
         return NULL;
     ZSTD_freeCDict(s->cdict[slot]);
+    ZSTD_freeDDict(s->ddict[slot]);
     s->cdict[slot] = NULL;
+    s->ddict[slot] = NULL;
     Py_RETURN_NONE;
 }
 

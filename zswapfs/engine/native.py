@@ -14,7 +14,8 @@ A page the C loop does not decide goes back to PageStore's Python code, page by 
     incompressible page past the low watermark with huge_to_backing, no room in the pool):
     PageStore.write_page, which counts and routes it (a page over the limit that the backing
     file takes is C's own: store.py's _reject, the file write under the file lock);
-  - a page recompressed by the background loop, or one only the backing file holds whose read
+  - a second read of a page recompressed by the background loop (the first is decoded in C
+    with the slot's digested dictionary), or a page only the backing file holds whose read
     failed or came short: PageStore.read_page (a read from the backing file that succeeds is
     C's own: a pread of the BackingFile's descriptor, so the pool is closed before the file);
   - a page whose old object is recompressed (a codec slot counts it) or shared (dedup counts
@@ -277,9 +278,9 @@ if _native is not None:
             PageStore.write_page(self, index, page, stamp)
 
         def _read_slow(self, index: int) -> bytes:
-            """A page the C loop hands back (recompressed: decoded with its slot's codec, and
-            its read marks kept; or a failed read of the backing file, counted and reported):
-            PageStore's Python read path."""
+            """A page the C loop hands back (a recompressed page read a second time, which
+            queues it to go back to the write codec; a slot C has no dictionary for; or a
+            failed read of the backing file, counted and reported): PageStore's read path."""
             return PageStore.read_page(self, index)
 
         def _swap(self, index: int, entry: int, size: int) -> None:
