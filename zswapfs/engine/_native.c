@@ -928,19 +928,34 @@ static int zs_compact_step_locked(PoolObject *p, int budget)
     return -1;
 }
 
+static int bd_track_pages(PoolObject *p);
+
+/* migrate_page's isolate and copy, for every pool: the lowest free page below live page *pn*
+ * (the page tables grown to cover it) holding a copy of it, or -1 when there is none (putback:
+ * nothing touched) */
+static int64_t migrate_copy(PoolObject *p, uint32_t pn)
+{
+    Arena *a = &p->arena;
+    int zs = p->kind == POOL_ZSMALLOC;
+    if (arena_is_free(a, pn) || pn >= (zs ? p->page_len : p->bd_len))
+        return -1;
+    int64_t nw = arena_alloc_page(a, 1, pn);
+    if (nw < 0)
+        return -1;
+    if ((zs ? track_pages(p) : bd_track_pages(p)) != 0) {
+        arena_free_page(a, (uint32_t)nw);
+        return -1;
+    }
+    memcpy(page_addr(a, (uint32_t)nw), page_addr(a, pn), PAGE_SIZE);
+    return nw;
+}
+
 static int zs_migrate_page_locked(PoolObject *p, uint32_t pn)
 {
     Arena *a = &p->arena;
-    if (arena_is_free(a, pn) || pn >= p->page_len)
-        return 0;
-    int64_t nw = arena_alloc_page(a, 1, pn);
+    int64_t nw = migrate_copy(p, pn);
     if (nw < 0)
         return 0;
-    if (track_pages(p) != 0) {
-        arena_free_page(a, (uint32_t)nw);
-        return 0;
-    }
-    memcpy(page_addr(a, (uint32_t)nw), page_addr(a, pn), PAGE_SIZE);
     uint32_t owner = p->page_owner[pn];
     if (owner & HUGE_OWNER) {
         uint64_t h = owner & ~HUGE_OWNER;
@@ -1247,16 +1262,9 @@ static int bd_compact_step_locked(PoolObject *p)
 static int bd_migrate_page_locked(PoolObject *p, uint32_t pn)
 {
     Arena *a = &p->arena;
-    if (arena_is_free(a, pn) || pn >= p->bd_len)
-        return 0;
-    int64_t nw = arena_alloc_page(a, 1, pn);
+    int64_t nw = migrate_copy(p, pn);
     if (nw < 0)
         return 0;
-    if (bd_track_pages(p) != 0) {
-        arena_free_page(a, (uint32_t)nw);
-        return 0;
-    }
-    memcpy(page_addr(a, (uint32_t)nw), page_addr(a, pn), PAGE_SIZE);
     for (int b = BUD_FIRST; b <= BUD_LAST; b++) {
         p->bd_chunks[b][nw] = p->bd_chunks[b][pn];
         p->bd_handle[b][nw] = p->bd_handle[b][pn];
@@ -3051,44 +3059,52 @@ static PyObject *Store_drop_slot(StoreObject *s, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-/* outcomes of recode_page */
-enum { RECODE_DONE, RECODE_SKIP, RECODE_GONE, RECODE_PYTHON, RECODE_NOMEM };
+/* outcomes of a background step on one page (recode_page, writeback_one) */
+enum { STEP_DONE, STEP_SKIP, STEP_GONE, STEP_PYTHON, STEP_NOMEM };
 
 /* store.py's _recode of page pn from the write codec into recompression slot *slot*, GIL
  * released: the store lock held twice (claim, commit), the codec work in between without it.
  * Pages _recode would treat differently from a page of the write codec (recompressed, shared,
- * a handle not live) go back to Python (RECODE_PYTHON), untouched. */
+ * a handle not live) go back to Python (STEP_PYTHON), untouched. */
+/* A background step's claim of page pn (store lock held, and still held on return): STEP_DONE
+ * with pn in flight and its object copied to *payload* (*len* bytes, *entry* its handle);
+ * STEP_PYTHON, nothing changed, for a page the Python path must decide (recompressed or shared
+ * already: a codec slot or dedup counts it; a handle not live: the Python path raises it);
+ * STEP_GONE when the pool holds no object for pn; STEP_NOMEM. */
+static int claim_page(StoreObject *s, uint32_t pn, uint32_t *entry, uint8_t *payload, int *len)
+{
+    *entry = s->index[pn];
+    if (*entry >= FIRST_HANDLE && (s->meta[pn] & (SLOT_MASK | SHARED)))
+        return STEP_PYTHON;
+    if (*entry < FIRST_HANDLE) /* _claim: nothing held in the pool */
+        return STEP_GONE;
+    if (inflight_add(s, pn) != 0)
+        return STEP_NOMEM;
+    pthread_mutex_lock(&s->pool->lock->mutex);
+    *len = pool_read_locked(s->pool, *entry, payload);
+    pthread_mutex_unlock(&s->pool->lock->mutex);
+    if (*len < 0) {
+        inflight_take(s, pn);
+        return STEP_PYTHON;
+    }
+    return STEP_DONE;
+}
+
 static int recode_page(StoreObject *s, uint32_t pn, int slot, int min_gain, uint8_t *payload,
                        uint8_t *page, uint8_t *out)
 {
+    uint32_t entry;
+    int len;
     pthread_mutex_lock(&s->lock->mutex);
-    uint32_t entry = s->index[pn];
+    int claimed = claim_page(s, pn, &entry, payload, &len);
     ZSTD_CDict *cd = s->cdict[slot];
-    if (entry >= FIRST_HANDLE && (s->meta[pn] & (SLOT_MASK | SHARED))) {
-        pthread_mutex_unlock(&s->lock->mutex);
-        return RECODE_PYTHON;
-    }
-    if (entry < FIRST_HANDLE) { /* _claim: nothing held in the pool */
-        pthread_mutex_unlock(&s->lock->mutex);
-        return RECODE_GONE;
-    }
-    if (!cd) {
-        pthread_mutex_unlock(&s->lock->mutex);
-        return RECODE_PYTHON;
-    }
-    if (inflight_add(s, pn) != 0) {
-        pthread_mutex_unlock(&s->lock->mutex);
-        return RECODE_NOMEM;
-    }
-    pthread_mutex_lock(&s->pool->lock->mutex);
-    int len = pool_read_locked(s->pool, entry, payload);
-    pthread_mutex_unlock(&s->pool->lock->mutex);
-    if (len < 0) { /* the Python path raises the failure */
+    if (claimed == STEP_DONE && !cd) {
         inflight_take(s, pn);
-        pthread_mutex_unlock(&s->lock->mutex);
-        return RECODE_PYTHON;
+        claimed = STEP_PYTHON;
     }
     pthread_mutex_unlock(&s->lock->mutex);
+    if (claimed != STEP_DONE)
+        return claimed;
 
     const uint8_t *src = payload;
     int n = -1;
@@ -3120,39 +3136,36 @@ static int recode_page(StoreObject *s, uint32_t pn, int slot, int min_gain, uint
             pool_free_locked(s->pool, h);
             pthread_mutex_unlock(&s->pool->lock->mutex);
         }
-        rc = RECODE_GONE;
+        rc = STEP_GONE;
     } else if (!h) {
         s->meta[pn] = meta | MARK;
         s->recompress_not_worth++;
-        rc = RECODE_SKIP;
+        rc = STEP_SKIP;
     } else if (store_swap(s, pn, (uint32_t)h, n, 0, 0) != 0) {
         pthread_mutex_lock(&s->pool->lock->mutex);
         pool_free_locked(s->pool, h);
         pthread_mutex_unlock(&s->pool->lock->mutex);
-        rc = RECODE_PYTHON; /* the old handle is not live: the Python path raises it */
+        rc = STEP_PYTHON; /* the old handle is not live: the Python path raises it */
     } else {
         s->meta[pn] = (meta & (AGE_MASK | DIRTY)) | (uint32_t)slot << SLOT_SHIFT;
         s->slot_pages[slot]++;
         s->pages_recompressed++;
         s->recompress_saved_bytes += len - n;
-        rc = RECODE_DONE;
+        rc = STEP_DONE;
     }
     pthread_mutex_unlock(&s->lock->mutex);
     return rc;
 }
 
-/* _recompress_batch(indices, slot, min_gain) -> (done, at): recompress_page for each page in C
- * with the GIL released, in order, up to the first page the Python path must decide: *at* is
- * its position in indices (untouched; the caller runs it and calls again with the rest), -1
- * when every page was done here. Stopping there keeps the reference's order of placements. */
-static PyObject *Store_recompress_batch(StoreObject *s, PyObject *args)
+/* The batch calls' loop: *step* on each page of the sequence *seq* with the GIL released, in
+ * order, up to the first page the Python path must decide: (done, at), *at* its position in
+ * the sequence (untouched; the caller runs it and calls again with the rest), -1 when every page
+ * was done here. Stopping there keeps the reference's order of placements. */
+typedef int (*PageStep)(StoreObject *s, uint32_t pn, const void *arg, uint8_t *bufs);
+
+static PyObject *run_batch(StoreObject *s, PyObject *seq, PageStep step, const void *arg,
+                           size_t bufsize)
 {
-    PyObject *seq;
-    int slot, min_gain;
-    if (!PyArg_ParseTuple(args, "Oii", &seq, &slot, &min_gain) || store_check(s))
-        return NULL;
-    if (slot < 1 || slot >= SLOTS)
-        return PyErr_Format(PyExc_ValueError, "slot %d out of range 1..%d", slot, SLOTS - 1);
     uint32_t *pns;
     Py_ssize_t count = parse_pns(s, seq, &pns);
     if (count < 0)
@@ -3161,15 +3174,14 @@ static PyObject *Store_recompress_batch(StoreObject *s, PyObject *args)
     Py_ssize_t at = -1;
     int nomem = 0;
     Py_BEGIN_ALLOW_THREADS
-    uint8_t *bufs = malloc((size_t)PAGE_SIZE * 2 + COMPRESS_BOUND);
+    uint8_t *bufs = malloc(bufsize);
     if (!bufs)
         nomem = 1;
     for (Py_ssize_t i = 0; i < count && !nomem; i++) {
-        int rc = recode_page(s, pns[i], slot, min_gain, bufs, bufs + PAGE_SIZE,
-                             bufs + 2 * PAGE_SIZE);
-        done += rc == RECODE_DONE;
-        nomem = rc == RECODE_NOMEM;
-        if (rc == RECODE_PYTHON) {
+        int rc = step(s, pns[i], arg, bufs);
+        done += rc == STEP_DONE;
+        nomem = rc == STEP_NOMEM;
+        if (rc == STEP_PYTHON) {
             at = i;
             break;
         }
@@ -3182,42 +3194,47 @@ static PyObject *Store_recompress_batch(StoreObject *s, PyObject *args)
     return Py_BuildValue("(ln)", done, at);
 }
 
-/* Writeback ------------------------------------------------------------------------------- */
+typedef struct {
+    int slot, min_gain;
+} RecodeArgs;
 
-enum { WB_DONE, WB_SKIP, WB_PYTHON, WB_NOMEM };
+static int recode_step(StoreObject *s, uint32_t pn, const void *arg, uint8_t *bufs)
+{
+    const RecodeArgs *r = arg;
+    return recode_page(s, pn, r->slot, r->min_gain, bufs, bufs + PAGE_SIZE, bufs + 2 * PAGE_SIZE);
+}
+
+/* _recompress_batch(indices, slot, min_gain) -> (done, at): recompress_page for each page in C
+ * (see run_batch) */
+static PyObject *Store_recompress_batch(StoreObject *s, PyObject *args)
+{
+    PyObject *seq;
+    RecodeArgs r;
+    if (!PyArg_ParseTuple(args, "Oii", &seq, &r.slot, &r.min_gain) || store_check(s))
+        return NULL;
+    if (r.slot < 1 || r.slot >= SLOTS)
+        return PyErr_Format(PyExc_ValueError, "slot %d out of range 1..%d", r.slot, SLOTS - 1);
+    return run_batch(s, seq, recode_step, &r, (size_t)PAGE_SIZE * 2 + COMPRESS_BOUND);
+}
+
+/* Writeback ------------------------------------------------------------------------------- */
 
 /* store.py's writeback_page for one page, GIL released: claim it (in flight) and copy its
  * object out under the store lock, decode it unlocked, write it to the backing file under the
  * file lock unless it was rewritten meanwhile (or is clean in image mode: the file has it),
- * then commit BACKED under the store lock unless it was rewritten. WB_PYTHON, with nothing
+ * then commit BACKED under the store lock unless it was rewritten. STEP_PYTHON, with nothing
  * changed, for a page the Python path must do (recompressed or shared, or a failure it must
  * count and log: a handle not live, a payload that does not decode, a failed write). */
 static int writeback_one(StoreObject *s, uint32_t pn, uint8_t *payload, uint8_t *page)
 {
+    uint32_t entry;
+    int len;
     pthread_mutex_lock(&s->lock->mutex);
-    uint32_t entry = s->index[pn];
-    if (entry >= FIRST_HANDLE && (s->meta[pn] & (SLOT_MASK | SHARED))) {
-        pthread_mutex_unlock(&s->lock->mutex);
-        return WB_PYTHON;
-    }
-    if (entry < FIRST_HANDLE) { /* nothing in the pool: the reference's claim and let-go */
-        pthread_mutex_unlock(&s->lock->mutex);
-        return WB_SKIP;
-    }
-    if (inflight_add(s, pn) != 0) {
-        pthread_mutex_unlock(&s->lock->mutex);
-        return WB_NOMEM;
-    }
-    pthread_mutex_lock(&s->pool->lock->mutex);
-    int len = pool_read_locked(s->pool, entry, payload);
-    pthread_mutex_unlock(&s->pool->lock->mutex);
+    int claimed = claim_page(s, pn, &entry, payload, &len);
     int clean = s->persistent && !(s->meta[pn] & DIRTY);
-    if (len < 0) {
-        inflight_take(s, pn);
-        pthread_mutex_unlock(&s->lock->mutex);
-        return WB_PYTHON;
-    }
     pthread_mutex_unlock(&s->lock->mutex);
+    if (claimed != STEP_DONE) /* STEP_GONE: the reference's claim and let-go, nothing moved */
+        return claimed;
 
     const uint8_t *src = payload;
     int failed = 0;
@@ -3239,57 +3256,35 @@ static int writeback_one(StoreObject *s, uint32_t pn, uint8_t *payload, uint8_t 
     int rc;
     pthread_mutex_lock(&s->lock->mutex);
     if (inflight_take(s, pn) || s->index[pn] != entry) {
-        rc = WB_SKIP; /* rewritten while we wrote: the pool copy is newer */
+        rc = STEP_GONE; /* rewritten while we wrote: the pool copy is newer */
     } else if (failed || (s->meta[pn] & (SLOT_MASK | SHARED)) ||
                store_swap(s, pn, BACKED, 0, 0, 0) != 0) {
-        rc = WB_PYTHON;
+        rc = STEP_PYTHON;
     } else {
         s->meta[pn] &= AGE_MASK; /* clean, no codec */
         s->written_back_pages++;
         if (!clean)
             s->bd_writes++;
-        rc = WB_DONE;
+        rc = STEP_DONE;
     }
     pthread_mutex_unlock(&s->lock->mutex);
     return rc;
 }
 
-/* _writeback_batch(indices) -> (done, at): writeback_page for each page in C with the GIL
- * released, in order, up to the first page the Python path must do (as _recompress_batch) */
+static int writeback_step(StoreObject *s, uint32_t pn, const void *arg, uint8_t *bufs)
+{
+    return writeback_one(s, pn, bufs, bufs + PAGE_SIZE);
+}
+
+/* _writeback_batch(indices) -> (done, at): writeback_page for each page in C (see run_batch) */
 static PyObject *Store_writeback_batch(StoreObject *s, PyObject *seq)
 {
     if (store_check(s))
         return NULL;
     if (s->backing_fd < 0)
         return PyErr_Format(PyExc_RuntimeError, "no backing file");
-    uint32_t *pns;
-    Py_ssize_t count = parse_pns(s, seq, &pns);
-    if (count < 0)
-        return NULL;
-    long done = 0;
-    Py_ssize_t at = -1;
-    int nomem = 0;
-    Py_BEGIN_ALLOW_THREADS
-    uint8_t *bufs = malloc((size_t)PAGE_SIZE * 2);
-    if (!bufs)
-        nomem = 1;
-    for (Py_ssize_t i = 0; i < count && !nomem; i++) {
-        int rc = writeback_one(s, pns[i], bufs, bufs + PAGE_SIZE);
-        done += rc == WB_DONE;
-        nomem = rc == WB_NOMEM;
-        if (rc == WB_PYTHON) {
-            at = i;
-            break;
-        }
-    }
-    free(bufs);
-    Py_END_ALLOW_THREADS
-    PyMem_Free(pns);
-    if (nomem)
-        return PyErr_NoMemory();
-    return Py_BuildValue("(ln)", done, at);
+    return run_batch(s, seq, writeback_step, NULL, (size_t)PAGE_SIZE * 2);
 }
-
 
 static PyObject *Store_get_lock(StoreObject *s, void *c)
 {
