@@ -1,9 +1,10 @@
 """The two engines through FUSE: the null-FUSE file, a zswapfs mount on the python engine and one
-on the native engine (zsmalloc, lz4), all mounted at once; every fio job alternates the three
-for --rounds rounds (this shared machine drifts) and the table gives mean IOPS and the ratios
-to null-FUSE. Image files only (no loop devices), so it needs a FUSE mount and nothing else.
+on the native engine (lz4; zsmalloc unless --pool says otherwise), all mounted at once; every fio
+job alternates the three for --rounds rounds (this shared machine drifts) and the table gives
+mean IOPS and the ratios to null-FUSE. Image files only (no loop devices), so it needs a FUSE
+mount and nothing else.
 
-    python bench/engine_fuse.py [--runtime 3] [--rounds 3]
+    python bench/engine_fuse.py [--runtime 3] [--rounds 3] [--pool zsmalloc|zbud|z3fold]
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def fio(target: Path, rw: str, bs: str, qd: int, runtime: float, workdir: Path) 
 
 
 @contextlib.contextmanager
-def engine_mounted(mountpoint: Path, engine: str, log: Path) -> Iterator[Path]:
+def engine_mounted(mountpoint: Path, engine: str, log: Path, pool: str) -> Iterator[Path]:
     mountpoint.mkdir()
     cmd = [
         sys.executable,
@@ -48,6 +49,8 @@ def engine_mounted(mountpoint: Path, engine: str, log: Path) -> Iterator[Path]:
         str(SIZE),
         "--engine",
         engine,
+        "--pool",
+        pool,
         "--log",
         str(log),
     ]
@@ -55,6 +58,7 @@ def engine_mounted(mountpoint: Path, engine: str, log: Path) -> Iterator[Path]:
         subprocess.run(cmd, check=True, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
         stats = bench.fio.read_mount_stats(mountpoint)
         assert stats["engine"] == engine, f"asked for {engine}, the mount runs {stats['engine']}"
+        assert stats["pool"] == pool
         yield mountpoint / "swap.img"
     finally:
         if os.path.ismount(mountpoint):
@@ -71,7 +75,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runtime", type=float, default=3)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--pool", choices=("zsmalloc", "zbud", "z3fold"), default="zsmalloc")
     args = p.parse_args()
+    pool = args.pool
     kinds = ("null", "python", "native")
     with tempfile.TemporaryDirectory(prefix="zswapfs-engines-") as d, contextlib.ExitStack() as st:
         tmp = Path(d)
@@ -80,8 +86,12 @@ def main() -> int:
             "null": st.enter_context(
                 bench.fio.null_mounted(tmp / "mnt-null", SIZE, tmp / "null.log")
             ),
-            "python": st.enter_context(engine_mounted(tmp / "mnt-py", "python", tmp / "py.log")),
-            "native": st.enter_context(engine_mounted(tmp / "mnt-nat", "native", tmp / "n.log")),
+            "python": st.enter_context(
+                engine_mounted(tmp / "mnt-py", "python", tmp / "py.log", pool)
+            ),
+            "native": st.enter_context(
+                engine_mounted(tmp / "mnt-nat", "native", tmp / "n.log", pool)
+            ),
         }
         for image in images.values():
             subprocess.run(
@@ -100,8 +110,8 @@ def main() -> int:
                 cwd=tmp,
             )
         print(
-            f"fio on the image files, {args.rounds} alternating rounds of {args.runtime} s, "
-            f"mean IOPS:"
+            f"fio on the image files ({pool}), {args.rounds} alternating rounds of "
+            f"{args.runtime} s, mean IOPS:"
         )
         print(f"  {'job':20} {'null':>8} {'python':>8} {'native':>8}  python/null  native/null")
         for name, rw, bs, qd in JOBS:

@@ -261,3 +261,42 @@ def test_class_geometry_matches_kernel_rules() -> None:
     for a, b in zip(ordered, ordered[1:], strict=False):
         assert (a.pages, a.objs) != (b.pages, b.objs)
     assert zs.best_pages_per_zspage(3072, 8) == 3  # the worked example in the module header
+
+
+def _shmem() -> int:
+    """This process's resident shared memory (RssShmem): the arenas' memfd pages."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssShmem:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no RssShmem line")
+
+
+@pytest.mark.parametrize("engine", ["python", "native"])
+def test_freed_pages_stay_warm_up_to_a_bound(engine: str) -> None:
+    """The last WARM_MAX pages freed stay resident for the next allocation (no punch, no
+    refault); the rest go back to the kernel at once, and release_segments returns them all."""
+    from zswapfs.engine import native
+    from zswapfs.engine.arena import WARM_MAX
+
+    if engine == "native" and not native.available():
+        pytest.skip(str(native.UNAVAILABLE))
+    pool = make_pool("zbud", 2048) if engine == "python" else native.NativeZbudPool(2048)
+    rnd = random.Random(4)
+    base = _shmem()
+    handles = [pool.store(rnd.randbytes(PAGE_SIZE)) for _ in range(1024)]  # a pool page each
+    full = _shmem() - base
+    assert full >= 1024 * PAGE_SIZE
+    for h in handles[1:]:
+        pool.free(h)
+    assert pool.stats()["warm_pages"] == WARM_MAX
+    kept = _shmem() - base  # the live page, the warm ones, the rest of the mapped segment
+    assert full - kept >= (1023 - WARM_MAX) * PAGE_SIZE
+    # the lowest free page is taken, warm or not: page 1 here, the first freed, so warm
+    again = pool.store(rnd.randbytes(PAGE_SIZE))
+    assert pool.stats()["warm_pages"] == WARM_MAX - 1
+    pool.free(again)
+    pool.release_segments()
+    assert pool.stats()["warm_pages"] == 0
+    assert _shmem() - base <= kept - WARM_MAX * PAGE_SIZE
+    pool.close()

@@ -60,6 +60,7 @@
 #define SEG_PAGES (1u << SEG_SHIFT)
 #define SEG_MASK (SEG_PAGES - 1)
 #define SEG_BYTES ((size_t)SEG_PAGES * PAGE_SIZE)
+#define WARM_MAX 64 /* freed pages kept resident for reuse: see arena.py */
 
 /* zsmalloc constants: see pools/zsmalloc.py */
 #define HDR 4
@@ -193,7 +194,8 @@ typedef struct {
     int *seg_fd;
     uint16_t *seg_used;
     uint8_t *free_map; /* 1 where a page below high_water is free */
-    uint32_t nfree, hint, high_water, pages_max;
+    uint8_t *warm_map; /* 1 where a free page is still resident (arena.py's WARM_MAX) */
+    uint32_t nfree, hint, high_water, pages_max, warm;
     long long segments_released;
     long long punch_errors;
 } Arena;
@@ -207,7 +209,8 @@ static int arena_init(Arena *a, uint32_t max_pages)
     a->seg_fd = malloc(a->nseg * sizeof(*a->seg_fd));
     a->seg_used = calloc(a->nseg, sizeof(*a->seg_used));
     a->free_map = calloc(max_pages, 1);
-    if (!a->seg_addr || !a->seg_fd || !a->seg_used || !a->free_map)
+    a->warm_map = calloc(max_pages, 1);
+    if (!a->seg_addr || !a->seg_fd || !a->seg_used || !a->free_map || !a->warm_map)
         return -1;
     for (uint32_t i = 0; i < a->nseg; i++)
         a->seg_fd[i] = -1;
@@ -235,6 +238,7 @@ static void arena_free_tables(Arena *a)
     free(a->seg_fd);
     free(a->seg_used);
     free(a->free_map);
+    free(a->warm_map);
     memset(a, 0, sizeof(*a));
 }
 
@@ -292,6 +296,10 @@ static int64_t arena_alloc_page(Arena *a, int has_below, uint32_t below)
     uint32_t seg = (uint32_t)pn >> SEG_SHIFT;
     if (!a->seg_addr[seg] && arena_map(a, seg) != 0)
         return -2; /* nothing was taken yet */
+    if (a->warm_map[pn]) {
+        a->warm_map[pn] = 0;
+        a->warm--;
+    }
     if (fresh) {
         a->high_water++;
     } else {
@@ -306,12 +314,22 @@ static int64_t arena_alloc_page(Arena *a, int has_below, uint32_t below)
     return pn;
 }
 
+static void arena_punch(Arena *a, uint32_t pn)
+{
+    if (fallocate(a->seg_fd[pn >> SEG_SHIFT], FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                  (off_t)(pn & SEG_MASK) * PAGE_SIZE, PAGE_SIZE) != 0)
+        a->punch_errors++;
+}
+
 static void arena_free_page(Arena *a, uint32_t pn)
 {
     uint32_t seg = pn >> SEG_SHIFT;
-    if (fallocate(a->seg_fd[seg], FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                  (off_t)(pn & SEG_MASK) * PAGE_SIZE, PAGE_SIZE) != 0)
-        a->punch_errors++;
+    if (a->warm < WARM_MAX) {
+        a->warm_map[pn] = 1;
+        a->warm++;
+    } else {
+        arena_punch(a, pn);
+    }
     a->seg_used[seg]--;
     if (pn == a->high_water - 1) {
         a->high_water--;
@@ -332,6 +350,12 @@ static void arena_free_page(Arena *a, uint32_t pn)
 
 static long arena_release_empty_segments(Arena *a)
 {
+    for (uint8_t *w = a->warm_map; a->warm && (w = memchr(w, 1, a->max_pages - (w - a->warm_map)));
+         w++) {
+        *w = 0;
+        a->warm--;
+        arena_punch(a, (uint32_t)(w - a->warm_map));
+    }
     long released = 0;
     for (uint32_t s = 0; s < a->nseg; s++) {
         if (a->seg_addr[s] && a->seg_used[s] == 0) {
@@ -1684,6 +1708,7 @@ POOL_GETTER(arena_high_water, p->arena.high_water)
 POOL_GETTER(arena_pages_max, p->arena.pages_max)
 POOL_GETTER(arena_max_pages, p->arena.max_pages)
 POOL_GETTER(arena_segments_released, p->arena.segments_released)
+POOL_GETTER(arena_warm_pages, p->arena.warm)
 POOL_GETTER(unbuddied_pages, p->bd_listed_pages)
 
 static PyObject *Pool_get_arena_segments_mapped(PoolObject *p, void *c)
@@ -1707,7 +1732,8 @@ static PyGetSetDef Pool_getset[] = {
     GET(pages_used), GET(objects), GET(bytes_stored), GET(pages_compacted), GET(objects_moved),
     GET(migrated_pages), GET(huge_class_size), GET(raw_threshold), GET(max_chain),
     GET(arena_holes), GET(arena_high_water), GET(arena_pages_max), GET(arena_max_pages),
-    GET(arena_segments_released), GET(arena_segments_mapped), GET(unbuddied_pages), GET(lock),
+    GET(arena_segments_released), GET(arena_segments_mapped), GET(arena_warm_pages),
+    GET(unbuddied_pages), GET(lock),
     {NULL},
 };
 #undef GET

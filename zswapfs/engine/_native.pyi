@@ -38,6 +38,7 @@ class Pool:
     arena_max_pages: int
     arena_segments_released: int
     arena_segments_mapped: int
+    arena_warm_pages: int
     unbuddied_pages: int
     def _setup(self, max_pages: int, max_chain: int, kind: str) -> None: ...
     def store(self, data: bytes) -> int: ...

@@ -2,8 +2,13 @@
 
 A pool page is named by its number pn. Pages live in *segments* of SEG_PAGES pages, each a
 memfd mapped shared, created when a page in it is first handed out. Memory becomes resident only
-when a page is written, and goes back to the kernel as soon as the page is freed, by punching a
-hole in the memfd (fallocate PUNCH_HOLE), so resident pool memory follows `pages_used`. A memfd
+when a page is written, and goes back to the kernel when the page is freed, by punching a hole
+in the memfd (fallocate PUNCH_HOLE), so resident pool memory follows `pages_used`, give or take
+the *warm* pages: the last WARM_MAX pages freed while fewer were warm stay resident, unpunched,
+for the next allocation to take (an overwrite of a page that fills a pool page of its own frees
+one pool page and takes another; punching and refaulting it cost more than the write itself).
+Which page an allocation takes does not depend on it (lowest free first, warm or not).
+release_empty_segments punches whatever is still warm first. A memfd
 rather than anonymous memory because a swap daemon locks its memory (mlockall) and the kernel
 refuses madvise(MADV_DONTNEED) on locked mappings; a punched hole frees locked pages too.
 A segment whose pages are all free can be unmapped as a whole (release_empty_segments), which
@@ -32,6 +37,8 @@ SEG_SHIFT = 8
 SEG_PAGES = 1 << SEG_SHIFT
 _SEG_MASK = SEG_PAGES - 1
 _SEG_BYTES = SEG_PAGES * PAGE_SIZE
+#: freed pages kept resident for reuse (256 KiB)
+WARM_MAX = 64
 _PUNCH_HOLE = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 _libc = ctypes.CDLL(None, use_errno=True)
 _fallocate = _libc.fallocate
@@ -61,6 +68,9 @@ class Arena:
         #: 1 where a page below the high-water mark is free
         self._free = np.zeros(max_pages, dtype=np.uint8)
         self._nfree = 0
+        #: 1 where a free page is still resident (not punched): see WARM_MAX
+        self._warm = np.zeros(max_pages, dtype=np.uint8)
+        self.warm_pages = 0
         #: no free page has a number below this (a search hint)
         self._hint = 0
         #: pages at or above this number are free and were never handed out or were folded back
@@ -109,6 +119,9 @@ class Arena:
         seg = pn >> SEG_SHIFT
         if self.segments[seg] is None:
             self._map(seg)
+        if self._warm[pn]:
+            self._warm[pn] = 0
+            self.warm_pages -= 1
         self._seg_used[seg] += 1
         used = self.pages_used
         if used > self.pages_max:
@@ -130,10 +143,15 @@ class Arena:
         self._fds[seg] = fd
 
     def free_page(self, pn: int) -> None:
-        """Return page *pn*'s memory to the kernel and make the number reusable."""
+        """Make the number reusable and return page *pn*'s memory to the kernel, unless
+        fewer than WARM_MAX freed pages are kept resident (then it is one more)."""
         seg = pn >> SEG_SHIFT
         assert self.segments[seg] is not None, f"page {pn} is not mapped"
-        _punch(self._fds[seg], (pn & _SEG_MASK) * PAGE_SIZE, PAGE_SIZE)
+        if self.warm_pages < WARM_MAX:
+            self._warm[pn] = 1
+            self.warm_pages += 1
+        else:
+            _punch(self._fds[seg], (pn & _SEG_MASK) * PAGE_SIZE, PAGE_SIZE)
         self._seg_used[seg] -= 1
         if pn == self.high_water - 1:
             self.high_water -= 1
@@ -150,8 +168,17 @@ class Arena:
         if self._hint > self.high_water:
             self._hint = self.high_water
 
+    def trim_warm(self) -> None:
+        """Punch every warm page: the memory of all free pages goes back to the kernel."""
+        for pn in np.flatnonzero(self._warm).tolist():
+            self._warm[pn] = 0
+            self.warm_pages -= 1
+            _punch(self._fds[pn >> SEG_SHIFT], (pn & _SEG_MASK) * PAGE_SIZE, PAGE_SIZE)
+
     def release_empty_segments(self) -> int:
-        """Unmap every mapped segment that holds no live page; returns how many."""
+        """Punch the warm pages, then unmap every mapped segment that holds no live page;
+        returns how many segments."""
+        self.trim_warm()
         released = 0
         for seg, mm in enumerate(self.segments):
             if mm is not None and self._seg_used[seg] == 0:

@@ -151,6 +151,10 @@ if _native is not None:
         def segments_released(self) -> int:
             return self._pool.arena_segments_released
 
+        @property
+        def warm_pages(self) -> int:
+            return self._pool.arena_warm_pages
+
         def is_free(self, pn: int) -> bool:
             return self._pool._arena_is_free(pn)
 

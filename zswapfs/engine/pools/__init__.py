@@ -198,6 +198,7 @@ class Pool:
             "arena_segments": self.arena.segments_mapped,
             "segments_released": self.arena.segments_released,
             "arena_holes": self.arena.holes,
+            "warm_pages": self.arena.warm_pages,
         }
 
     def close(self) -> None:
