@@ -668,6 +668,12 @@ def test_writes_over_the_limit_go_to_the_file_and_wake_maintenance(
     )
     woken: list[int] = []
     store.on_pressure = lambda: woken.append(1)
+    if engine == "native":  # every page to the file in C: none handed to the Python path
+
+        def no_python(*args: object) -> None:
+            raise AssertionError(f"the Python path was asked for {args[0]}")
+
+        store._write_slow = no_python  # type: ignore[method-assign]
     rnd = random.Random(6)
     data = b"".join(make_page("text", rnd) for _ in range(32))
     store.write(0, data)
@@ -678,3 +684,76 @@ def test_writes_over_the_limit_go_to_the_file_and_wake_maintenance(
     assert store.failed_writes == 0
     store.pool.close()
     backing.close()
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_a_page_rewritten_while_c_writes_it_back_is_not_lost(
+    tmp_path: Path, persistent: bool
+) -> None:
+    """The C writeback batch claims page 5 and waits for the file lock, held here, while the
+    page is rewritten twice, so that the handle the batch read comes back (ABA). The batch must
+    neither write its stale copy nor commit: the newest contents win (dirty in image mode)."""
+    import threading
+    import time
+
+    from zswapfs.engine.codec import make_codec
+    from zswapfs.engine.store import DIRTY
+
+    backing = BackingFile(str(tmp_path / "b.img"), 16, persistent)
+    store = native.make_store("native", 16, make_codec("lz4"), "zsmalloc", backing=backing)
+    rnd = random.Random(12)
+    old, mid, new = (make_page("text", rnd) for _ in range(3))
+    store.write_page(5, old)
+    handle = store.table.item(5)
+    done: list[int] = []
+    with store._file_lock:
+        batch = threading.Thread(target=lambda: done.append(store.writeback_pages([5])))
+        batch.start()
+        deadline = time.monotonic() + 30  # only ends a hang
+        while store._inflight_count == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert store._inflight_count == 1, "the batch never claimed the page"
+        store.write_page(5, mid)
+        store.write_page(5, new)
+        assert store.table.item(5) == handle, "the scenario needs the handle to come back"
+    batch.join(timeout=30)
+    assert not batch.is_alive() and done == [0]
+    assert store.read_page(5) == new and backing.read_page(5) != old
+    assert store.written_back_pages == 0 and store._inflight_count == 0
+    if persistent:
+        assert store.meta.item(5) & DIRTY
+    store.close()
+
+
+def test_a_failing_backing_file_is_counted_once_and_loses_nothing(tmp_path: Path) -> None:
+    """Every write to the backing file fails (its descriptor swapped for a read-only one): a
+    page over the limit stays in the pool over it and a writeback leaves the page where it was,
+    each failure counted once (the C attempt hands the page to the Python path, which tries,
+    counts and logs), and every page reads back."""
+    import os
+
+    from zswapfs.engine.codec import make_codec
+
+    backing = BackingFile(str(tmp_path / "b.img"), 16, persistent=False)
+    store = native.make_store(
+        "native", 16, make_codec("lz4"), "zsmalloc", backing=backing, mem_limit=2 * PAGE_SIZE
+    )
+    rnd = random.Random(13)
+    pages = [make_page("text", rnd) for _ in range(8)]
+    store.write(0, pages[0])
+    saved = os.dup(backing.fd)
+    readonly = os.open(backing.path, os.O_RDONLY)
+    os.dup2(readonly, backing.fd)
+    try:
+        store.write(PAGE_SIZE, b"".join(pages[1:]))  # the pool is at its limit after a page or two
+        hit = store.pool_limit_hit
+        assert hit > 0 and store.bd_errors == hit and store.bd_writes == 0
+        assert store.writeback_pages([0]) == 0
+        assert store.bd_errors == hit + 1 and store.written_back_pages == 0
+    finally:
+        os.dup2(saved, backing.fd)
+        os.close(saved)
+        os.close(readonly)
+    assert store.read(0, 8 * PAGE_SIZE) == b"".join(pages)
+    assert store.failed_writes == store.failed_reads == 0
+    store.close()

@@ -2098,7 +2098,8 @@ static inline size_t fill_slot(uint64_t key, size_t cap)
     return (size_t)((key * 0x9E3779B97F4A7C15ull) >> 17) & (cap - 1);
 }
 
-static int fill_set(StoreObject *s, uint64_t pn, uint64_t word)
+/* room for one more fill word (store lock held); -1 when out of memory, nothing changed */
+static int fill_reserve(StoreObject *s)
 {
     if ((s->fill_count + 1) * 2 > s->fill_cap) {
         size_t ncap = s->fill_cap ? s->fill_cap * 2 : 64;
@@ -2123,6 +2124,13 @@ static int fill_set(StoreObject *s, uint64_t pn, uint64_t word)
         s->fill_vals = v;
         s->fill_cap = ncap;
     }
+    return 0;
+}
+
+static int fill_set(StoreObject *s, uint64_t pn, uint64_t word)
+{
+    if (fill_reserve(s) != 0)
+        return -1;
     uint64_t key = pn + 1;
     size_t j = fill_slot(key, s->fill_cap);
     while (s->fill_keys[j] && s->fill_keys[j] != key)
@@ -2313,14 +2321,15 @@ enum { PAGE_DONE = 0, PAGE_PYTHON = 1, PAGE_TO_FILE = 2, PAGE_NOT_LIVE = -1, PAG
  * write (which it counts and logs, keeping the page in the pool over its limit). */
 static int store_to_file(StoreObject *s, uint32_t pn, const uint8_t *page, uint32_t stamp)
 {
-    if (s->backing_fd < 0)
+    if (!s->has_backing)
         return PAGE_PYTHON;
     int rc = PAGE_PYTHON;
     pthread_mutex_lock(&s->file_lock->mutex);
     pthread_mutex_lock(&s->lock->mutex);
     int owned = python_owned(s, pn);
     pthread_mutex_unlock(&s->lock->mutex);
-    if (!owned && pwrite(s->backing_fd, page, PAGE_SIZE, (off_t)pn * PAGE_SIZE) == PAGE_SIZE) {
+    if (!owned && s->backing_fd >= 0 &&
+        pwrite(s->backing_fd, page, PAGE_SIZE, (off_t)pn * PAGE_SIZE) == PAGE_SIZE) {
         pthread_mutex_lock(&s->lock->mutex);
         if (!python_owned(s, pn) && store_swap(s, pn, BACKED, 0, 0, 0) == 0) {
             s->pool_limit_hit++;
@@ -2342,10 +2351,12 @@ static int store_prepared(StoreObject *s, uint32_t pn, const uint8_t *page, uint
         pthread_mutex_lock(&s->lock->mutex);
         if (python_owned(s, pn))
             rc = PAGE_PYTHON;
+        else if (word && fill_reserve(s) != 0) /* before the swap frees the old contents */
+            rc = PAGE_NOMEM;
         else if (store_swap(s, pn, SAME, 0, 0, 0) != 0)
             rc = PAGE_NOT_LIVE;
-        else if (word && fill_set(s, pn, word) != 0)
-            rc = PAGE_NOMEM;
+        else if (word)
+            fill_set(s, pn, word); /* cannot fail: room was reserved */
         if (rc == PAGE_DONE)
             s->meta[pn] = stamp;
         pthread_mutex_unlock(&s->lock->mutex);
@@ -2448,16 +2459,21 @@ static int load_page(StoreObject *s, uint32_t pn, uint8_t *out, uint32_t now)
             return PAGE_DONE;
         }
         /* only in the backing file (written back, or never written in image mode): read
-         * unlocked, as store.py's _read_backing does (the index only moves a page there);
-         * a failed or short read goes to the Python path, which reads again and reports it */
-        if (s->backing_fd >= 0 &&
-            pread(s->backing_fd, out, PAGE_SIZE, (off_t)pn * PAGE_SIZE) == PAGE_SIZE) {
-            pthread_mutex_lock(&s->lock->mutex);
-            s->bd_reads++;
-            pthread_mutex_unlock(&s->lock->mutex);
-            return PAGE_DONE;
-        }
-        return PAGE_PYTHON;
+         * without the store lock, as store.py's _read_backing does (the index only moves a
+         * page there), under the file lock, which _detach_backing takes before the file is
+         * closed; a failed or short read goes to the Python path, which reads again and
+         * reports it */
+        ssize_t got = -1;
+        pthread_mutex_lock(&s->file_lock->mutex);
+        if (s->backing_fd >= 0)
+            got = pread(s->backing_fd, out, PAGE_SIZE, (off_t)pn * PAGE_SIZE);
+        pthread_mutex_unlock(&s->file_lock->mutex);
+        if (got != PAGE_SIZE)
+            return PAGE_PYTHON;
+        pthread_mutex_lock(&s->lock->mutex);
+        s->bd_reads++;
+        pthread_mutex_unlock(&s->lock->mutex);
+        return PAGE_DONE;
     }
     uint32_t meta = s->meta[pn];
     if (meta & SLOT_MASK)
@@ -2740,7 +2756,7 @@ static PyObject *Store_cwrite(StoreObject *s, PyObject *args)
     size_t head = offset % PAGE_SIZE;
     uint8_t tmp[PAGE_SIZE];
     PyObject *failed = NULL; /* set when a page fails: the GIL is held then */
-    int pressure = 0;        /* a page went to the file for the memory limit */
+    int pressure = 0;        /* a page went to the file for the memory limit: on_pressure told */
     PyThreadState *ts = PyEval_SaveThread();
     uint32_t now = store_now(s);
     if (!stamp)
@@ -2789,7 +2805,17 @@ static PyObject *Store_cwrite(StoreObject *s, PyObject *args)
             rc = store_page(s, pn, page, (uint32_t)stamp);
         }
         if (rc == PAGE_TO_FILE) {
-            pressure = 1;
+            if (!pressure) { /* the first such page: wake the maintenance thread (_encode's) */
+                pressure = 1;
+                PyEval_RestoreThread(ts);
+                PyObject *r = PyObject_CallMethod((PyObject *)s, "on_pressure", NULL);
+                if (!r) {
+                    failed = Py_None;
+                    break;
+                }
+                Py_DECREF(r);
+                ts = PyEval_SaveThread();
+            }
         } else if (rc == PAGE_PYTHON) {
             PyEval_RestoreThread(ts);
             PyObject *r = PyObject_CallMethod((PyObject *)s, "_write_slow", "Iy#k", pn,
@@ -2816,12 +2842,6 @@ static PyObject *Store_cwrite(StoreObject *s, PyObject *args)
     if (sc)
         sc->busy = 0;
     PyBuffer_Release(&data);
-    if (pressure && !failed) { /* once a request: wake the maintenance thread (_encode's) */
-        PyObject *r = PyObject_CallMethod((PyObject *)s, "on_pressure", NULL);
-        if (!r)
-            failed = Py_None;
-        Py_XDECREF(r);
-    }
     if (failed)
         return wrap_failure(s, 1, offset, 0);
     Py_RETURN_NONE;
@@ -3275,7 +3295,8 @@ static int writeback_one(StoreObject *s, uint32_t pn, uint8_t *payload, uint8_t 
         int rewritten = !f || f->rewritten;
         pthread_mutex_unlock(&s->lock->mutex);
         if (!rewritten)
-            failed = pwrite(s->backing_fd, src, PAGE_SIZE, (off_t)pn * PAGE_SIZE) != PAGE_SIZE;
+            failed = s->backing_fd < 0 ||
+                     pwrite(s->backing_fd, src, PAGE_SIZE, (off_t)pn * PAGE_SIZE) != PAGE_SIZE;
         pthread_mutex_unlock(&s->file_lock->mutex);
     }
 
@@ -3310,6 +3331,18 @@ static PyObject *Store_writeback_batch(StoreObject *s, PyObject *seq)
     if (s->backing_fd < 0)
         return PyErr_Format(PyExc_RuntimeError, "no backing file");
     return run_batch(s, seq, writeback_step, NULL, (size_t)PAGE_SIZE * 2);
+}
+
+/* _detach_backing(): C stops using the backing file's descriptor (before the file is closed):
+ * taken under the file lock, so no read or write of it is in progress */
+static PyObject *Store_detach_backing(StoreObject *s, PyObject *unused)
+{
+    lock_wait(s->file_lock);
+    lock_wait(s->lock);
+    s->backing_fd = -1;
+    pthread_mutex_unlock(&s->lock->mutex);
+    pthread_mutex_unlock(&s->file_lock->mutex);
+    Py_RETURN_NONE;
 }
 
 static PyObject *Store_get_lock(StoreObject *s, void *c)
@@ -3364,6 +3397,7 @@ static PyMethodDef Store_methods[] = {
     {"_set_slot", (PyCFunction)Store_set_slot, METH_VARARGS,
      "_set_slot(slot, level, dictionary); takes the store lock"},
     {"_drop_slot", (PyCFunction)Store_drop_slot, METH_O, "_drop_slot(slot); store lock held"},
+    {"_detach_backing", (PyCFunction)Store_detach_backing, METH_NOARGS, NULL},
     {"_writeback_batch", (PyCFunction)Store_writeback_batch, METH_O,
      "_writeback_batch(indices) -> (done, at)"},
     {"_recompress_batch", (PyCFunction)Store_recompress_batch, METH_VARARGS,

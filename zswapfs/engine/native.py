@@ -17,7 +17,7 @@ A page the C loop does not decide goes back to PageStore's Python code, page by 
   - a second read of a page recompressed by the background loop (the first is decoded in C
     with the slot's digested dictionary), or a page only the backing file holds whose read
     failed or came short: PageStore.read_page (a read from the backing file that succeeds is
-    C's own: a pread of the BackingFile's descriptor, so the pool is closed before the file);
+    C's own: a pread of the BackingFile's descriptor, which close() detaches first);
   - a page whose old object is recompressed (a codec slot counts it) or shared (dedup counts
     its references): PageStore.write_page, whose _swap (here: the bookkeeping in Python, the
     swap in C) keeps those counts.
@@ -362,6 +362,12 @@ if _native is not None:
                 total += PageStore.writeback_page(self, indices[at])
                 indices = indices[at + 1 :]
             return total
+
+        def close(self) -> None:
+            """C lets the backing file's descriptor go first (under the file lock, so no read
+            or write of it is in progress), then PageStore.close."""
+            self._detach_backing()
+            PageStore.close(self)
 
         def stats(self) -> dict[str, Any]:
             st = PageStore.stats(self)

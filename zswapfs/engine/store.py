@@ -538,6 +538,12 @@ class PageStore:
                 self.bd_writes += 1
         return True
 
+    def close(self) -> None:
+        """Release the pool, then the backing file (no request may run any more)."""
+        self.pool.close()
+        if self.backing is not None:
+            self.backing.close()
+
     def writeback_pages(self, indices: list[int]) -> int:
         """writeback_page for each page, in order (the maintenance thread's batch); returns
         how many were moved to the backing file."""

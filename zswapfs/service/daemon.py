@@ -182,8 +182,7 @@ def run(mountpoint: str, cfg: MountConfig, ready_fd: int | None = None) -> None:
     except RuntimeError as exc:
         if metrics is not None:
             metrics.stop()
-        if store.backing is not None:
-            store.backing.close()
+        store.close()
         raise MountError(f"cannot mount on {mountpoint}: {exc}") from None
     log.info(
         "mounted %s: %d bytes, codec %s, pool %s, engine %s",
@@ -215,7 +214,5 @@ def run(mountpoint: str, cfg: MountConfig, ready_fd: int | None = None) -> None:
                     log.info("flushed %d pages to %s", written, store.backing.path)
             except StoreError as exc:
                 log.error("flush at unmount failed: %s", exc)
-        store.pool.close()  # first: the compiled engine reads the backing file's descriptor
-        if store.backing is not None:
-            store.backing.close()
+        store.close()
         log.info("unmounted %s", mountpoint)
