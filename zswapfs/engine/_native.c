@@ -3359,13 +3359,17 @@ static PyObject *Store_get_file_lock(StoreObject *s, void *c)
 
 static PyObject *Store_get_inflight(StoreObject *s, void *c)
 {
-    return PyLong_FromSize_t(s->inflight_n);
+    lock_wait(s->lock); /* a background batch changes it with the GIL released */
+    size_t n = s->inflight_n;
+    pthread_mutex_unlock(&s->lock->mutex);
+    return PyLong_FromSize_t(n);
 }
 
 static PyGetSetDef Store_getset[] = {
     {"_lock", (getter)Store_get_lock, NULL, "the store lock", NULL},
     {"_file_lock_c", (getter)Store_get_file_lock, NULL, "the backing-file write lock", NULL},
-    {"_inflight_count", (getter)Store_get_inflight, NULL, "pages in flight", NULL},
+    {"_inflight_count", (getter)Store_get_inflight, NULL, "pages in flight (takes the store lock)",
+     NULL},
     {NULL},
 };
 
