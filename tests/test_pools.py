@@ -17,6 +17,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from tests.conftest import pool_resident
 from zswapfs.engine.arena import PAGE_SIZE
 from zswapfs.engine.pools import POOL_NAMES, Pool, PoolFull, buddy, make_pool
 from zswapfs.engine.pools import zsmalloc as zs
@@ -265,11 +266,7 @@ def test_class_geometry_matches_kernel_rules() -> None:
 
 def _shmem() -> int:
     """This process's resident shared memory (RssShmem): the arenas' memfd pages."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssShmem:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no RssShmem line")
+    return pool_resident(os.getpid())
 
 
 @pytest.mark.parametrize("engine", ["python", "native"])
