@@ -2073,7 +2073,8 @@ typedef struct {
     Inflight *inflight;
     size_t inflight_n, inflight_cap;
     long long mem_limit, low_water;
-    int huge_to_backing, persistent, has_backing, codec, level, ready;
+    int huge_to_backing, persistent, codec, level, ready;
+    int has_backing; /* set up with a backing file (fixed; backing_fd goes to -1 at close) */
     int backing_fd; /* the BackingFile's descriptor (read and written in C), -1 without one */
     LockObject *file_lock; /* store.py's _file_lock: around backing-file writes */
     double t0;
@@ -3328,7 +3329,7 @@ static PyObject *Store_writeback_batch(StoreObject *s, PyObject *seq)
 {
     if (store_check(s))
         return NULL;
-    if (s->backing_fd < 0)
+    if (!s->has_backing)
         return PyErr_Format(PyExc_RuntimeError, "no backing file");
     return run_batch(s, seq, writeback_step, NULL, (size_t)PAGE_SIZE * 2);
 }

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from zswapfs.engine.backing import BackingFile
@@ -167,19 +168,20 @@ if _native is not None:
     class _NativePool(_native.Pool, Pool):  # type: ignore[misc]
         """The C pool; the interface of pools/__init__.py's Pool."""
 
-        def __init__(self, max_pages: int, max_chain: int = 0) -> None:
+        def __init__(self, max_pages: int, max_chain: int = DEFAULT_CHAIN) -> None:
             # Pool.__init__ is not called: the arena, handle table and lock are in C
             self._setup(max_pages, max_chain, self.name)
             self.arena = NativeArena(self)  # type: ignore[assignment]
+
+        @staticmethod
+        def headroom(max_chain: int | None) -> int:
+            """Pages beyond the image's own a full image may need (the Python pool's rule)."""
+            raise NotImplementedError
 
     class NativeZsPool(_NativePool):
         """pools/zsmalloc.py's ZsPool in C."""
 
         name = "zsmalloc"
-
-        def __init__(self, max_pages: int, max_chain: int = DEFAULT_CHAIN) -> None:
-            super().__init__(max_pages, max_chain)
-
         headroom = staticmethod(ZsPool.headroom)
 
         def stats(self) -> dict[str, Any]:
@@ -339,27 +341,36 @@ if _native is not None:
             slot = self.current_slot
             if not slot:
                 return 0
-            total = 0
-            while indices:
-                done, at = self._recompress_batch(indices, slot, min_gain)
-                total += done
-                if at < 0:
-                    break
-                total += PageStore.recompress_page(self, indices[at], min_gain) == "done"
-                indices = indices[at + 1 :]
-            return total
+            return self._in_batches(
+                indices,
+                lambda rest: self._recompress_batch(rest, slot, min_gain),
+                lambda index: PageStore.recompress_page(self, index, min_gain) == "done",
+            )
 
         def writeback_pages(self, indices: list[int]) -> int:
             """The batch in C with the GIL released (decode, the backing-file write, the
             commit); a page C leaves alone (recompressed or shared, or a failure the Python
             path counts and logs) takes PageStore.writeback_page in its turn."""
+            return self._in_batches(
+                indices, self._writeback_batch, lambda index: PageStore.writeback_page(self, index)
+            )
+
+        @staticmethod
+        def _in_batches(
+            indices: list[int],
+            batch: Callable[[list[int]], tuple[int, int]],
+            one: Callable[[int], bool],
+        ) -> int:
+            """A C batch call over *indices* (it returns (done, at): pages done, and the
+            position of the first page it left to Python, or -1); that page takes the Python
+            path *one*, then C goes on with the pages after it. Returns the pages done."""
             total = 0
             while indices:
-                done, at = self._writeback_batch(indices)
+                done, at = batch(indices)
                 total += done
                 if at < 0:
                     break
-                total += PageStore.writeback_page(self, indices[at])
+                total += one(indices[at])
                 indices = indices[at + 1 :]
             return total
 
@@ -397,13 +408,9 @@ def make_store(
         if why is None and _codec_args(codec) is None:
             why = f"codec {codec.name} is Python only"
         if why is None:
-            pool: Pool
-            if pool_name == "zsmalloc":
-                chain = max_chain or DEFAULT_CHAIN
-                pool = NativeZsPool(npages + ZsPool.headroom(chain), chain)
-            else:
-                kind = NativeZbudPool if pool_name == "zbud" else NativeZ3foldPool
-                pool = kind(npages + kind.headroom())
+            chain = max_chain or DEFAULT_CHAIN
+            kind = NATIVE_POOLS[pool_name]
+            pool: Pool = kind(npages + kind.headroom(chain), chain)  # buddy pools: no chain
             return NativeStore(
                 npages, codec, pool, backing, mem_limit, huge_to_backing, low_watermark
             )
