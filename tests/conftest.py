@@ -63,6 +63,17 @@ def _remove_daemon_logs_the_test_made(tmp_path_factory: pytest.TempPathFactory) 
                 (directory / name).unlink()
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """`make sanitize` runs the suite against an instrumented copy of the compiled engine and
+    says where it lies (ZSWAPFS_NATIVE_FROM): refuse to run against any other build."""
+    where = os.environ.get("ZSWAPFS_NATIVE_FROM")
+    if where:
+        from zswapfs.engine import _native
+
+        if where not in (_native.__file__ or ""):
+            raise pytest.UsageError(f"the engine under test is {_native.__file__}, not {where}")
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Refuse to run a test without exactly one tier marker (before -m deselects any)."""
@@ -118,6 +129,50 @@ def swap_unavailable(cgroups: bool = True) -> str | None:
     if not Path("/dev/loop-control").exists():
         return "no loop devices (/dev/loop-control missing)"
     return cgroup.unavailable() if cgroups else None
+
+
+#: hypothesis examples are scaled by this (make sanitize runs fewer under its slow instrumented
+#: build: ZSWAPFS_EXAMPLES=0.2)
+EXAMPLES_SCALE = float(os.environ.get("ZSWAPFS_EXAMPLES", "1"))
+
+
+def examples(n: int) -> int:
+    """*n* hypothesis examples, scaled by ZSWAPFS_EXAMPLES (at least 3)."""
+    return max(3, round(n * EXAMPLES_SCALE))
+
+
+#: the two engines the store-level tiers run on: the readable reference and the compiled one
+#: that ships (a build without the compiled engine fails those tests, it does not skip them)
+ENGINES = ("python", "native")
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def new_store(
+    engine: str, npages: int, codec: Any = "lz4", pool: str = "zsmalloc", **options: Any
+) -> Any:
+    """A store on *engine* (make_store with a codec given by name or as an object); fails,
+    never falls back, when the compiled engine is asked for and cannot be had."""
+    from zswapfs.engine import native
+    from zswapfs.engine.codec import make_codec
+
+    store = native.make_store(
+        engine, npages, make_codec(codec) if isinstance(codec, str) else codec, pool, **options
+    )
+    assert store.engine == engine, f"asked for the {engine} engine: {native.UNAVAILABLE}"
+    return store
+
+
+def corrupt_page(store: Any, pn: int) -> None:
+    """Put an object that does not decode where page *pn*'s compressed object was (either
+    engine: the compiled read loop then meets it in C)."""
+    with store.lock:
+        handle = store.table.item(pn)
+        store.pool.free(handle)
+        store.table[pn] = store.pool.store(b"\xff" * 100)
 
 
 needs_mount = pytest.mark.skipif(mount_unavailable() is not None, reason=str(mount_unavailable()))

@@ -1,4 +1,5 @@
-"""Background maintenance: compaction and migration while requests go on, and memory returned."""
+"""Background maintenance: compaction and migration while requests go on, and memory returned.
+The in-process tests run on both engines (the `engine` fixture)."""
 
 from __future__ import annotations
 
@@ -18,14 +19,14 @@ from tests.conftest import (
     Mounted,
     needs_fio,
     needs_mount,
+    new_store,
     pool_resident,
     wait_for,
     zswapfs_cmd,
 )
-from zswapfs.engine.codec import PAGE_SIZE, make_codec
+from zswapfs.engine.codec import PAGE_SIZE
 from zswapfs.engine.maintenance import Maintenance
-from zswapfs.engine.pools import POOL_NAMES, make_pool
-from zswapfs.engine.store import PageStore
+from zswapfs.engine.pools import POOL_NAMES
 from zswapfs.lab.bench.fio import FIO_DIR
 
 
@@ -36,13 +37,13 @@ def page_for(rnd: random.Random, tag: int) -> bytes:
 
 @pytest.mark.unit
 @pytest.mark.parametrize("pool", POOL_NAMES)
-def test_store_stays_exact_under_aggressive_maintenance(pool: str) -> None:
+def test_store_stays_exact_under_aggressive_maintenance(engine: str, pool: str) -> None:
     """The FUSE thread's view (writes, overwrites, reads) stays byte-exact while the background
     thread compacts and migrates continuously: after every block of writes the test waits for a
     pass to end, so passes fall between (and, as the scheduler likes, inside) the blocks."""
     npages = 3000
     blocks, block = 80, 200
-    store = PageStore(npages, make_codec("lz4"), make_pool(pool, npages))
+    store = new_store(engine, npages, "lz4", pool)
     maint = Maintenance(store.pool, interval=0.001, aggressive=True)
     rnd = random.Random(5)
     model: dict[int, bytes] = {}
@@ -70,10 +71,10 @@ def test_store_stays_exact_under_aggressive_maintenance(pool: str) -> None:
 
 
 @pytest.mark.unit
-def test_maintenance_stops_promptly() -> None:
+def test_maintenance_stops_promptly(engine: str) -> None:
     """stop() wakes a thread that sleeps for an hour between passes: it returns, and the thread
     is gone (the deadline only ends a hang; a stop that waited out the interval would hit it)."""
-    store = PageStore(100, make_codec("lz4"), make_pool("zsmalloc", 100))
+    store = new_store(engine, 100)
     maint = Maintenance(store.pool, interval=3600)
     maint.start()
     thread = maint._thread
@@ -232,10 +233,12 @@ def test_fio_verify_during_continuous_maintenance(
 
 
 @pytest.mark.unit
-def test_stop_waits_for_a_pass_run_from_another_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stop_waits_for_a_pass_run_from_another_thread(
+    engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """compact_now runs in a worker thread; stop() is called while that pass is inside the pool
     and must not return before the pass has made its last pool call."""
-    store = PageStore(4000, make_codec("lz4"), make_pool("zsmalloc", 4000))
+    store = new_store(engine, 4000)
     rnd = random.Random(2)
     for pn in range(4000):
         store.write_page(pn, page_for(rnd, pn))

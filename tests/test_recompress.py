@@ -1,4 +1,5 @@
-"""Density in the background: recompression of idle pages with trained dictionaries, dedup."""
+"""Density in the background: recompression of idle pages with trained dictionaries, dedup. The
+in-process tests run on both engines (the `engine` fixture)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from tests.conftest import Mounted, needs_mount, wait_for
+from tests.conftest import ENGINES, Mounted, needs_mount, new_store, wait_for
 from tests.test_store import make_page
 from zswapfs.engine.backing import BackingFile
-from zswapfs.engine.codec import PAGE_SIZE, make_codec, same_filled_value
-from zswapfs.engine.pools import POOL_NAMES, make_pool
+from zswapfs.engine.codec import PAGE_SIZE, same_filled_value
+from zswapfs.engine.pools import POOL_NAMES
 from zswapfs.engine.recompress import Recompression
 from zswapfs.engine.store import BACKED, MARK, SHARED, SLOT_MASK, PageStore
 
@@ -38,33 +39,34 @@ def record_page(rnd: random.Random, tag: int) -> bytes:
 
 
 def make_store(
-    npages: int = 2048, pool: str = "zsmalloc", backing: Path | None = None
+    engine: str, npages: int = 2048, pool: str = "zsmalloc", backing: Path | None = None
 ) -> PageStore:
     back = BackingFile(str(backing), npages, False) if backing else None
-    return PageStore(npages, make_codec("lz4"), make_pool(pool, npages), backing=back)
+    store: PageStore = new_store(engine, npages, "lz4", pool, backing=back)
+    return store
 
 
 def age(store: PageStore, seconds: int) -> None:
     """Move the store's clock *seconds* ahead (every page is that much older)."""
-    store._t0 -= seconds
+    store.set_clock(advance=seconds)
 
 
 @pytest.mark.unit
 @pytest.mark.parametrize("pool", POOL_NAMES)
-def test_idle_pages_are_recompressed_and_read_back(pool: str) -> None:
-    store = make_store(pool=pool)
+def test_idle_pages_are_recompressed_and_read_back(engine: str, pool: str) -> None:
+    store = make_store(engine, pool=pool)
     rnd = random.Random(1)
     pages = {pn: record_page(rnd, pn) for pn in range(1200)}
     for pn, page in pages.items():
         store.write_page(pn, page)
     work = Recompression(store, level=9, idle=30)
     assert work.step() == 0, "nothing is idle yet"
-    assert store.pages_recompressed == 0 and work.trainings == 1  # the dictionary is ready
+    assert store.recompressions == 0 and work.trainings == 1  # the dictionary is ready
     before = store.compr_data_size
     age(store, 31)
     assert work.step() > 1000
     st = store.stats()
-    assert st["pages_recompressed"] == st["recompressed_pages"] > 1000
+    assert st["recompressions"] == st["recompressed_pages"] > 1000
     assert store.compr_data_size < 0.8 * before, (store.compr_data_size, before)
     assert st["recompress_saved_bytes"] == before - store.compr_data_size
     assert st["dict_count"] == 1 and 0 < st["dict_bytes"] <= 16 << 10
@@ -77,23 +79,23 @@ def test_idle_pages_are_recompressed_and_read_back(pool: str) -> None:
 
 @pytest.mark.unit
 def test_a_step_runs_at_nice_19_and_restores_the_nice_value(
-    monkeypatch: pytest.MonkeyPatch,
+    engine: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The loop takes a core only when nothing else wants it: each step runs this thread under
     nice 19, and the thread's own nice value is back once the step ends."""
-    store = make_store()
+    store = make_store(engine)
     rnd = random.Random(6)
     for pn in range(300):
         store.write_page(pn, record_page(rnd, pn))
     age(store, 31)
     seen: list[int] = []
-    real = store.recompress_page
+    real = store.recompress_pages
 
-    def watched(index: int, min_gain: int) -> str:
+    def watched(indices: list[int], min_gain: int) -> int:
         seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-        return real(index, min_gain)
+        return real(indices, min_gain)
 
-    monkeypatch.setattr(store, "recompress_page", watched)
+    monkeypatch.setattr(store, "recompress_pages", watched)
     before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert before != 19
     assert Recompression(store, idle=30).step() > 0
@@ -107,13 +109,15 @@ def test_a_step_runs_at_nice_19_and_restores_the_nice_value(
 
 
 @pytest.mark.unit
-def test_the_loop_steps_aside_while_requests_flow(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_loop_steps_aside_while_requests_flow(
+    engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """After each batch the loop rests to work *duty* of the time (at normal priority; at nice
     19 it does not rest), and only *busy_duty* of it when the store served a request
     during the batch (a fake CPU clock: every page costs 1 ms)."""
     from zswapfs.engine import recompress
 
-    store = make_store()
+    store = make_store(engine)
     rnd = random.Random(8)
     for pn in range(2 * recompress.BATCH):
         store.write_page(pn, record_page(rnd, pn))
@@ -136,15 +140,15 @@ def test_the_loop_steps_aside_while_requests_flow(monkeypatch: pytest.MonkeyPatc
         store, idle=30, dedup=False, min_pages=64, duty=0.5, busy_duty=0.01, idle_priority=False
     )
     work._maybe_train()  # the dictionary first, so the step below is only the batches
-    real = store.recompress_page
+    real = store.recompress_pages
 
-    def one_page(index: int, min_gain: int) -> str:
-        now[0] += 0.001
-        if index < recompress.BATCH:  # requests arrive during the first batch only
+    def batch(indices: list[int], min_gain: int) -> int:
+        now[0] += 0.001 * len(indices)
+        if min(indices) < recompress.BATCH:  # requests arrive during the first batch only
             store.requests += 1
-        return real(index, min_gain)
+        return real(indices, min_gain)
 
-    monkeypatch.setattr(store, "recompress_page", one_page)
+    monkeypatch.setattr(store, "recompress_pages", batch)
     assert work.step() == 2 * recompress.BATCH
     spent = recompress.BATCH * 0.001
     assert rests == pytest.approx([spent * 0.99 / 0.01, spent * 0.5 / 0.5])
@@ -160,8 +164,8 @@ def test_the_loop_steps_aside_while_requests_flow(monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.mark.unit
-def test_fresh_pages_wait_and_incompressible_ones_are_tried_once() -> None:
-    store = make_store()
+def test_fresh_pages_wait_and_incompressible_ones_are_tried_once(engine: str) -> None:
+    store = make_store(engine)
     rnd = random.Random(2)
     for pn in range(400):
         store.write_page(pn, record_page(rnd, pn))
@@ -183,8 +187,8 @@ def test_fresh_pages_wait_and_incompressible_ones_are_tried_once() -> None:
 
 
 @pytest.mark.unit
-def test_a_page_read_twice_returns_to_the_write_codec() -> None:
-    store = make_store()
+def test_a_page_read_twice_returns_to_the_write_codec(engine: str) -> None:
+    store = make_store(engine)
     rnd = random.Random(3)
     pages = {pn: record_page(rnd, pn) for pn in range(300)}
     for pn, page in pages.items():
@@ -204,9 +208,9 @@ def test_a_page_read_twice_returns_to_the_write_codec() -> None:
 
 @pytest.mark.unit
 def test_a_page_rewritten_during_recompression_keeps_the_new_contents(
-    monkeypatch: pytest.MonkeyPatch,
+    engine: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = make_store()
+    store = make_store(engine)
     rnd = random.Random(4)
     for pn in range(300):
         store.write_page(pn, record_page(rnd, pn))
@@ -231,8 +235,8 @@ def test_a_page_rewritten_during_recompression_keeps_the_new_contents(
 
 
 @pytest.mark.unit
-def test_retraining_keeps_old_pages_readable_and_frees_the_old_dictionary() -> None:
-    store = make_store()
+def test_retraining_keeps_old_pages_readable_and_frees_the_old_dictionary(engine: str) -> None:
+    store = make_store(engine)
     rnd = random.Random(5)
     old = {pn: record_page(rnd, pn) for pn in range(300)}
     for pn, page in old.items():
@@ -260,8 +264,8 @@ def test_retraining_keeps_old_pages_readable_and_frees_the_old_dictionary() -> N
 
 @pytest.mark.unit
 @pytest.mark.parametrize("pool", POOL_NAMES)
-def test_identical_pages_are_stored_once(pool: str) -> None:
-    store = make_store(pool=pool)
+def test_identical_pages_are_stored_once(engine: str, pool: str) -> None:
+    store = make_store(engine, pool=pool)
     rnd = random.Random(6)
     twin = record_page(rnd, 1)
     other = record_page(rnd, 2)
@@ -286,8 +290,10 @@ def test_identical_pages_are_stored_once(pool: str) -> None:
 
 
 @pytest.mark.unit
-def test_dedup_compares_bytes_not_only_digests(monkeypatch: pytest.MonkeyPatch) -> None:
-    store = make_store()
+def test_dedup_compares_bytes_not_only_digests(
+    engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_store(engine)
     rnd = random.Random(7)
     a, b = record_page(rnd, 1), record_page(rnd, 2)
     store.write_page(0, a)
@@ -306,8 +312,8 @@ def test_dedup_compares_bytes_not_only_digests(monkeypatch: pytest.MonkeyPatch) 
 
 
 @pytest.mark.unit
-def test_shared_and_recompressed_pages_write_back(tmp_path: Path) -> None:
-    store = make_store(npages=512, backing=tmp_path / "backing.img")
+def test_shared_and_recompressed_pages_write_back(engine: str, tmp_path: Path) -> None:
+    store = make_store(engine, npages=512, backing=tmp_path / "backing.img")
     rnd = random.Random(8)
     twin = record_page(rnd, 1)
     pages = {pn: record_page(rnd, pn) for pn in range(300)}
@@ -317,7 +323,7 @@ def test_shared_and_recompressed_pages_write_back(tmp_path: Path) -> None:
     work = Recompression(store, idle=5)
     age(store, 6)
     work.step()
-    assert store.shared and store.pages_recompressed > 0
+    assert store.shared and store.recompressions > 0
     for pn in [300, 5, 6, 7]:
         assert store.writeback_page(pn)
     assert store.read_page(301) == twin  # its sharer went to the file: it still reads
@@ -326,8 +332,8 @@ def test_shared_and_recompressed_pages_write_back(tmp_path: Path) -> None:
 
 
 @pytest.mark.unit
-def test_stats_of_a_store_without_recompression() -> None:
-    st = make_store().stats()
+def test_stats_of_a_store_without_recompression(engine: str) -> None:
+    st = make_store(engine).stats()
     assert st["recompressed_pages"] == 0 and st["dict_count"] == 0 and st["pages_deduped"] == 0
 
 
@@ -335,13 +341,14 @@ class DensityMachine(RuleBasedStateMachine):
     """Writes (records, duplicates, zero, random, partial), reads, idle time, recompression and
     dedup steps, writeback: every read returns the last bytes written."""
 
+    engine = "python"
     #: recompression slots that held pages in some run (the machine must reach them)
     seen_slots: set[int] = set()
 
     def __init__(self) -> None:
         super().__init__()
         self.tmp = Path(tempfile.mkdtemp(prefix="zswapfs-density-"))
-        self.store = make_store(npages=256, backing=self.tmp / "b.img")
+        self.store = make_store(self.engine, npages=256, backing=self.tmp / "b.img")
         self.work = Recompression(self.store, idle=5, dict_size=4096, min_pages=32)
         self.model: dict[int, bytes] = {}
         self.rnd = random.Random(1)
@@ -401,7 +408,7 @@ class DensityMachine(RuleBasedStateMachine):
     @invariant()
     def accounting(self) -> None:
         s = self.store
-        DensityMachine.seen_slots |= {s.current_slot} if s.pages_recompressed else set()
+        type(self).seen_slots |= {s.current_slot} if s.recompressions else set()
         in_pool = sum(1 for pn in range(256) if s.table.item(pn) >= 3)
         same = sum(1 for p in self.model.values() if same_filled_value(p) is not None)
         assert s.stored_pages == in_pool + same
@@ -409,18 +416,25 @@ class DensityMachine(RuleBasedStateMachine):
         assert sum(s.slot_pages) == sum(1 for pn in range(256) if s.meta.item(pn) & SLOT_MASK)
 
 
-TestDensityMachine = pytest.mark.unit(DensityMachine.TestCase)
-TestDensityMachine.settings = settings(
-    max_examples=30, stateful_step_count=80, deadline=None, derandomize=True
-)
+DENSITY_MACHINES = {
+    engine: type(f"{engine.title()}DensityMachine", (DensityMachine,), {"engine": engine})
+    for engine in ENGINES
+}
+for _engine, _machine in DENSITY_MACHINES.items():
+    _case = pytest.mark.unit(_machine.TestCase)
+    _case.settings = settings(
+        max_examples=30, stateful_step_count=80, deadline=None, derandomize=True
+    )
+    globals()[f"Test{_machine.__name__}"] = _case
 
 
 @pytest.mark.unit
-def test_the_machine_reaches_recompression() -> None:
+def test_the_machine_reaches_recompression(engine: str) -> None:
     """The state machine above is only worth its runs if recompression happened in them."""
-    DensityMachine.seen_slots.clear()
-    TestDensityMachine("runTest").runTest()
-    assert DensityMachine.seen_slots, "no run of the machine recompressed a page"
+    machine = DENSITY_MACHINES[engine]
+    machine.seen_slots = set()
+    machine.TestCase("runTest").runTest()
+    assert machine.seen_slots, "no run of the machine recompressed a page"
 
 
 @pytest.mark.mount

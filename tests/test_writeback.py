@@ -1,4 +1,6 @@
-"""Writeback to a backing file, the memory limit, and the persistent image mode."""
+"""Writeback to a backing file, the memory limit, and the persistent image mode. The in-process
+tests run on both engines (the `engine` fixture), except where a test replaces a Python piece the
+compiled loop does not call (a codec that fails): those say so and run on the Python engine."""
 
 from __future__ import annotations
 
@@ -10,14 +12,22 @@ import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import Mounted, needs_fio, needs_mount, pool_resident, stop_daemon
+from tests.conftest import (
+    Mounted,
+    needs_fio,
+    needs_mount,
+    new_store,
+    pool_resident,
+    stop_daemon,
+)
 from zswapfs.engine.backing import BackingError, BackingFile
 from zswapfs.engine.codec import PAGE_SIZE, make_codec
 from zswapfs.engine.maintenance import Maintenance
-from zswapfs.engine.pools import PoolFull, make_pool
+from zswapfs.engine.pools import make_pool
 from zswapfs.engine.store import BACKED, DIRTY, PageStore, StorageFailure, StoreFull
 
 
@@ -26,22 +36,22 @@ def text_page(rnd: random.Random, tag: int) -> bytes:
 
 
 def make_store(
-    tmp_path: Path, npages: int = 512, persistent: bool = False, mem_limit: int = 0
+    engine: str,
+    tmp_path: Path,
+    npages: int = 512,
+    persistent: bool = False,
+    mem_limit: int = 0,
+    **options: Any,
 ) -> PageStore:
     backing = BackingFile(str(tmp_path / "backing.img"), npages, persistent)
-    return PageStore(
-        npages,
-        make_codec("lz4"),
-        make_pool("zsmalloc", npages),
-        backing=backing,
-        mem_limit=mem_limit,
-    )
+    store: PageStore = new_store(engine, npages, backing=backing, mem_limit=mem_limit, **options)
+    return store
 
 
 # -- in-process -----------------------------------------------------------------------------------
 @pytest.mark.unit
-def test_writeback_moves_pages_and_reads_them_back(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+def test_writeback_moves_pages_and_reads_them_back(engine: str, tmp_path: Path) -> None:
+    store = make_store(engine, tmp_path)
     rnd = random.Random(1)
     pages = {pn: text_page(rnd, pn) for pn in range(200)}
     for pn, page in pages.items():
@@ -64,12 +74,12 @@ def test_writeback_moves_pages_and_reads_them_back(tmp_path: Path) -> None:
 
 
 @pytest.mark.unit
-def test_cold_pages_oldest_first_and_huge_first(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+def test_cold_pages_oldest_first_and_huge_first(engine: str, tmp_path: Path) -> None:
+    store = make_store(engine, tmp_path)
     rnd = random.Random(2)
     store.write_page(0, text_page(rnd, 0))
     store.write_page(1, os.urandom(PAGE_SIZE))  # huge
-    store._t0 -= 100  # a hundred seconds later ...
+    store.set_clock(advance=100)  # a hundred seconds later ...
     store.meta[0] = 5  # ... page 0 was last touched long ago
     store.meta[1] = 9
     store.write_page(2, text_page(rnd, 2))
@@ -78,8 +88,8 @@ def test_cold_pages_oldest_first_and_huge_first(tmp_path: Path) -> None:
 
 
 @pytest.mark.unit
-def test_memory_limit_without_backing_is_hard() -> None:
-    store = PageStore(4096, make_codec("none"), make_pool("zsmalloc", 4096), mem_limit=64 * 4096)
+def test_memory_limit_without_backing_is_hard(engine: str) -> None:
+    store = new_store(engine, 4096, "none", mem_limit=64 * 4096)
     with pytest.raises(StoreFull):
         for pn in range(4096):
             store.write_page(pn, os.urandom(PAGE_SIZE))
@@ -104,6 +114,8 @@ class BrokenCodec:
 
 @pytest.mark.unit
 def test_codec_failure_is_counted_and_sent_to_the_file(tmp_path: Path) -> None:
+    """Python engine only: the failing codec is a Python object, which the compiled loop (whose
+    lz4 and zstd are C) never calls."""
     backing = BackingFile(str(tmp_path / "backing.img"), 16, False)
     store = PageStore(16, BrokenCodec(), make_pool("zsmalloc", 16), backing=backing)  # type: ignore[arg-type]
     page = b"text " * 819 + b"!"
@@ -120,23 +132,31 @@ def test_codec_failure_is_counted_and_sent_to_the_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.unit
-def test_pool_out_of_room_is_counted_and_sent_to_the_file(tmp_path: Path) -> None:
-    store = make_store(tmp_path, npages=64)
+def test_pool_out_of_room_is_counted_and_sent_to_the_file(engine: str, tmp_path: Path) -> None:
+    """An arena of 8 pool pages under a 64-page image: incompressible pages fill it, and the
+    next one is a counted reject_alloc_fail that goes to the backing file."""
+    backing = BackingFile(str(tmp_path / "backing.img"), 64, False)
+    codec = make_codec("lz4")
+    if engine == "python":
+        from zswapfs.engine.pools.zsmalloc import ZsPool
 
-    def full(payload: bytes) -> int:
-        raise PoolFull("injected")
+        store = PageStore(64, codec, ZsPool(8), backing=backing)
+    else:
+        from zswapfs.engine.native import NativeStore, NativeZsPool
 
-    store.pool.store = full  # type: ignore[method-assign]
-    page = b"abc" * 1365 + b"d"
-    store.write_page(5, page)
+        store = NativeStore(64, codec, NativeZsPool(8), backing=backing)
+    pages = [os.urandom(PAGE_SIZE) for _ in range(9)]
+    for pn, page in enumerate(pages):
+        store.write_page(pn, page)
     assert store.reject_alloc_fail == 1 and store.bd_writes == 1 and store.failed_writes == 0
-    assert store.read_page(5) == page
+    assert store.table.item(8) == BACKED and store.pool.pages_used == 8
+    assert store.read(0, 9 * PAGE_SIZE) == b"".join(pages)
     assert store.stats()["reject_alloc_fail"] == 1
 
 
 @pytest.mark.unit
-def test_limit_with_backing_goes_straight_to_the_file(tmp_path: Path) -> None:
-    store = make_store(tmp_path, npages=2048, mem_limit=64 * PAGE_SIZE)
+def test_limit_with_backing_goes_straight_to_the_file(engine: str, tmp_path: Path) -> None:
+    store = make_store(engine, tmp_path, npages=2048, mem_limit=64 * PAGE_SIZE)
     pages = [os.urandom(PAGE_SIZE) for _ in range(300)]
     for pn, page in enumerate(pages):
         store.write_page(pn, page)
@@ -147,10 +167,9 @@ def test_limit_with_backing_goes_straight_to_the_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.unit
-def test_background_writeback_between_watermarks(tmp_path: Path) -> None:
+def test_background_writeback_between_watermarks(engine: str, tmp_path: Path) -> None:
     limit = 128 * PAGE_SIZE
-    store = make_store(tmp_path, npages=4096, mem_limit=limit)
-    store.low_water = limit * 50 // 100
+    store = make_store(engine, tmp_path, npages=4096, mem_limit=limit, low_watermark=50)
     maint = Maintenance(store.pool, interval=3600, store=store, high_watermark=80)
     rnd = random.Random(3)
     pages = {pn: os.urandom(1500) + text_page(rnd, pn)[:2596] for pn in range(1000)}
@@ -164,13 +183,13 @@ def test_background_writeback_between_watermarks(tmp_path: Path) -> None:
 
 
 @pytest.mark.unit
-def test_idle_writeback(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+def test_idle_writeback(engine: str, tmp_path: Path) -> None:
+    store = make_store(engine, tmp_path)
     rnd = random.Random(4)
     for pn in range(20):
         store.write_page(pn, text_page(rnd, pn))
     store.meta[:10] = 1  # idle since the start
-    store._t0 -= 100  # a hundred seconds later
+    store.set_clock(advance=100)  # a hundred seconds later
     store.write_page(15, text_page(rnd, 99))  # just touched
     maint = Maintenance(store.pool, interval=3600, store=store, idle_writeback=50)
     maint.pass_once()
@@ -179,8 +198,8 @@ def test_idle_writeback(tmp_path: Path) -> None:
 
 
 @pytest.mark.unit
-def test_image_mode_flush_and_reopen(tmp_path: Path) -> None:
-    store = make_store(tmp_path, persistent=True)
+def test_image_mode_flush_and_reopen(engine: str, tmp_path: Path) -> None:
+    store = make_store(engine, tmp_path, persistent=True)
     rnd = random.Random(5)
     pages = {pn: text_page(rnd, pn) for pn in range(0, 300, 3)}
     pages[7] = bytes(PAGE_SIZE)
@@ -195,7 +214,7 @@ def test_image_mode_flush_and_reopen(tmp_path: Path) -> None:
     before = store.bd_writes
     assert store.writeback_page(0) and store.bd_writes == before
     store.backing.close()  # type: ignore[union-attr]
-    again = make_store(tmp_path, persistent=True)
+    again = make_store(engine, tmp_path, persistent=True)
     for pn in range(300):
         assert again.read_page(pn) == pages.get(pn, bytes(PAGE_SIZE))
 
@@ -234,8 +253,8 @@ def test_backing_file_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.unit
-def test_backing_read_failure_is_eio_for_that_page(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+def test_backing_read_failure_is_eio_for_that_page(engine: str, tmp_path: Path) -> None:
+    store = make_store(engine, tmp_path)
     store.write_page(3, text_page(random.Random(6), 3))
     assert store.writeback_page(3)
     os.ftruncate(store.backing.fd, 0)  # type: ignore[union-attr]
@@ -380,11 +399,13 @@ def test_backing_file_on_a_full_tmpfs(mount: Callable[..., Mounted], tmp_path: P
 
 @pytest.mark.unit
 @pytest.mark.parametrize("what", ["writeback", "flush"])
-def test_page_rewritten_twice_during_the_file_write_is_not_lost(tmp_path: Path, what: str) -> None:
+def test_page_rewritten_twice_during_the_file_write_is_not_lost(
+    engine: str, tmp_path: Path, what: str
+) -> None:
     """The page is rewritten twice while its old contents go to the file: with LIFO handle
     reuse the second rewrite gets the very handle writeback read, so comparing handles alone
     would commit stale data (ABA). The newest contents must win."""
-    store = make_store(tmp_path, persistent=(what == "flush"))
+    store = make_store(engine, tmp_path, persistent=(what == "flush"))
     rnd = random.Random(12)
     old, mid, new = (text_page(rnd, i) for i in range(3))
     store.write_page(5, old)
@@ -417,15 +438,22 @@ def test_page_rewritten_twice_during_the_file_write_is_not_lost(tmp_path: Path, 
 
 
 @pytest.mark.unit
-def test_huge_first_skips_the_pool_only_above_the_low_watermark(tmp_path: Path) -> None:
-    unlimited = make_store(tmp_path)
-    unlimited.huge_to_backing = True
+def test_huge_first_skips_the_pool_only_above_the_low_watermark(
+    engine: str, tmp_path: Path
+) -> None:
+    unlimited = make_store(engine, tmp_path, huge_to_backing=True)
     unlimited.write_page(0, os.urandom(PAGE_SIZE))
     assert unlimited.reject_compress_poor == 0 and unlimited.table.item(0) >= 3
     unlimited.backing.close()  # type: ignore[union-attr]
-    limited = make_store(tmp_path, npages=2048, mem_limit=512 * PAGE_SIZE)
-    limited.huge_to_backing = True
-    limited.low_water = 16 * PAGE_SIZE
+    limited = make_store(
+        engine,
+        tmp_path,
+        npages=2048,
+        mem_limit=400 * PAGE_SIZE,
+        huge_to_backing=True,
+        low_watermark=4,
+    )
+    assert limited.low_water == 16 * PAGE_SIZE
     pages = [os.urandom(PAGE_SIZE) for _ in range(40)]
     for pn, page in enumerate(pages):
         limited.write_page(pn, page)

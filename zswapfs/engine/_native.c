@@ -11,7 +11,8 @@
  * arena_map); a new segment is resident at once, which the mlocked daemon's are anyway.
  *
  * Objects
- *   Lock    a pthread mutex Python can hold too: `with store.lock:` waits with the GIL released.
+ *   Lock    a pthread mutex with an owner that Python can hold too: `with store.lock:` waits
+ *           with the GIL released.
  *   Pool    arena (memfd segments, lowest-first free map, hole punching), handle table and
  *           one placement strategy: zsmalloc's size classes and zspages, or the zbud/z3fold
  *           page records and unbuddied lists; its own Lock (the pool lock). The strategy is
@@ -24,14 +25,18 @@
  *           runs the background recompression's batches (store.py's _recode for pages of the
  *           write codec) with each slot's digested zstd dictionary.
  *
- * GIL and locks: a request (write, read) runs with the GIL released and takes the store lock,
- * then the pool lock, once per page; before calling back into Python for a rare page it lets
- * both go. The one rule that keeps the GIL and the two mutexes from deadlocking: no thread
- * waits for a mutex while it holds the GIL. Every such wait goes through lock_wait, which lets
- * the GIL go first (a thread may then hold a mutex while it waits to take the GIL back, as
- * with threading.Lock; that is safe because whoever holds the GIL is never blocked on a
- * mutex). pthread_mutex_lock is called directly only with the GIL released.
+ * GIL and locks. Lock order: file lock -> store lock -> pool lock (store.py). A request
+ * (write, read) runs with the GIL released and takes the store lock, then the pool lock, once
+ * per page (the file lock first for a page it writes to the backing file); before calling
+ * back into Python for a rare page it lets every lock go. The one rule that keeps the GIL and
+ * the mutexes from deadlocking: no thread waits for a mutex while it holds the GIL. Every such
+ * wait goes through lock_wait/lock_enter, which let the GIL go first (a thread may then hold a
+ * mutex while it waits to take the GIL back, as with threading.Lock; that is safe because
+ * whoever holds the GIL is never blocked on a mutex). lock_take is called only with the GIL
+ * released. A function that expects a lock held asserts it (ASSERT_HELD, in ZS_DEBUG builds);
+ * a Python method that expects the store lock held checks it and raises RuntimeError.
  */
+#define _GNU_SOURCE
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
@@ -40,6 +45,7 @@
 #include <fcntl.h>
 #include <lz4.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
@@ -101,21 +107,86 @@ static PyObject *StorageFailureError; /* store.StorageFailure */
 static PyObject *StoreErrorBase;      /* store.StoreError */
 
 /* ------------------------------------------------------------------------------------------ */
-/* Lock                                                                                        */
+/* Lock: a pthread mutex with an owner. C takes it with lock_take/lock_give (GIL released) or
+ * lock_wait (GIL held: lets the GIL go while it waits); Python holds it with `with lock:`.
+ * The owner is what makes the rules checkable: lock_held(l) says whether the calling thread
+ * holds it, the Python methods that expect the store lock held raise RuntimeError when it is
+ * not, C functions that expect it assert it in debug builds (ZS_DEBUG: make sanitize), a
+ * release by a thread that does not hold it is refused, and a blocking acquire by the thread
+ * that already holds it raises instead of deadlocking.                                         */
+
+#ifdef ZS_DEBUG
+#include <assert.h>
+#define ASSERT_HELD(l) assert(lock_held(l))
+#else
+#define ASSERT_HELD(l) ((void)0)
+#endif
 
 typedef struct {
     PyObject_HEAD
     pthread_mutex_t mutex;
+    unsigned long owner; /* pthread_self() of the holder, 0 when free (atomic) */
 } LockObject;
 
+static inline unsigned long self_id(void) { return (unsigned long)pthread_self(); }
+
+static inline void lock_owned(LockObject *l)
+{
+    __atomic_store_n(&l->owner, self_id(), __ATOMIC_RELAXED);
+}
+
+static inline int lock_held(LockObject *l)
+{
+    return __atomic_load_n(&l->owner, __ATOMIC_RELAXED) == self_id();
+}
+
+/* GIL released (or a C thread) */
+static inline void lock_take(LockObject *l)
+{
+    pthread_mutex_lock(&l->mutex);
+    lock_owned(l);
+}
+
+static inline void lock_give(LockObject *l)
+{
+    ASSERT_HELD(l);
+    __atomic_store_n(&l->owner, 0, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&l->mutex);
+}
+
+/* GIL held (a Python entry point): wait for *l* with the GIL let go */
 static void lock_wait(LockObject *l)
 {
     /* GIL held: an uncontended lock costs no GIL hand-off */
-    if (pthread_mutex_trylock(&l->mutex) == 0)
+    if (pthread_mutex_trylock(&l->mutex) == 0) {
+        lock_owned(l);
         return;
+    }
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&l->mutex);
     Py_END_ALLOW_THREADS
+    lock_owned(l);
+}
+
+/* lock_wait for a Python entry point: -1 with RuntimeError when the calling thread holds *l*
+ * already (the wait would never end) */
+static int lock_enter(LockObject *l)
+{
+    if (lock_held(l)) {
+        PyErr_SetString(PyExc_RuntimeError, "deadlock: this thread already holds the lock");
+        return -1;
+    }
+    lock_wait(l);
+    return 0;
+}
+
+/* for the Python methods that expect *l* held by the caller: -1 with RuntimeError if not */
+static int require_held(LockObject *l, const char *what)
+{
+    if (lock_held(l))
+        return 0;
+    PyErr_Format(PyExc_RuntimeError, "%s: the caller must hold the store lock", what);
+    return -1;
 }
 
 static PyObject *Lock_new(PyTypeObject *type, PyObject *args, PyObject *kw)
@@ -132,6 +203,7 @@ static void Lock_dealloc(LockObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* acquire(blocking=True, timeout=-1) -> bool, as threading.Lock's */
 static PyObject *Lock_acquire(LockObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"blocking", "timeout", NULL};
@@ -139,31 +211,72 @@ static PyObject *Lock_acquire(LockObject *self, PyObject *args, PyObject *kw)
     double timeout = -1;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|pd", kwlist, &blocking, &timeout))
         return NULL;
+    if (!blocking && timeout != -1) {
+        PyErr_SetString(PyExc_ValueError, "can't specify a timeout for a non-blocking call");
+        return NULL;
+    }
+    if (timeout < 0 && timeout != -1) {
+        PyErr_SetString(PyExc_ValueError, "timeout value must be a non-negative number");
+        return NULL;
+    }
+    if (pthread_mutex_trylock(&self->mutex) == 0) {
+        lock_owned(self);
+        Py_RETURN_TRUE;
+    }
     if (!blocking)
-        return PyBool_FromLong(pthread_mutex_trylock(&self->mutex) == 0);
-    lock_wait(self);
+        Py_RETURN_FALSE;
+    if (lock_held(self)) {
+        PyErr_SetString(PyExc_RuntimeError, "deadlock: this thread already holds the lock");
+        return NULL;
+    }
+    if (timeout == -1) {
+        lock_wait(self);
+        Py_RETURN_TRUE;
+    }
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    double whole = (double)(time_t)timeout, frac = timeout - whole;
+    until.tv_sec += (time_t)whole;
+    until.tv_nsec += (long)(frac * 1e9);
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = pthread_mutex_timedlock(&self->mutex, &until);
+    Py_END_ALLOW_THREADS
+    if (rc != 0)
+        Py_RETURN_FALSE;
+    lock_owned(self);
     Py_RETURN_TRUE;
 }
 
 static PyObject *Lock_release(LockObject *self, PyObject *unused)
 {
-    pthread_mutex_unlock(&self->mutex);
+    if (!lock_held(self)) {
+        PyErr_SetString(PyExc_RuntimeError, "release of a lock this thread does not hold");
+        return NULL;
+    }
+    lock_give(self);
     Py_RETURN_NONE;
 }
 
 static PyObject *Lock_exit(LockObject *self, PyObject *args)
 {
-    pthread_mutex_unlock(&self->mutex);
+    if (!Lock_release(self, NULL))
+        return NULL;
     Py_RETURN_FALSE;
 }
 
 static PyObject *Lock_locked(LockObject *self, PyObject *unused)
 {
-    if (pthread_mutex_trylock(&self->mutex) == 0) {
-        pthread_mutex_unlock(&self->mutex);
-        Py_RETURN_FALSE;
-    }
-    Py_RETURN_TRUE;
+    return PyBool_FromLong(__atomic_load_n(&self->owner, __ATOMIC_RELAXED) != 0);
+}
+
+static PyObject *Lock_held(LockObject *self, PyObject *unused)
+{
+    return PyBool_FromLong(lock_held(self));
 }
 
 static PyMethodDef Lock_methods[] = {
@@ -171,7 +284,8 @@ static PyMethodDef Lock_methods[] = {
     {"release", (PyCFunction)Lock_release, METH_NOARGS, NULL},
     {"__enter__", (PyCFunction)(void (*)(void))Lock_acquire, METH_VARARGS | METH_KEYWORDS, NULL},
     {"__exit__", (PyCFunction)Lock_exit, METH_VARARGS, NULL},
-    {"locked", (PyCFunction)Lock_locked, METH_NOARGS, NULL},
+    {"locked", (PyCFunction)Lock_locked, METH_NOARGS, "held by some thread"},
+    {"held", (PyCFunction)Lock_held, METH_NOARGS, "held by the calling thread"},
     {NULL},
 };
 
@@ -179,7 +293,7 @@ static PyTypeObject LockType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "zswapfs.engine._native.Lock",
     .tp_basicsize = sizeof(LockObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "A mutex shared by compiled and Python code; waits let the GIL go.",
+    .tp_doc = "A mutex shared by compiled and Python code, with an owner; waits let the GIL go.",
     .tp_new = Lock_new,
     .tp_dealloc = (destructor)Lock_dealloc,
     .tp_methods = Lock_methods,
@@ -1321,18 +1435,21 @@ static long long bd_freeable_pages(const PoolObject *p)
 /* Place *len* bytes (1..4096); the new handle, or 0 when the pool has no room (PoolFull). */
 static inline uint64_t pool_store_locked(PoolObject *p, const uint8_t *data, size_t len)
 {
+    ASSERT_HELD(p->lock);
     return p->kind == POOL_ZSMALLOC ? zs_store_locked(p, data, len) : bd_store_locked(p, data, len);
 }
 
 /* Copy the object out into dst (room for 4096); its length, or -1 if the handle is not live. */
 static inline int pool_read_locked(const PoolObject *p, uint64_t h, uint8_t *dst)
 {
+    ASSERT_HELD(p->lock);
     return p->kind == POOL_ZSMALLOC ? zs_read_locked(p, h, dst) : bd_read_locked(p, h, dst);
 }
 
 /* Release the object; its length, or -1 if the handle is not live (or memory ran out). */
 static inline int pool_free_locked(PoolObject *p, uint64_t h)
 {
+    ASSERT_HELD(p->lock);
     return p->kind == POOL_ZSMALLOC ? zs_free_locked(p, h) : bd_free_locked(p, h);
 }
 
@@ -1344,11 +1461,13 @@ static inline int raw_threshold(const PoolObject *p)
 
 static int compact_step_locked(PoolObject *p, int budget)
 {
+    ASSERT_HELD(p->lock);
     return p->kind == POOL_ZSMALLOC ? zs_compact_step_locked(p, budget) : bd_compact_step_locked(p);
 }
 
 static int migrate_page_locked(PoolObject *p, uint32_t pn)
 {
+    ASSERT_HELD(p->lock);
     return p->kind == POOL_ZSMALLOC ? zs_migrate_page_locked(p, pn) : bd_migrate_page_locked(p, pn);
 }
 
@@ -1471,9 +1590,12 @@ static PyObject *Pool_store(PoolObject *p, PyObject *arg)
         PyBuffer_Release(&buf);
         return NULL;
     }
-    lock_wait(p->lock);
+    if (lock_enter(p->lock)) {
+        PyBuffer_Release(&buf);
+        return NULL;
+    }
     uint64_t h = pool_store_locked(p, buf.buf, (size_t)buf.len);
-    pthread_mutex_unlock(&p->lock->mutex);
+    lock_give(p->lock);
     PyBuffer_Release(&buf);
     if (!h) {
         PyErr_Format(PoolFullError, "arena of %u pages is full", p->arena.max_pages);
@@ -1498,9 +1620,10 @@ static PyObject *Pool_read(PoolObject *p, PyObject *arg)
     if ((h == (unsigned long long)-1 && PyErr_Occurred()) || pool_check(p))
         return NULL;
     uint8_t buf[PAGE_SIZE];
-    lock_wait(p->lock);
+    if (lock_enter(p->lock))
+        return NULL;
     int len = pool_read_locked(p, h, buf);
-    pthread_mutex_unlock(&p->lock->mutex);
+    lock_give(p->lock);
     if (len < 0)
         return not_live(h);
     return PyBytes_FromStringAndSize((char *)buf, len);
@@ -1511,9 +1634,10 @@ static PyObject *Pool_free(PoolObject *p, PyObject *arg)
     unsigned long long h = PyLong_AsUnsignedLongLong(arg);
     if ((h == (unsigned long long)-1 && PyErr_Occurred()) || pool_check(p))
         return NULL;
-    lock_wait(p->lock);
+    if (lock_enter(p->lock))
+        return NULL;
     int len = pool_free_locked(p, h);
-    pthread_mutex_unlock(&p->lock->mutex);
+    lock_give(p->lock);
     if (len < 0)
         return not_live(h);
     return PyLong_FromLong(len);
@@ -1525,9 +1649,10 @@ static PyObject *Pool_size(PoolObject *p, PyObject *arg)
     if ((h == (unsigned long long)-1 && PyErr_Occurred()) || pool_check(p))
         return NULL;
     uint64_t loc;
-    lock_wait(p->lock);
+    if (lock_enter(p->lock))
+        return NULL;
     int rc = handle_get(p, h, &loc);
-    pthread_mutex_unlock(&p->lock->mutex);
+    lock_give(p->lock);
     if (rc)
         return not_live(h);
     return PyLong_FromUnsignedLongLong(loc & LEN_MASK);
@@ -1540,9 +1665,9 @@ static PyObject *Pool_compact_step(PoolObject *p, PyObject *args, PyObject *kw)
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|i", kwlist, &budget) || pool_check(p))
         return NULL;
     Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&p->lock->mutex);
+    lock_take(p->lock);
     step = compact_step_locked(p, budget);
-    pthread_mutex_unlock(&p->lock->mutex);
+    lock_give(p->lock);
     Py_END_ALLOW_THREADS
     return PyLong_FromLong(step);
 }
@@ -1556,9 +1681,9 @@ static PyObject *Pool_migrate_page(PoolObject *p, PyObject *arg)
     if (pn > 0xFFFFFFFFul)
         Py_RETURN_FALSE;
     Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&p->lock->mutex);
+    lock_take(p->lock);
     moved = migrate_page_locked(p, (uint32_t)pn);
-    pthread_mutex_unlock(&p->lock->mutex);
+    lock_give(p->lock);
     Py_END_ALLOW_THREADS
     return PyBool_FromLong(moved);
 }
@@ -1568,12 +1693,13 @@ static PyObject *Pool_freeable_pages(PoolObject *p, PyObject *unused)
     if (pool_check(p))
         return NULL;
     long long total = 0;
-    lock_wait(p->lock);
+    if (lock_enter(p->lock))
+        return NULL;
     if (p->kind != POOL_ZSMALLOC)
         total = bd_freeable_pages(p);
     for (int i = 0; i < p->nclasses; i++)
         total += freeable_zspages(&p->classes[i]) * p->classes[i].pages;
-    pthread_mutex_unlock(&p->lock->mutex);
+    lock_give(p->lock);
     return PyLong_FromLongLong(total);
 }
 
@@ -1581,9 +1707,10 @@ static PyObject *Pool_release_segments(PoolObject *p, PyObject *unused)
 {
     if (pool_check(p))
         return NULL;
-    lock_wait(p->lock);
+    if (lock_enter(p->lock))
+        return NULL;
     long n = arena_release_empty_segments(&p->arena);
-    pthread_mutex_unlock(&p->lock->mutex);
+    lock_give(p->lock);
     return PyLong_FromLong(n);
 }
 
@@ -1619,9 +1746,13 @@ static PyObject *Pool_class_table(PoolObject *p, PyObject *unused)
         free(snap);
         return PyErr_NoMemory();
     }
-    lock_wait(p->lock);
+    if (lock_enter(p->lock)) {
+        free(sorted);
+        free(snap);
+        return NULL;
+    }
     memcpy(snap, p->classes, sizeof(*snap) * p->nclasses);
-    pthread_mutex_unlock(&p->lock->mutex);
+    lock_give(p->lock);
     for (int i = 0; i < p->nclasses; i++)
         sorted[i] = &snap[i];
     qsort(sorted, p->nclasses, sizeof(*sorted), sort_by_size);
@@ -1651,7 +1782,8 @@ static PyObject *Pool_class_table(PoolObject *p, PyObject *unused)
 /* the tables pools/zsmalloc.py or pools/buddy.py would keep, at their item sizes */
 static PyObject *Pool_metadata_bytes(PoolObject *p, PyObject *unused)
 {
-    lock_wait(p->lock);
+    if (lock_enter(p->lock))
+        return NULL;
     size_t n = p->tlen * 8;
     if (p->kind == POOL_ZSMALLOC) {
         n += (size_t)NGROUPS * p->nclasses * 4;
@@ -1661,7 +1793,7 @@ static PyObject *Pool_metadata_bytes(PoolObject *p, PyObject *unused)
         /* chunks and handle of three buddies, middle start, list, prev, next; the list heads */
         n += p->bd_len * (3 * 1 + 3 * 4 + 1 + 1 + 4 + 4) + (NCHUNKS + 1) * 4;
     }
-    pthread_mutex_unlock(&p->lock->mutex);
+    lock_give(p->lock);
     return PyLong_FromSize_t(n);
 }
 
@@ -1670,18 +1802,20 @@ static PyObject *Pool_handle_table(PoolObject *p, PyObject *unused)
 {
     if (pool_check(p))
         return NULL;
-    lock_wait(p->lock);
+    if (lock_enter(p->lock))
+        return NULL;
     PyObject *out = PyBytes_FromStringAndSize((const char *)p->table, (Py_ssize_t)(p->tlen * 8));
-    pthread_mutex_unlock(&p->lock->mutex);
+    lock_give(p->lock);
     return out;
 }
 
 static PyObject *Pool_close(PoolObject *p, PyObject *unused)
 {
-    lock_wait(p->lock);
+    if (lock_enter(p->lock))
+        return NULL;
     arena_close(&p->arena);
     p->closed = 1;
-    pthread_mutex_unlock(&p->lock->mutex);
+    lock_give(p->lock);
     Py_RETURN_NONE;
 }
 
@@ -1689,9 +1823,10 @@ static PyObject *Pool_close(PoolObject *p, PyObject *unused)
 #define POOL_GETTER(name, expr)                                                                \
     static PyObject *Pool_get_##name(PoolObject *p, void *c)                                   \
     {                                                                                          \
-        lock_wait(p->lock);                                                                    \
+        if (lock_enter(p->lock))                                                               \
+            return NULL;                                                                       \
         long long v = (expr);                                                                  \
-        pthread_mutex_unlock(&p->lock->mutex);                                                 \
+        lock_give(p->lock);                                                                    \
         return PyLong_FromLongLong(v);                                                         \
     }
 POOL_GETTER(pages_used, arena_pages_used(&p->arena))
@@ -1714,10 +1849,11 @@ POOL_GETTER(unbuddied_pages, p->bd_listed_pages)
 static PyObject *Pool_get_arena_segments_mapped(PoolObject *p, void *c)
 {
     long n = 0;
-    lock_wait(p->lock);
+    if (lock_enter(p->lock))
+        return NULL;
     for (uint32_t s = 0; s < p->arena.nseg; s++)
         n += p->arena.seg_addr[s] != NULL;
-    pthread_mutex_unlock(&p->lock->mutex);
+    lock_give(p->lock);
     return PyLong_FromLong(n);
 }
 
@@ -1915,7 +2051,9 @@ static pthread_cond_t workers_cv = PTHREAD_COND_INITIALIZER; /* a batch was post
 static pthread_cond_t batch_done_cv = PTHREAD_COND_INITIALIZER; /* a worker left its batch */
 static Batch *posted;              /* the batch workers may join (workers_mu) */
 static unsigned long long posted_gen; /* counts posted batches (workers_mu) */
-static int workers_wanted, workers_running, batch_min_pages = 8;
+/* workers_wanted: -1 until _set_workers says otherwise: then one for every core this process
+ * may run on beyond the request thread's, at most 3 (native.py's default_workers) */
+static int workers_wanted = -1, workers_running, batch_min_pages = 8;
 static int batch_lead = 1; /* the requesting thread compresses too (0: only the workers do) */
 static long long batches_parallel, batch_pages_helped; /* workers_mu */
 
@@ -1968,6 +2106,17 @@ static void *worker_main(void *unused)
             pthread_cond_broadcast(&batch_done_cv);
     }
     return NULL;
+}
+
+/* workers_wanted resolved (workers_mu held) */
+static int workers_resolved(void)
+{
+    if (workers_wanted < 0) {
+        cpu_set_t cpus;
+        int n = sched_getaffinity(0, sizeof(cpus), &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
+        workers_wanted = n - 1 < 0 ? 0 : n - 1 > 3 ? 3 : n - 1;
+    }
+    return workers_wanted;
 }
 
 /* start the workers asked for and not running yet (workers_mu held) */
@@ -2027,7 +2176,7 @@ static void batch_prepare(Scratch *sc, const uint8_t *src, uint32_t npages, int 
                .words = sc->words, .out = sc->out};
     int shared = 0, lead = 1;
     pthread_mutex_lock(&workers_mu);
-    if (workers_running < workers_wanted)
+    if (workers_running < workers_resolved())
         workers_start();
     if (!posted && workers_running) {
         posted = &b;
@@ -2054,6 +2203,37 @@ static void batch_prepare(Scratch *sc, const uint8_t *src, uint32_t npages, int 
 /* ------------------------------------------------------------------------------------------ */
 /* Store                                                                                       */
 
+/* A recompression slot's dictionary, digested twice (for compressing, for decompressing). The
+ * slot holds one reference; a batch step or a read that uses it outside the store lock takes
+ * another under the store lock (slot_dict_pin) and lets it go when done (slot_dict_unpin), so
+ * _set_slot or _drop_slot replacing the slot's dictionary meanwhile never frees one in use: the
+ * last reference frees it. */
+typedef struct {
+    ZSTD_CDict *c;
+    ZSTD_DDict *d;
+    int refs; /* atomic */
+} SlotDict;
+
+static SlotDict *slot_dict_new(ZSTD_CDict *c, ZSTD_DDict *d)
+{
+    SlotDict *sd = malloc(sizeof(*sd));
+    if (sd) {
+        sd->c = c;
+        sd->d = d;
+        sd->refs = 1;
+    }
+    return sd;
+}
+
+static void slot_dict_unpin(SlotDict *sd)
+{
+    if (sd && __atomic_sub_fetch(&sd->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+        ZSTD_freeCDict(sd->c);
+        ZSTD_freeDDict(sd->d);
+        free(sd);
+    }
+}
+
 typedef struct {
     uint32_t pn;
     uint16_t rewritten;
@@ -2077,7 +2257,8 @@ typedef struct {
     int has_backing; /* set up with a backing file (fixed; backing_fd goes to -1 at close) */
     int backing_fd; /* the BackingFile's descriptor (read and written in C), -1 without one */
     LockObject *file_lock; /* store.py's _file_lock: around backing-file writes */
-    double t0;
+    double t0;          /* store.py's _t0: CLOCK_MONOTONIC seconds at the store's start */
+    uint32_t fixed_now; /* when not 0, what store_now answers (set_clock: the tests' clock) */
     /* counters: the names of store.py (zram's and zswap's) */
     long long stored_pages, same_pages, huge_pages, compr_data_size, failed_reads, failed_writes,
         invalid_io, bd_count, bd_reads, bd_writes, bd_errors, written_back_pages, pool_limit_hit,
@@ -2085,12 +2266,31 @@ typedef struct {
     long long requests; /* write and read calls (GIL held): the background loop's sign of load */
     /* recompression (store.py's _recode for pages in the write codec): the digested
      * dictionary of each slot, and the counters store.py keeps for it */
-    ZSTD_CDict *cdict[SLOTS];
-    ZSTD_DDict *ddict[SLOTS]; /* the same dictionaries digested for reading them back */
+    SlotDict *dicts[SLOTS]; /* pinned (slot_dict_pin) for as long as a step or read uses one */
     Py_buffer slot_pages_buf;
     int64_t *slot_pages;
-    long long pages_recompressed, recompress_saved_bytes, recompress_not_worth;
+    long long recompressions, recompress_saved_bytes, recompress_not_worth;
 } StoreObject;
+
+/* slot *slot*'s dictionary with a reference for the caller, or NULL (store lock held) */
+static SlotDict *slot_dict_pin(StoreObject *s, int slot)
+{
+    ASSERT_HELD(s->lock);
+    SlotDict *sd = s->dicts[slot];
+    if (sd)
+        __atomic_add_fetch(&sd->refs, 1, __ATOMIC_RELAXED);
+    return sd;
+}
+
+/* replace slot *slot*'s dictionary by *sd* (NULL: none) under the store lock; the old one goes
+ * with its last reference */
+static void slot_dict_set(StoreObject *s, int slot, SlotDict *sd)
+{
+    ASSERT_HELD(s->lock);
+    SlotDict *old = s->dicts[slot];
+    s->dicts[slot] = sd;
+    slot_dict_unpin(old);
+}
 
 /* same-filled words ----------------------------------------------------------------------- */
 
@@ -2102,6 +2302,7 @@ static inline size_t fill_slot(uint64_t key, size_t cap)
 /* room for one more fill word (store lock held); -1 when out of memory, nothing changed */
 static int fill_reserve(StoreObject *s)
 {
+    ASSERT_HELD(s->lock);
     if ((s->fill_count + 1) * 2 > s->fill_cap) {
         size_t ncap = s->fill_cap ? s->fill_cap * 2 : 64;
         uint64_t *k = calloc(ncap, 8), *v = calloc(ncap, 8);
@@ -2145,6 +2346,7 @@ static int fill_set(StoreObject *s, uint64_t pn, uint64_t word)
 
 static uint64_t fill_get(const StoreObject *s, uint64_t pn)
 {
+    ASSERT_HELD(s->lock);
     if (!s->fill_count)
         return 0;
     uint64_t key = pn + 1;
@@ -2159,6 +2361,7 @@ static uint64_t fill_get(const StoreObject *s, uint64_t pn)
 
 static void fill_del(StoreObject *s, uint64_t pn)
 {
+    ASSERT_HELD(s->lock);
     if (!s->fill_count)
         return;
     uint64_t key = pn + 1;
@@ -2194,6 +2397,7 @@ static Inflight *inflight_find(StoreObject *s, uint32_t pn)
 /* register pn in flight (store lock held); -1 when out of memory */
 static int inflight_add(StoreObject *s, uint32_t pn)
 {
+    ASSERT_HELD(s->lock);
     Inflight *f = inflight_find(s, pn);
     if (f) { /* another owner: its rewritten mark stays */
         f->owners++;
@@ -2211,6 +2415,7 @@ static int inflight_add(StoreObject *s, uint32_t pn)
  * flight)? */
 static int inflight_take(StoreObject *s, uint32_t pn)
 {
+    ASSERT_HELD(s->lock);
     Inflight *f = inflight_find(s, pn);
     if (!f)
         return 1;
@@ -2224,6 +2429,9 @@ static int inflight_take(StoreObject *s, uint32_t pn)
 
 static inline uint32_t store_now(const StoreObject *s)
 {
+    uint32_t fixed = __atomic_load_n(&s->fixed_now, __ATOMIC_RELAXED);
+    if (fixed)
+        return fixed;
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     double secs = (double)ts.tv_sec + ts.tv_nsec * 1e-9 - s->t0;
@@ -2236,6 +2444,7 @@ static inline uint32_t store_now(const StoreObject *s)
 static int store_swap(StoreObject *s, uint32_t pn, uint32_t entry, int size, int pool_locked,
                       int keep_old)
 {
+    ASSERT_HELD(s->lock);
     if (s->inflight_n) {
         Inflight *f = inflight_find(s, pn);
         if (f)
@@ -2252,10 +2461,10 @@ static int store_swap(StoreObject *s, uint32_t pn, uint32_t entry, int size, int
         s->stored_pages--;
     } else if (old >= FIRST_HANDLE) {
         if (!pool_locked)
-            pthread_mutex_lock(&s->pool->lock->mutex);
+            lock_take(s->pool->lock);
         int old_size = pool_free_locked(s->pool, old);
         if (!pool_locked)
-            pthread_mutex_unlock(&s->pool->lock->mutex);
+            lock_give(s->pool->lock);
         if (old_size < 0)
             return -1;
         s->compr_data_size -= old_size;
@@ -2293,9 +2502,9 @@ static void fill_words(uint8_t *out, uint64_t word)
 /* the pool's memory, for the memory-limit checks (GIL released; the pool lock not held) */
 static inline long long pool_bytes(StoreObject *s)
 {
-    pthread_mutex_lock(&s->pool->lock->mutex);
+    lock_take(s->pool->lock);
     long long n = (long long)arena_pages_used(&s->pool->arena) * PAGE_SIZE;
-    pthread_mutex_unlock(&s->pool->lock->mutex);
+    lock_give(s->pool->lock);
     return n;
 }
 
@@ -2303,6 +2512,7 @@ static inline long long pool_bytes(StoreObject *s)
  * codec slot counts it) or sharing its object (dedup counts the references) */
 static inline int python_owned(const StoreObject *s, uint32_t pn)
 {
+    ASSERT_HELD(s->lock);
     return s->index[pn] >= FIRST_HANDLE && (s->meta[pn] & (SLOT_MASK | SHARED));
 }
 
@@ -2310,10 +2520,6 @@ static inline int python_owned(const StoreObject *s, uint32_t pn)
 enum { PAGE_DONE = 0, PAGE_PYTHON = 1, PAGE_TO_FILE = 2, PAGE_NOT_LIVE = -1, PAGE_CORRUPT = -2,
        PAGE_NOMEM = -3 };
 
-/* write_page's fast path for a page already classified (prepare_page: *len* is PREP_SAME with
- * its fill *word*, the codec output's length at *out*, or PREP_FAILED), GIL released: a
- * same-filled page or one the pool takes. Returns PAGE_PYTHON for a page the Python path must
- * decide (memory limit, a reject, no room). */
 /* store.py's _reject for a page that finds the pool at its memory limit, when there is a
  * backing file, GIL released: the page to the file under the file lock, then BACKED committed
  * under the store lock inside it, as there. PAGE_TO_FILE when done (the caller tells the
@@ -2325,31 +2531,35 @@ static int store_to_file(StoreObject *s, uint32_t pn, const uint8_t *page, uint3
     if (!s->has_backing)
         return PAGE_PYTHON;
     int rc = PAGE_PYTHON;
-    pthread_mutex_lock(&s->file_lock->mutex);
-    pthread_mutex_lock(&s->lock->mutex);
+    lock_take(s->file_lock);
+    lock_take(s->lock);
     int owned = python_owned(s, pn);
-    pthread_mutex_unlock(&s->lock->mutex);
+    lock_give(s->lock);
     if (!owned && s->backing_fd >= 0 &&
         pwrite(s->backing_fd, page, PAGE_SIZE, (off_t)pn * PAGE_SIZE) == PAGE_SIZE) {
-        pthread_mutex_lock(&s->lock->mutex);
+        lock_take(s->lock);
         if (!python_owned(s, pn) && store_swap(s, pn, BACKED, 0, 0, 0) == 0) {
             s->pool_limit_hit++;
             s->bd_writes++;
             s->meta[pn] = stamp & AGE_MASK; /* the file holds it: clean */
             rc = PAGE_TO_FILE;
         }
-        pthread_mutex_unlock(&s->lock->mutex);
+        lock_give(s->lock);
     }
-    pthread_mutex_unlock(&s->file_lock->mutex);
+    lock_give(s->file_lock);
     return rc;
 }
 
+/* write_page's fast path for a page already classified (prepare_page: *len* is PREP_SAME with
+ * its fill *word*, the codec output's length at *out*, or PREP_FAILED), GIL released: a
+ * same-filled page or one the pool takes. Returns PAGE_PYTHON for a page the Python path must
+ * decide (memory limit, a reject, no room). */
 static int store_prepared(StoreObject *s, uint32_t pn, const uint8_t *page, uint32_t stamp,
                           int len, const uint8_t *out, uint64_t word)
 {
     if (len == PREP_SAME) {
         int rc = PAGE_DONE;
-        pthread_mutex_lock(&s->lock->mutex);
+        lock_take(s->lock);
         if (python_owned(s, pn))
             rc = PAGE_PYTHON;
         else if (word && fill_reserve(s) != 0) /* before the swap frees the old contents */
@@ -2360,7 +2570,7 @@ static int store_prepared(StoreObject *s, uint32_t pn, const uint8_t *page, uint
             fill_set(s, pn, word); /* cannot fail: room was reserved */
         if (rc == PAGE_DONE)
             s->meta[pn] = stamp;
-        pthread_mutex_unlock(&s->lock->mutex);
+        lock_give(s->lock);
         return rc;
     }
     if (len < 0)
@@ -2375,8 +2585,8 @@ static int store_prepared(StoreObject *s, uint32_t pn, const uint8_t *page, uint
         len = PAGE_SIZE;
     }
     int rc = PAGE_DONE;
-    pthread_mutex_lock(&s->lock->mutex);
-    pthread_mutex_lock(&s->pool->lock->mutex);
+    lock_take(s->lock);
+    lock_take(s->pool->lock);
     uint64_t h = python_owned(s, pn) ? 0 : pool_store_locked(s->pool, payload, (size_t)len);
     if (!h) {
         rc = PAGE_PYTHON;
@@ -2386,8 +2596,8 @@ static int store_prepared(StoreObject *s, uint32_t pn, const uint8_t *page, uint
     } else {
         s->meta[pn] = stamp;
     }
-    pthread_mutex_unlock(&s->pool->lock->mutex);
-    pthread_mutex_unlock(&s->lock->mutex);
+    lock_give(s->pool->lock);
+    lock_give(s->lock);
     return rc;
 }
 
@@ -2407,54 +2617,61 @@ static int store_page(StoreObject *s, uint32_t pn, const uint8_t *page, uint32_t
     return store_prepared(s, pn, page, stamp, len, out, word);
 }
 
-/* read_page's fast path, GIL released: PAGE_PYTHON for a page only the backing file holds or a
- * recompressed one (store.py's read_page decodes it with its slot's codec). */
 /* load_page's case of a recompressed page (store lock held on entry, let go here): its first
- * read since it was recompressed marks it (store.py's read_page), decoded with the slot's
- * digested dictionary under the store lock, so that _drop_slot cannot free it meanwhile (a
- * page's zstd decode is a few microseconds; only the background thread waits). A second read
- * (the page is to go back to the write codec: the rewarm set), or a slot without a dictionary
- * in C, is the Python path's. */
+ * read since it was recompressed marks it (store.py's read_page) and is decoded here with the
+ * slot's digested dictionary, pinned under the store lock and used after it is let go (so
+ * _drop_slot or _set_slot cannot free it meanwhile). A second read (the page is to go back to
+ * the write codec: the rewarm set), or a slot without a dictionary in C, is the Python path's. */
 static int load_recompressed(StoreObject *s, uint32_t pn, uint32_t entry, uint32_t meta,
                              uint8_t *out, uint32_t now)
 {
-    const ZSTD_DDict *dd = s->ddict[(meta & SLOT_MASK) >> SLOT_SHIFT];
-    if (!dd || (meta & MARK)) {
-        pthread_mutex_unlock(&s->lock->mutex);
+    if (meta & MARK || !s->dicts[(meta & SLOT_MASK) >> SLOT_SHIFT]) {
+        lock_give(s->lock);
         return PAGE_PYTHON;
     }
+    SlotDict *sd = slot_dict_pin(s, (int)((meta & SLOT_MASK) >> SLOT_SHIFT));
     uint8_t buf[PAGE_SIZE];
     s->meta[pn] = (meta & ~AGE_MASK) | MARK | now;
-    pthread_mutex_lock(&s->pool->lock->mutex);
+    lock_take(s->pool->lock);
     int len = pool_read_locked(s->pool, entry, buf);
-    pthread_mutex_unlock(&s->pool->lock->mutex);
+    lock_give(s->pool->lock);
+    if (len < 0)
+        s->failed_reads++;
+    lock_give(s->lock);
+    /* decoded outside the store lock: the pin keeps the dictionary alive */
     int rc = PAGE_DONE;
     if (len < 0)
         rc = PAGE_NOT_LIVE;
     else if (len == PAGE_SIZE)
         memcpy(out, buf, PAGE_SIZE);
-    else if (dict_decompress_page(dd, buf, len, out) != 0)
+    else if (dict_decompress_page(sd->d, buf, len, out) != 0)
         rc = PAGE_CORRUPT;
-    if (rc != PAGE_DONE)
+    slot_dict_unpin(sd);
+    if (rc == PAGE_CORRUPT) {
+        lock_take(s->lock);
         s->failed_reads++;
-    pthread_mutex_unlock(&s->lock->mutex);
+        lock_give(s->lock);
+    }
     return rc;
 }
 
+/* read_page's fast path, GIL released: PAGE_PYTHON for a page the Python path must read: a failed read
+ * of the backing file, a recompressed page read a second time or whose slot has no dictionary
+ * in C (store.py's read_page decodes it with its slot's codec). */
 static int load_page(StoreObject *s, uint32_t pn, uint8_t *out, uint32_t now)
 {
     uint8_t buf[PAGE_SIZE];
-    pthread_mutex_lock(&s->lock->mutex);
+    lock_take(s->lock);
     uint32_t entry = s->index[pn];
     if (entry == SAME) {
         s->meta[pn] = (s->meta[pn] & ~AGE_MASK) | now;
         uint64_t word = fill_get(s, pn);
-        pthread_mutex_unlock(&s->lock->mutex);
+        lock_give(s->lock);
         fill_words(out, word);
         return PAGE_DONE;
     }
     if (entry < FIRST_HANDLE) {
-        pthread_mutex_unlock(&s->lock->mutex);
+        lock_give(s->lock);
         if (entry == EMPTY && !s->persistent) {
             memset(out, 0, PAGE_SIZE);
             return PAGE_DONE;
@@ -2465,38 +2682,38 @@ static int load_page(StoreObject *s, uint32_t pn, uint8_t *out, uint32_t now)
          * closed; a failed or short read goes to the Python path, which reads again and
          * reports it */
         ssize_t got = -1;
-        pthread_mutex_lock(&s->file_lock->mutex);
+        lock_take(s->file_lock);
         if (s->backing_fd >= 0)
             got = pread(s->backing_fd, out, PAGE_SIZE, (off_t)pn * PAGE_SIZE);
-        pthread_mutex_unlock(&s->file_lock->mutex);
+        lock_give(s->file_lock);
         if (got != PAGE_SIZE)
             return PAGE_PYTHON;
-        pthread_mutex_lock(&s->lock->mutex);
+        lock_take(s->lock);
         s->bd_reads++;
-        pthread_mutex_unlock(&s->lock->mutex);
+        lock_give(s->lock);
         return PAGE_DONE;
     }
     uint32_t meta = s->meta[pn];
     if (meta & SLOT_MASK)
         return load_recompressed(s, pn, entry, meta, out, now);
     s->meta[pn] = (meta & ~AGE_MASK) | now;
-    pthread_mutex_lock(&s->pool->lock->mutex);
+    lock_take(s->pool->lock);
     int len = pool_read_locked(s->pool, entry, buf);
-    pthread_mutex_unlock(&s->pool->lock->mutex);
+    lock_give(s->pool->lock);
     if (len < 0) {
         s->failed_reads++;
-        pthread_mutex_unlock(&s->lock->mutex);
+        lock_give(s->lock);
         return PAGE_NOT_LIVE;
     }
-    pthread_mutex_unlock(&s->lock->mutex);
+    lock_give(s->lock);
     if (len == PAGE_SIZE) {
         memcpy(out, buf, PAGE_SIZE);
         return PAGE_DONE;
     }
     if (decompress_page(s->codec, buf, len, out) != 0) {
-        pthread_mutex_lock(&s->lock->mutex);
+        lock_take(s->lock);
         s->failed_reads++;
-        pthread_mutex_unlock(&s->lock->mutex);
+        lock_give(s->lock);
         return PAGE_CORRUPT;
     }
     return PAGE_DONE;
@@ -2562,8 +2779,8 @@ static void Store_dealloc(StoreObject *s)
     free(s->fill_vals);
     free(s->inflight);
     for (int i = 0; i < SLOTS; i++) {
-        ZSTD_freeCDict(s->cdict[i]);
-        ZSTD_freeDDict(s->ddict[i]);
+        slot_dict_unpin(s->dicts[i]);
+        s->dicts[i] = NULL;
     }
     Py_CLEAR(s->lock);
     Py_CLEAR(s->file_lock);
@@ -2616,6 +2833,8 @@ static PyObject *Store_setup(StoreObject *s, PyObject *args, PyObject *kw)
     Py_ssize_t n = PyObject_Length(index);
     if (n <= 0)
         return n < 0 ? NULL : PyErr_Format(PyExc_ValueError, "a store needs at least one page");
+    if ((unsigned long long)n > UINT32_MAX)
+        return PyErr_Format(PyExc_ValueError, "an image holds at most %u pages", UINT32_MAX);
     s->npages = (uint64_t)n;
     if (get_u32_buffer(index, &s->index_buf, s->npages, "index") != 0)
         return NULL;
@@ -2651,6 +2870,33 @@ static PyObject *Store_setup(StoreObject *s, PyObject *args, PyObject *kw)
     s->t0 = t0;
     s->ready = 1;
     Py_RETURN_NONE;
+}
+
+/* Is [offset, offset + len) inside the image? Written so that nothing can wrap: an offset near
+ * 2**64 is refused before any sum is formed (every entry point that takes a byte range checks
+ * it here, the kernel's offsets included). */
+static inline int range_ok(const StoreObject *s, unsigned long long offset, unsigned long long len)
+{
+    unsigned long long size = (unsigned long long)s->npages * PAGE_SIZE;
+    return offset <= size && len <= size - offset;
+}
+
+/* PyArg "O&" converter of a byte offset: any int; one below 0 or past 2**64 - 1 becomes
+ * ULLONG_MAX, which range_ok refuses (never masked into a smaller offset) */
+static int offset_arg(PyObject *obj, void *out)
+{
+    if (!PyLong_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "an offset is an int, not %.100s", Py_TYPE(obj)->tp_name);
+        return 0;
+    }
+    unsigned long long v = PyLong_AsUnsignedLongLong(obj);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return 0;
+        PyErr_Clear();
+    }
+    *(unsigned long long *)out = v;
+    return 1;
 }
 
 static PyObject *storage_failure(const char *fmt, ...)
@@ -2716,16 +2962,17 @@ static PyObject *wrap_failure(StoreObject *s, int writing, unsigned long long of
         s->failed_writes++;
     else
         s->failed_reads++;
-    pthread_mutex_unlock(&s->lock->mutex);
+    lock_give(s->lock);
     PyObject *msg = writing ? PyUnicode_FromFormat("writing at %llu: %R", offset, value)
                             : PyUnicode_FromFormat("reading %zd bytes at %llu: %R", size, offset,
                                                    value);
     PyObject *exc = msg ? PyObject_CallOneArg(StorageFailureError, msg) : NULL;
     Py_XDECREF(msg);
     if (exc) {
-        Py_INCREF(value);
-        PyException_SetCause(exc, value);
-        PyException_SetContext(exc, value);
+        /* SetCause and SetContext each steal a reference: one new one for each, and the one
+         * PyErr_Fetch gave us is dropped below */
+        PyException_SetCause(exc, Py_NewRef(value));
+        PyException_SetContext(exc, Py_NewRef(value));
         PyErr_SetObject(StorageFailureError, exc);
         Py_DECREF(exc);
     }
@@ -2735,19 +2982,25 @@ static PyObject *wrap_failure(StoreObject *s, int writing, unsigned long long of
     return NULL;
 }
 
-/* write(offset, data) / _cwrite(offset, data, stamp=0): the whole write request, the page loop
+/* write(offset, data, stamp=0): the whole write request, the page loop
  * with the GIL released except for the rare page handed back to Python */
 static PyObject *Store_cwrite(StoreObject *s, PyObject *args)
 {
     unsigned long long offset;
     unsigned long stamp = 0;
     Py_buffer data;
-    if (!PyArg_ParseTuple(args, "Ky*|k", &offset, &data, &stamp))
+    if (!PyArg_ParseTuple(args, "O&y*|k", offset_arg, &offset, &data, &stamp))
         return NULL;
+    if (lock_held(s->lock)) { /* the loop takes it page by page: it would wait for itself */
+        PyBuffer_Release(&data);
+        PyErr_SetString(PyExc_RuntimeError, "write: called with the store lock held");
+        return NULL;
+    }
     s->requests++;
-    if (store_check(s) != 0 || offset + (unsigned long long)data.len > s->npages * PAGE_SIZE) {
+    if (store_check(s) != 0 || !range_ok(s, offset, (unsigned long long)data.len)) {
         if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "write past the end of the image");
+            PyErr_Format(PyExc_ValueError, "write of %zd bytes at %llu: past the end of the image",
+                         data.len, offset);
         PyBuffer_Release(&data);
         return NULL;
     }
@@ -2848,16 +3101,19 @@ static PyObject *Store_cwrite(StoreObject *s, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* _cread(offset, size) -> bytes: the whole read request, GIL released between callbacks */
+/* read(offset, size) -> bytes: the whole read request, GIL released between callbacks */
 static PyObject *Store_cread(StoreObject *s, PyObject *args)
 {
     unsigned long long offset;
     Py_ssize_t size;
-    if (!PyArg_ParseTuple(args, "Kn", &offset, &size) || store_check(s) != 0)
+    if (!PyArg_ParseTuple(args, "O&n", offset_arg, &offset, &size) || store_check(s) != 0)
         return NULL;
+    if (lock_held(s->lock))
+        return PyErr_Format(PyExc_RuntimeError, "read: called with the store lock held");
     s->requests++;
-    if (size < 0 || offset + (unsigned long long)size > s->npages * PAGE_SIZE) {
-        PyErr_SetString(PyExc_ValueError, "read past the end of the image");
+    if (size < 0 || !range_ok(s, offset, (unsigned long long)size)) {
+        PyErr_Format(PyExc_ValueError, "read of %zd bytes at %llu: past the end of the image",
+                     size, offset);
         return NULL;
     }
     PyObject *result = PyBytes_FromStringAndSize(NULL, size);
@@ -2917,7 +3173,6 @@ static int parse_pn(StoreObject *s, PyObject *arg, uint32_t *pn)
     return 0;
 }
 
-/* _swap(pn, entry, size): store.py's _swap (the caller holds the store lock) */
 /* a sequence of page numbers as a PyMem array at *out*: its length, or -1 with an error set */
 static Py_ssize_t parse_pns(StoreObject *s, PyObject *seq, uint32_t **out)
 {
@@ -2943,6 +3198,8 @@ static Py_ssize_t parse_pns(StoreObject *s, PyObject *seq, uint32_t **out)
     return count;
 }
 
+/* _swap_entry(pn, entry, size, keep_old=False): store.py's _swap of the index entry and the
+ * counters (the caller holds the store lock; native.py's _swap keeps the slot and dedup counts) */
 static PyObject *Store_swap(StoreObject *s, PyObject *args)
 {
     PyObject *pnobj;
@@ -2950,11 +3207,12 @@ static PyObject *Store_swap(StoreObject *s, PyObject *args)
     int size, keep_old = 0;
     uint32_t pn;
     if (!PyArg_ParseTuple(args, "Oki|p", &pnobj, &entry, &size, &keep_old) || store_check(s) ||
-        parse_pn(s, pnobj, &pn))
+        require_held(s->lock, "_swap_entry") || parse_pn(s, pnobj, &pn))
         return NULL;
-    lock_wait(s->pool->lock);
+    if (lock_enter(s->pool->lock))
+        return NULL;
     int rc = store_swap(s, pn, (uint32_t)entry, size, 1, keep_old);
-    pthread_mutex_unlock(&s->pool->lock->mutex);
+    lock_give(s->pool->lock);
     if (rc)
         return storage_failure("page %u: its pool object is gone (handle not live)", pn);
     Py_RETURN_NONE;
@@ -2969,9 +3227,10 @@ static PyObject *Store_peek(StoreObject *s, PyObject *arg)
         return NULL;
     uint8_t buf[PAGE_SIZE];
     int len = -2;
-    lock_wait(s->lock);
+    if (lock_enter(s->lock))
+        return NULL;
     if (inflight_add(s, pn) != 0) {
-        pthread_mutex_unlock(&s->lock->mutex);
+        lock_give(s->lock);
         return PyErr_NoMemory();
     }
     uint32_t entry = s->index[pn];
@@ -2982,11 +3241,11 @@ static PyObject *Store_peek(StoreObject *s, PyObject *arg)
     } else if (entry >= FIRST_HANDLE) {
         lock_wait(s->pool->lock); /* the GIL is held here: never wait for a lock with it */
         len = pool_read_locked(s->pool, entry, buf);
-        pthread_mutex_unlock(&s->pool->lock->mutex);
+        lock_give(s->pool->lock);
         if (len == -1) /* raised below: nobody will take the page out of flight */
             inflight_take(s, pn);
     }
-    pthread_mutex_unlock(&s->lock->mutex);
+    lock_give(s->lock);
     if (entry == SAME)
         fill_words(buf, word);
     if (len == -1)
@@ -3000,7 +3259,7 @@ static PyObject *Store_peek(StoreObject *s, PyObject *arg)
 static PyObject *Store_rewritten(StoreObject *s, PyObject *arg)
 {
     uint32_t pn;
-    if (store_check(s) || parse_pn(s, arg, &pn))
+    if (store_check(s) || require_held(s->lock, "_rewritten") || parse_pn(s, arg, &pn))
         return NULL;
     return PyBool_FromLong(inflight_take(s, pn));
 }
@@ -3009,7 +3268,7 @@ static PyObject *Store_rewritten(StoreObject *s, PyObject *arg)
 static PyObject *Store_was_rewritten(StoreObject *s, PyObject *arg)
 {
     uint32_t pn;
-    if (store_check(s) || parse_pn(s, arg, &pn))
+    if (store_check(s) || require_held(s->lock, "_was_rewritten") || parse_pn(s, arg, &pn))
         return NULL;
     Inflight *f = inflight_find(s, pn);
     return PyBool_FromLong(!f || f->rewritten);
@@ -3021,23 +3280,23 @@ static PyObject *Store_fill_set(StoreObject *s, PyObject *args)
     PyObject *pnobj;
     unsigned long long word;
     uint32_t pn;
-    if (!PyArg_ParseTuple(args, "OK", &pnobj, &word) || store_check(s) || parse_pn(s, pnobj, &pn))
+    if (!PyArg_ParseTuple(args, "OK", &pnobj, &word) || store_check(s) ||
+        require_held(s->lock, "_fill_set") || parse_pn(s, pnobj, &pn))
         return NULL;
     if (word && fill_set(s, pn, word) != 0)
         return PyErr_NoMemory();
+    if (!word)
+        fill_del(s, pn);
     Py_RETURN_NONE;
 }
 
-/* _fill_word(pn) -> the same-filled word of pn (0 when none is kept) */
+/* _fill_word(pn) -> the same-filled word kept for pn, 0 when none is (store lock held) */
 static PyObject *Store_fill_word(StoreObject *s, PyObject *arg)
 {
     uint32_t pn;
-    if (store_check(s) || parse_pn(s, arg, &pn))
+    if (store_check(s) || require_held(s->lock, "_fill_word") || parse_pn(s, arg, &pn))
         return NULL;
-    lock_wait(s->lock);
-    uint64_t word = fill_get(s, pn);
-    pthread_mutex_unlock(&s->lock->mutex);
-    return PyLong_FromUnsignedLongLong(word);
+    return PyLong_FromUnsignedLongLong(fill_get(s, pn));
 }
 
 /* recompression ---------------------------------------------------------------------------- */
@@ -3076,43 +3335,35 @@ static PyObject *Store_set_slot(StoreObject *s, PyObject *args)
     dd = ZSTD_createDDict(b.buf, (size_t)b.len);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&b);
-    if (!cd || !dd) {
+    SlotDict *sd = cd && dd ? slot_dict_new(cd, dd) : NULL;
+    if (!sd) {
         ZSTD_freeCDict(cd);
         ZSTD_freeDDict(dd);
         return PyErr_NoMemory();
     }
-    lock_wait(s->lock);
-    ZSTD_CDict *old = s->cdict[slot];
-    ZSTD_DDict *oldd = s->ddict[slot];
-    s->cdict[slot] = cd;
-    s->ddict[slot] = dd;
-    pthread_mutex_unlock(&s->lock->mutex);
-    ZSTD_freeCDict(old);
-    ZSTD_freeDDict(oldd);
+    if (lock_enter(s->lock) != 0) {
+        slot_dict_unpin(sd);
+        return NULL;
+    }
+    slot_dict_set(s, slot, sd);
+    lock_give(s->lock);
     Py_RETURN_NONE;
 }
 
-/* _drop_slot(slot): slot *slot* is gone (store lock held by the caller); the batches only ever
- * use the current slot, which is never the one dropped */
+/* _drop_slot(slot): slot *slot* is gone (store lock held by the caller); its dictionary goes
+ * with the last reference (a step or a read that pinned it finishes with it first) */
 static PyObject *Store_drop_slot(StoreObject *s, PyObject *arg)
 {
     int slot;
-    if (store_check(s) || parse_slot(arg, &slot))
+    if (store_check(s) || require_held(s->lock, "_drop_slot") || parse_slot(arg, &slot))
         return NULL;
-    ZSTD_freeCDict(s->cdict[slot]);
-    ZSTD_freeDDict(s->ddict[slot]);
-    s->cdict[slot] = NULL;
-    s->ddict[slot] = NULL;
+    slot_dict_set(s, slot, NULL);
     Py_RETURN_NONE;
 }
 
 /* outcomes of a background step on one page (recode_page, writeback_one) */
 enum { STEP_DONE, STEP_SKIP, STEP_GONE, STEP_PYTHON, STEP_NOMEM };
 
-/* store.py's _recode of page pn from the write codec into recompression slot *slot*, GIL
- * released: the store lock held twice (claim, commit), the codec work in between without it.
- * Pages _recode would treat differently from a page of the write codec (recompressed, shared,
- * a handle not live) go back to Python (STEP_PYTHON), untouched. */
 /* A background step's claim of page pn (store lock held, and still held on return): STEP_DONE
  * with pn in flight and its object copied to *payload* (*len* bytes, *entry* its handle);
  * STEP_PYTHON, nothing changed, for a page the Python path must decide (recompressed or shared
@@ -3120,6 +3371,7 @@ enum { STEP_DONE, STEP_SKIP, STEP_GONE, STEP_PYTHON, STEP_NOMEM };
  * STEP_GONE when the pool holds no object for pn; STEP_NOMEM. */
 static int claim_page(StoreObject *s, uint32_t pn, uint32_t *entry, uint8_t *payload, int *len)
 {
+    ASSERT_HELD(s->lock);
     *entry = s->index[pn];
     if (*entry >= FIRST_HANDLE && (s->meta[pn] & (SLOT_MASK | SHARED)))
         return STEP_PYTHON;
@@ -3127,9 +3379,9 @@ static int claim_page(StoreObject *s, uint32_t pn, uint32_t *entry, uint8_t *pay
         return STEP_GONE;
     if (inflight_add(s, pn) != 0)
         return STEP_NOMEM;
-    pthread_mutex_lock(&s->pool->lock->mutex);
+    lock_take(s->pool->lock);
     *len = pool_read_locked(s->pool, *entry, payload);
-    pthread_mutex_unlock(&s->pool->lock->mutex);
+    lock_give(s->pool->lock);
     if (*len < 0) {
         inflight_take(s, pn);
         return STEP_PYTHON;
@@ -3137,19 +3389,24 @@ static int claim_page(StoreObject *s, uint32_t pn, uint32_t *entry, uint8_t *pay
     return STEP_DONE;
 }
 
+/* store.py's _recode of page pn from the write codec into recompression slot *slot*, GIL
+ * released: the store lock held twice (claim, commit), the codec work in between without it
+ * and the slot's dictionary pinned for it. Pages _recode would treat differently from a page
+ * of the write codec (recompressed, shared, a handle not live) go back to Python
+ * (STEP_PYTHON), untouched. */
 static int recode_page(StoreObject *s, uint32_t pn, int slot, int min_gain, uint8_t *payload,
                        uint8_t *page, uint8_t *out)
 {
     uint32_t entry;
     int len;
-    pthread_mutex_lock(&s->lock->mutex);
+    lock_take(s->lock);
     int claimed = claim_page(s, pn, &entry, payload, &len);
-    ZSTD_CDict *cd = s->cdict[slot];
-    if (claimed == STEP_DONE && !cd) {
+    SlotDict *sd = claimed == STEP_DONE ? slot_dict_pin(s, slot) : NULL;
+    if (claimed == STEP_DONE && !sd) {
         inflight_take(s, pn);
         claimed = STEP_PYTHON;
     }
-    pthread_mutex_unlock(&s->lock->mutex);
+    lock_give(s->lock);
     if (claimed != STEP_DONE)
         return claimed;
 
@@ -3158,7 +3415,7 @@ static int recode_page(StoreObject *s, uint32_t pn, int slot, int min_gain, uint
     if (len == PAGE_SIZE || decompress_page(s->codec, payload, len, page) == 0) {
         if (len != PAGE_SIZE)
             src = page;
-        n = dict_compress_page(cd, src, out);
+        n = dict_compress_page(sd->c, src, out);
     }
     uint64_t h = 0;
     const uint8_t *neu = out;
@@ -3168,20 +3425,22 @@ static int recode_page(StoreObject *s, uint32_t pn, int slot, int min_gain, uint
             n = PAGE_SIZE;
         }
         if (n + min_gain <= len) {
-            pthread_mutex_lock(&s->pool->lock->mutex);
+            lock_take(s->pool->lock);
             h = pool_store_locked(s->pool, neu, (size_t)n);
-            pthread_mutex_unlock(&s->pool->lock->mutex);
+            lock_give(s->pool->lock);
         }
     }
 
     int rc;
-    pthread_mutex_lock(&s->lock->mutex);
+    lock_take(s->lock);
     uint32_t meta = s->meta[pn];
-    if (inflight_take(s, pn) || s->index[pn] != entry || (meta & SHARED)) {
+    /* a slot dropped (or given another dictionary) meanwhile must not gain the page */
+    int slot_changed = s->dicts[slot] != sd;
+    if (inflight_take(s, pn) || s->index[pn] != entry || (meta & SHARED) || slot_changed) {
         if (h) {
-            pthread_mutex_lock(&s->pool->lock->mutex);
+            lock_take(s->pool->lock);
             pool_free_locked(s->pool, h);
-            pthread_mutex_unlock(&s->pool->lock->mutex);
+            lock_give(s->pool->lock);
         }
         rc = STEP_GONE;
     } else if (!h) {
@@ -3189,18 +3448,19 @@ static int recode_page(StoreObject *s, uint32_t pn, int slot, int min_gain, uint
         s->recompress_not_worth++;
         rc = STEP_SKIP;
     } else if (store_swap(s, pn, (uint32_t)h, n, 0, 0) != 0) {
-        pthread_mutex_lock(&s->pool->lock->mutex);
+        lock_take(s->pool->lock);
         pool_free_locked(s->pool, h);
-        pthread_mutex_unlock(&s->pool->lock->mutex);
+        lock_give(s->pool->lock);
         rc = STEP_PYTHON; /* the old handle is not live: the Python path raises it */
     } else {
         s->meta[pn] = (meta & (AGE_MASK | DIRTY)) | (uint32_t)slot << SLOT_SHIFT;
         s->slot_pages[slot]++;
-        s->pages_recompressed++;
+        s->recompressions++;
         s->recompress_saved_bytes += len - n;
         rc = STEP_DONE;
     }
-    pthread_mutex_unlock(&s->lock->mutex);
+    lock_give(s->lock);
+    slot_dict_unpin(sd);
     return rc;
 }
 
@@ -3276,10 +3536,10 @@ static int writeback_one(StoreObject *s, uint32_t pn, uint8_t *payload, uint8_t 
 {
     uint32_t entry;
     int len;
-    pthread_mutex_lock(&s->lock->mutex);
+    lock_take(s->lock);
     int claimed = claim_page(s, pn, &entry, payload, &len);
     int clean = s->persistent && !(s->meta[pn] & DIRTY);
-    pthread_mutex_unlock(&s->lock->mutex);
+    lock_give(s->lock);
     if (claimed != STEP_DONE) /* STEP_GONE: the reference's claim and let-go, nothing moved */
         return claimed;
 
@@ -3290,19 +3550,19 @@ static int writeback_one(StoreObject *s, uint32_t pn, uint8_t *payload, uint8_t 
         src = page;
     }
     if (!failed && !clean) {
-        pthread_mutex_lock(&s->file_lock->mutex);
-        pthread_mutex_lock(&s->lock->mutex);
+        lock_take(s->file_lock);
+        lock_take(s->lock);
         Inflight *f = inflight_find(s, pn);
         int rewritten = !f || f->rewritten;
-        pthread_mutex_unlock(&s->lock->mutex);
+        lock_give(s->lock);
         if (!rewritten)
             failed = s->backing_fd < 0 ||
                      pwrite(s->backing_fd, src, PAGE_SIZE, (off_t)pn * PAGE_SIZE) != PAGE_SIZE;
-        pthread_mutex_unlock(&s->file_lock->mutex);
+        lock_give(s->file_lock);
     }
 
     int rc;
-    pthread_mutex_lock(&s->lock->mutex);
+    lock_take(s->lock);
     if (inflight_take(s, pn) || s->index[pn] != entry) {
         rc = STEP_GONE; /* rewritten while we wrote: the pool copy is newer */
     } else if (failed || (s->meta[pn] & (SLOT_MASK | SHARED)) ||
@@ -3315,7 +3575,7 @@ static int writeback_one(StoreObject *s, uint32_t pn, uint8_t *payload, uint8_t 
             s->bd_writes++;
         rc = STEP_DONE;
     }
-    pthread_mutex_unlock(&s->lock->mutex);
+    lock_give(s->lock);
     return rc;
 }
 
@@ -3338,11 +3598,29 @@ static PyObject *Store_writeback_batch(StoreObject *s, PyObject *seq)
  * taken under the file lock, so no read or write of it is in progress */
 static PyObject *Store_detach_backing(StoreObject *s, PyObject *unused)
 {
-    lock_wait(s->file_lock);
-    lock_wait(s->lock);
+    if (lock_enter(s->file_lock))
+        return NULL;
+    if (lock_enter(s->lock)) {
+        lock_give(s->file_lock);
+        return NULL;
+    }
     s->backing_fd = -1;
-    pthread_mutex_unlock(&s->lock->mutex);
-    pthread_mutex_unlock(&s->file_lock->mutex);
+    lock_give(s->lock);
+    lock_give(s->file_lock);
+    Py_RETURN_NONE;
+}
+
+/* _set_clock(t0, fixed_now): store.py's clock (_t0, and a fixed now() when not 0) */
+static PyObject *Store_set_clock(StoreObject *s, PyObject *args)
+{
+    double t0;
+    unsigned long fixed;
+    if (!PyArg_ParseTuple(args, "dk", &t0, &fixed))
+        return NULL;
+    if (fixed > AGE_MASK)
+        return PyErr_Format(PyExc_ValueError, "a clock reading is at most %u", AGE_MASK);
+    s->t0 = t0;
+    __atomic_store_n(&s->fixed_now, (uint32_t)fixed, __ATOMIC_RELAXED);
     Py_RETURN_NONE;
 }
 
@@ -3360,9 +3638,10 @@ static PyObject *Store_get_file_lock(StoreObject *s, void *c)
 
 static PyObject *Store_get_inflight(StoreObject *s, void *c)
 {
-    lock_wait(s->lock); /* a background batch changes it with the GIL released */
+    if (lock_enter(s->lock)) /* a background batch changes it with the GIL released */
+        return NULL;
     size_t n = s->inflight_n;
-    pthread_mutex_unlock(&s->lock->mutex);
+    lock_give(s->lock);
     return PyLong_FromSize_t(n);
 }
 
@@ -3381,28 +3660,28 @@ static PyMemberDef Store_members[] = {
     COUNTER(bd_reads), COUNTER(bd_writes), COUNTER(bd_errors), COUNTER(written_back_pages),
     COUNTER(pool_limit_hit), COUNTER(reject_compress_fail), COUNTER(reject_compress_poor),
     COUNTER(reject_alloc_fail), COUNTER(reject_reclaim_fail), COUNTER(requests),
-    COUNTER(pages_recompressed), COUNTER(recompress_saved_bytes), COUNTER(recompress_not_worth),
+    COUNTER(recompressions), COUNTER(recompress_saved_bytes), COUNTER(recompress_not_worth),
     {NULL},
 };
 #undef COUNTER
 
 static PyMethodDef Store_methods[] = {
     {"_setup", (PyCFunction)(void (*)(void))Store_setup, METH_VARARGS | METH_KEYWORDS, NULL},
-    {"write", (PyCFunction)Store_cwrite, METH_VARARGS, "write(offset, data): one request"},
+    {"write", (PyCFunction)Store_cwrite, METH_VARARGS,
+     "write(offset, data, stamp=0): one request (stamp: the pages' meta, 0 for now)"},
     {"read", (PyCFunction)Store_cread, METH_VARARGS, "read(offset, size) -> bytes: one request"},
-    {"_cwrite", (PyCFunction)Store_cwrite, METH_VARARGS, "_cwrite(offset, data, stamp=0)"},
-    {"_cread", (PyCFunction)Store_cread, METH_VARARGS, "_cread(offset, size) -> bytes"},
     {"_swap_entry", (PyCFunction)Store_swap, METH_VARARGS,
      "_swap_entry(pn, entry, size, keep_old=False): store.py's _swap in C; store lock held"},
     {"_peek", (PyCFunction)Store_peek, METH_O, "_peek(pn) -> (entry, payload or None)"},
     {"_rewritten", (PyCFunction)Store_rewritten, METH_O, "_rewritten(pn); store lock held"},
     {"_was_rewritten", (PyCFunction)Store_was_rewritten, METH_O, "store lock held"},
-    {"_fill_word", (PyCFunction)Store_fill_word, METH_O, NULL},
+    {"_fill_word", (PyCFunction)Store_fill_word, METH_O, "_fill_word(pn) -> word; store lock held"},
     {"_fill_set", (PyCFunction)Store_fill_set, METH_VARARGS, "_fill_set(pn, word); store lock held"},
     {"_set_slot", (PyCFunction)Store_set_slot, METH_VARARGS,
      "_set_slot(slot, level, dictionary); takes the store lock"},
     {"_drop_slot", (PyCFunction)Store_drop_slot, METH_O, "_drop_slot(slot); store lock held"},
     {"_detach_backing", (PyCFunction)Store_detach_backing, METH_NOARGS, NULL},
+    {"_set_clock", (PyCFunction)Store_set_clock, METH_VARARGS, "_set_clock(t0, fixed_now)"},
     {"_writeback_batch", (PyCFunction)Store_writeback_batch, METH_O,
      "_writeback_batch(indices) -> (done, at)"},
     {"_recompress_batch", (PyCFunction)Store_recompress_batch, METH_VARARGS,
@@ -3466,7 +3745,7 @@ static PyObject *workers_stats(PyObject *mod, PyObject *unused)
     long long wanted, running, min_pages, parallel, helped;
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&workers_mu);
-    wanted = workers_wanted;
+    wanted = workers_resolved();
     running = workers_running;
     min_pages = batch_min_pages;
     parallel = batches_parallel;
@@ -3515,7 +3794,9 @@ static PyMethodDef module_methods[] = {
 
 static struct PyModuleDef moduledef = {
     PyModuleDef_HEAD_INIT, "_native",
-    "The compiled page engine: zsmalloc pool, page index and request loop (see native.py).", -1,
+    "The compiled page engine: the pools, the page index, the request loop and the background\n"
+    "batches (see native.py).",
+    -1,
     module_methods,
 };
 

@@ -1,12 +1,12 @@
 """The compiled engine (``_native.c``) behind the PageStore and Pool interfaces.
 
-NativeStore is a PageStore whose hot path is compiled: ``write(offset, data)`` and
-``read(offset, size)`` are one call into C per request, with the GIL released for the page
-loop (same-filled detection, compression, placement in the C zsmalloc pool, index swap, counters,
+NativeStore is a PageStore whose hot path is compiled: ``write(offset, data)`` and ``read(offset,
+size)`` are one call into C per request, with the GIL released for the page loop (same-filled
+detection, compression, placement in the C pool: zsmalloc, zbud or z3fold, index swap, counters,
 access stamps). The C side owns the pool and the counters; the index and meta arrays are numpy
-arrays it writes through their buffers, so every PageStore method written in Python works
-unchanged over them: writeback_page, flush, cold_pages, stats, the reject path. The store lock is
-a C mutex (``_native.Lock``) that ``with store.lock:`` holds from Python too.
+arrays it writes through their buffers, so every PageStore method written in Python works unchanged
+over them: writeback_page, flush, cold_pages, stats, the reject path. The store lock is a C mutex
+(``_native.Lock``) that ``with store.lock:`` holds from Python too.
 
 A page the C loop does not decide goes back to PageStore's Python code, page by page:
   - a non-same-filled page while the pool is at its memory limit and there is no backing file
@@ -87,8 +87,9 @@ def default_workers() -> int:
 
 
 def set_workers(n: int | None = None, min_pages: int = BATCH_MIN_PAGES, lead: bool = True) -> None:
-    """Page workers for big write requests (None: default_workers()); lead=False (tests) has
-    the workers alone compress a batch's pages."""
+    """Page workers for big write requests (None: default_workers(), which is also what C
+    starts with until this is called); lead=False (tests) has the workers alone compress a
+    batch's pages."""
     if _native is not None:
         _native._set_workers(default_workers() if n is None else n, min_pages, lead)
 
@@ -100,9 +101,6 @@ def workers() -> dict[str, int]:
 
 def available() -> bool:
     return _native is not None
-
-
-set_workers()
 
 
 def _codec_args(codec: Codec) -> tuple[str, int] | None:
@@ -215,14 +213,26 @@ if _native is not None:
     }
 
     class _FillWords:
-        """What PageStore's Python write path does with `fill` (store lock held): keep a
-        same-filled page's word, in C."""
+        """PageStore's `fill` (index -> the word of a non-zero same-filled page) as it is used
+        there, kept in C: every method needs the store lock held, as PageStore's own code
+        holds it (C checks and raises RuntimeError otherwise)."""
 
         def __init__(self, store: NativeStore) -> None:
             self.store = store
 
         def __setitem__(self, index: int, word: int) -> None:
             self.store._fill_set(index, word)
+
+        def get(self, index: int, default: int | None = None) -> int | None:
+            return self.store._fill_word(index) or default
+
+        def pop(self, index: int, default: int | None = None) -> int | None:
+            word = self.store._fill_word(index)
+            self.store._fill_set(index, 0)
+            return word or default
+
+        def __contains__(self, index: object) -> bool:
+            return isinstance(index, int) and self.store._fill_word(index) != 0
 
     class NativeStore(_native.Store, PageStore):
         """PageStore with the request loop in C (see the module docstring)."""
@@ -272,10 +282,10 @@ if _native is not None:
         def write_page(self, index: int, page: bytes, stamp: int = 0) -> None:
             if len(page) != PAGE_SIZE:
                 raise ValueError(f"a page is {PAGE_SIZE} bytes, not {len(page)}")
-            self._cwrite(index * PAGE_SIZE, page, stamp)
+            _native.Store.write(self, index * PAGE_SIZE, page, stamp)
 
         def read_page(self, index: int) -> bytes:
-            return self._cread(index * PAGE_SIZE, PAGE_SIZE)
+            return _native.Store.read(self, index * PAGE_SIZE, PAGE_SIZE)
 
         def _write_slow(self, index: int, page: bytes, stamp: int) -> None:
             """A page the C loop hands back (memory limit, reject, no room, or an old object
@@ -288,6 +298,10 @@ if _native is not None:
             queues it to go back to the write codec; a slot C has no dictionary for; or a
             failed read of the backing file, counted and reported): PageStore's read path."""
             return PageStore.read_page(self, index)
+
+        def set_clock(self, now: int | None = None, advance: float = 0) -> None:
+            PageStore.set_clock(self, now, advance)
+            self._set_clock(self._t0, self._fixed_now)
 
         def _swap(self, index: int, entry: int, size: int) -> None:
             """PageStore._swap's slot and dedup bookkeeping in Python, the rest in C (store

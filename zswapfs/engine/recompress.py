@@ -194,7 +194,7 @@ class Recompression:
         store = self.store
         if store.stored_pages - store.same_pages < self.min_pages:
             return
-        turned_over = store.pages_recompressed - self._recompressed_at_training
+        turned_over = store.recompressions - self._recompressed_at_training
         if store.current_slot and turned_over < max(self._stored_at_training, self.min_pages):
             return
         sample = self._sample()
@@ -208,10 +208,10 @@ class Recompression:
             self.train_failures += 1
             log.warning("recompression: no new dictionary (%s)", exc)
             # try again after as much turnover again
-            self._recompressed_at_training = store.pages_recompressed
+            self._recompressed_at_training = store.recompressions
             return
         self.trainings += 1
-        self._recompressed_at_training = store.pages_recompressed
+        self._recompressed_at_training = store.recompressions
         self._stored_at_training = store.stored_pages - store.same_pages
         log.info(
             "recompression: dictionary %d (%d bytes) trained on %d pages",

@@ -45,8 +45,7 @@ mark stays until the last of them lets go, so one owner's claim never hides a re
 must see (it may refuse a commit it could have made: the page is tried again later). The file
 write itself is ordered too: a page the write path sends to the backing file (_reject) is
 written and committed under the file lock, and writeback and flush check, under the same lock,
-that the page was not rewritten before they write their (older) copy (_write_file). Full lock
-order: file lock -> store lock -> pool lock.
+that the page was not rewritten before they write their (older) copy (_write_file).
 
 Errors: the store raises StoreError subclasses, never errno values; fs.py maps them.
 """
@@ -139,6 +138,8 @@ class PageStore:
         #: recompressed pages read twice: to go back to the write codec (maintenance does it)
         self.rewarm: set[int] = set()
         self._t0 = time.monotonic()
+        #: when not 0, what now() answers (set_clock): a clock the tests move by hand
+        self._fixed_now = 0
         #: pages being written back or flushed -> rewritten meanwhile (store lock held)
         self._inflight: dict[int, list[int]] = {}
         #: held across a backing-file write and its commit (see _write_file)
@@ -161,7 +162,7 @@ class PageStore:
         self.reject_compress_poor = 0
         self.reject_alloc_fail = 0
         self.reject_reclaim_fail = 0
-        self.pages_recompressed = 0
+        self.recompressions = 0
         self.recompress_saved_bytes = 0
         self.recompress_not_worth = 0
         self.pages_rewarmed = 0
@@ -171,11 +172,28 @@ class PageStore:
 
     def now(self) -> int:
         """Seconds since the store started, plus one (0 means never touched)."""
+        if self._fixed_now:
+            return self._fixed_now
         return min(int(time.monotonic() - self._t0) + 1, AGE_MASK)
+
+    def set_clock(self, now: int | None = None, advance: float = 0) -> None:
+        """The page clock that stamps accesses, for tests and benchmarks: fixed at *now* (None:
+        the real clock again), and/or moved *advance* seconds on."""
+        self._t0 -= advance
+        if now is not None and not 0 < now <= AGE_MASK:
+            raise ValueError(f"a clock reading is 1..{AGE_MASK}")
+        self._fixed_now = now or 0
 
     @property
     def pool_bytes(self) -> int:
         return self.pool.pages_used * PAGE_SIZE
+
+    def _check_range(self, what: str, offset: int, size: int) -> None:
+        """ValueError unless [offset, offset + size) lies inside the image (the compiled
+        engine's check, written the same way: no sum that could wrap in C)."""
+        end = self.npages * PAGE_SIZE
+        if not (0 <= offset <= end and 0 <= size <= end - offset):
+            raise ValueError(f"{what} of {size} bytes at {offset}: past the end of the image")
 
     # -- writing -------------------------------------------------------------------------------
     def _stamp(self) -> int:
@@ -183,9 +201,10 @@ class PageStore:
         return self.now() | (DIRTY if self.persistent else 0)
 
     def write(self, offset: int, data: bytes) -> None:
-        """Store *data* at byte *offset* of the image (the caller keeps it inside the image):
+        """Store *data* at byte *offset* of the image (ValueError for a range not inside it):
         whole pages as they are, a partial head or tail page by read-modify-write. One call a
         request, one clock read for all its pages."""
+        self._check_range("write", offset, len(data))
         self.requests += 1
         stamp = self._stamp()
         index, head = divmod(offset, PAGE_SIZE)
@@ -417,8 +436,9 @@ class PageStore:
         return page
 
     def read(self, offset: int, size: int) -> bytes:
-        """*size* bytes at byte *offset* of the image (the caller keeps the range inside it).
+        """*size* bytes at byte *offset* of the image (ValueError for a range not inside it).
         One call a request."""
+        self._check_range("read", offset, size)
         self.requests += 1
         first, last = offset // PAGE_SIZE, (offset + size - 1) // PAGE_SIZE
         try:
@@ -679,7 +699,7 @@ class PageStore:
             self.meta[index] = (meta & (AGE_MASK | DIRTY)) | to_slot << SLOT_SHIFT  # not SHARED
             if to_slot:
                 self.slot_pages[to_slot] += 1
-                self.pages_recompressed += 1
+                self.recompressions += 1
                 self.recompress_saved_bytes += len(payload) - len(new)
             else:
                 self.pages_rewarmed += 1
@@ -823,7 +843,7 @@ class PageStore:
                 "reject_compress_poor": self.reject_compress_poor,
                 "reject_alloc_fail": self.reject_alloc_fail,
                 "reject_reclaim_fail": self.reject_reclaim_fail,
-                "pages_recompressed": self.pages_recompressed,
+                "recompressions": self.recompressions,
                 "recompressed_pages": int(self.slot_pages.sum()),
                 "recompress_saved_bytes": self.recompress_saved_bytes,
                 "recompress_not_worth": self.recompress_not_worth,
