@@ -1,8 +1,11 @@
 """The compiled page engine (zswapfs/engine/_native.c), linked against the system liblz4 and
-libzstd found with pkg-config. The extension is optional: without a compiler or those headers
-zswapfs still installs and runs its Python engine (the daemon logs that the native engine is
-unavailable and `stats` shows "engine": "python")."""
+libzstd found with pkg-config. For a user's `pip install` the extension is optional: without a
+compiler or those headers zswapfs still installs and runs its Python engine (the daemon logs
+that the native engine is unavailable and `stats` shows "engine": "python"). With
+ZSWAPFS_REQUIRE_NATIVE=1 (the Makefile's set-up, so `make test` and CI) a build failure is an
+error, never a silent fallback."""
 
+import os
 import subprocess
 
 from setuptools import Extension, setup
@@ -31,7 +34,7 @@ setup(
             extra_compile_args=[*cflags, "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
                                 "-Wno-missing-field-initializers", "-Wno-cast-function-type"],
             extra_link_args=libs,
-            optional=True,
+            optional=os.environ.get("ZSWAPFS_REQUIRE_NATIVE") != "1",
         )
     ]
 )

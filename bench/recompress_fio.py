@@ -115,8 +115,8 @@ def main() -> None:
         "on_vs_off": {job: med[f"on {job}"] / med[f"off {job}"] for job, _ in JOBS},
         "normal_vs_off": {job: med[f"normal {job}"] / med[f"off {job}"] for job, _ in JOBS},
         "idle": args.idle,
-        "recompressed_pages_on": stats["on"]["pages_recompressed"],
-        "recompressed_pages_normal": stats["normal"]["pages_recompressed"],
+        "recompressed_pages_on": stats["on"]["recompressions"],
+        "recompressed_pages_normal": stats["normal"]["recompressions"],
     }
     print(json.dumps(result, indent=1))
 

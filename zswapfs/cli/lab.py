@@ -94,6 +94,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             with_zram=not args.no_zram,
             churn=args.churn,
             recompress=None if args.recompress == "off" else args.recompress,
+            engine=args.engine,
             progress=progress,
             fio=fio,
         )

@@ -202,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--out", default="bench/results", help="directory for bench.json, bench.txt and PNG plots"
     )
+    b.add_argument(
+        "--engine",
+        choices=("native", "python"),
+        default="native",
+        help="the engine the in-process replay runs on (default native, as the daemon)",
+    )
     b.add_argument("--no-zram", action="store_true", help="leave /dev/zram0 alone")
     b.add_argument("--churn", type=float, default=0.3, help="share of pages rewritten (0..1)")
     b.add_argument(

@@ -1,7 +1,8 @@
 """Replay a page corpus through a store in-process: the figures a pool strategy is judged on.
 
 No FUSE here: the same store, codec and pool code the daemon runs, driven directly, so density
-and per-page cost are measured without the FUSE round trip.
+and per-page cost are measured without the FUSE round trip. The engine is the daemon's default,
+the compiled one ("native"), unless asked otherwise; each result names the engine it measured.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from zswapfs.engine.codec import PAGE_SIZE, make_codec
-from zswapfs.engine.pools import make_pool
+from zswapfs.engine.native import make_store
 from zswapfs.engine.recompress import Recompression
 from zswapfs.engine.store import PageStore
 
@@ -28,6 +29,12 @@ def load_corpus(path: str | Path) -> bytes:
     if usable == 0:
         raise ValueError(f"{path}: no whole 4 KiB page in it")
     return data[:usable]
+
+
+def replay_store(engine: str, npages: int, pool: str, codec: str) -> PageStore:
+    """A store for a replay on *engine* ("native", the daemon's, or "python"); make_store falls
+    back to the Python engine when the compiled one is missing, and the result says which ran."""
+    return make_store(engine, npages, make_codec(codec), pool)
 
 
 @dataclass
@@ -55,6 +62,8 @@ class ReplayResult:
     recompressed_pages: int = 0
     dict_bytes: int = 0
     pages_deduped: int = 0
+    #: the engine that ran: "native" (the daemon's default) or "python" (the reference)
+    engine: str = "native"
 
     @property
     def density(self) -> float:
@@ -116,13 +125,14 @@ def replay(
     churn: float = 0.0,
     seed: int = 1,
     recompress: str | None = None,
+    engine: str = "native",
 ) -> ReplayResult:
     """Store every page of *corpus*, read them all back (checked), optionally churn: overwrite
     a *churn* share of pages with other corpus pages, then compact; and with *recompress*
     ("zstd:LEVEL"), store the corpus again in a fresh store, let the background recompression
-    settle and read everything back again."""
+    settle and read everything back again. *engine*: the daemon's compiled engine by default."""
     npages = len(corpus) // PAGE_SIZE
-    store = PageStore(npages, make_codec(codec), make_pool(pool, npages))
+    store = replay_store(engine, npages, pool, codec)
     pages = [corpus[i * PAGE_SIZE : (i + 1) * PAGE_SIZE] for i in range(npages)]
     t0 = time.perf_counter()
     for pn, page in enumerate(pages):
@@ -145,6 +155,7 @@ def replay(
         huge_pages=st["huge_pages"],
         store_pages_per_s=npages / max(t1 - t0, 1e-9),
         load_pages_per_s=npages / max(t2 - t1, 1e-9),
+        engine=store.engine,
     )
     if churn > 0:
         rnd = random.Random(seed)
@@ -162,7 +173,7 @@ def replay(
                 raise AssertionError(f"{pool}/{codec}: page {pn} wrong after churn and compaction")
     store.pool.close()
     if recompress:  # on the corpus as it is (the churn above copies pages: duplicates)
-        store = PageStore(npages, make_codec(codec), make_pool(pool, npages))
+        store = replay_store(engine, npages, pool, codec)
         pages = [corpus[i * PAGE_SIZE : (i + 1) * PAGE_SIZE] for i in range(npages)]
         for pn, page in enumerate(pages):
             store.write_page(pn, page)

@@ -74,7 +74,7 @@ TOP: list[Row] = [
      "Pages the pool had no room for (zswap reject_alloc_fail)."),
     ("reject_reclaim_fail", "zswapfs_reject_reclaim_fail_total", "counter",
      "Pages refused at the memory limit with no backing file (zswap reject_reclaim_fail)."),
-    ("pages_recompressed", "zswapfs_recompressed_pages_total", "counter",
+    ("recompressions", "zswapfs_recompressed_pages_total", "counter",
      "Idle pages recompressed with a trained dictionary."),
     ("recompressed_pages", "zswapfs_recompressed_held_pages", "gauge",
      "Pages held recompressed now."),

@@ -6,10 +6,11 @@ Corpus specifications:
     builtin:NAME[:MiB]        capture a bundled workload: py_dicts, sqlite_mem, node_objects
     synthetic:PAGES           generated pages (zero, text-like, half-random, random): for tests
 
-For each corpus, every pool x codec is replayed in-process (the daemon's own store, codec and pool
-code, without FUSE): density, allocator efficiency, store/load rate, and memory after a churn
-(a share of pages rewritten with other pages) before and after compaction. A kernel zram row
-(lz4) is measured on the same pages when /dev/zram0 is free, and zram0 is reset afterwards.
+For each corpus, every pool x codec is replayed in-process, without FUSE (the daemon's own store,
+codec and pool code, on the engine it ships, the compiled one, unless `--engine python` asks for the
+reference; each row names its engine): density, allocator efficiency, store/load rate, and memory
+after a churn (a share of pages rewritten with other pages) before and after compaction. A kernel
+zram row (lz4) is measured on the same pages when /dev/zram0 is free, and zram0 is reset afterwards.
 
 A memory timeline per pool and corpus follows the pool's memory through a cycle: fill with the
 corpus, free a random half (overwritten with zero pages), compact step by step.

@@ -15,7 +15,9 @@ MIB = 2**20
 def format_table(run_: BenchRun) -> str:
     head = (f"{'corpus':<14}{'pool':<10}{'codec':<9}{'density':>8}{'vs zram':>8}{'pool-only':>10}"
             f"{'effic.':>7}{'store/s':>9}{'load/s':>9}{'churn MiB':>10}{'compact':>9}")  # fmt: skip
-    lines = [head, "-" * len(head)]
+    engines = sorted({r["engine"] for r in run_.rows if "engine" in r})
+    lines = [f"in-process replay on the {' and '.join(engines) or '?'} engine", head]
+    lines.append("-" * len(head))
     zram = {r["corpus"]: r["density"] for r in run_.rows if r["pool"] == "zram"}
     for r in run_.rows:
         vs = f"{r['density'] / zram[r['corpus']]:.3f}" if r["corpus"] in zram else "-"

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from zswapfs.engine.codec import PAGE_SIZE, CodecError, make_codec
-from zswapfs.engine.pools import POOL_NAMES, make_pool
-from zswapfs.engine.store import PageStore, StoreError
+from zswapfs.engine.pools import POOL_NAMES
+from zswapfs.engine.store import StoreError
 from zswapfs.lab import kzram
 from zswapfs.lab.bench.corpus import BenchError, Corpus, load_spec
 from zswapfs.lab.bench.fio import FIO_JOBS, FioOptions, run_fio
-from zswapfs.lab.replay import replay, stats_density
+from zswapfs.lab.replay import replay, replay_store, stats_density
 
 
 @dataclass
@@ -115,13 +115,18 @@ def _thin(points: list[tuple[float, int, int]], most: int) -> list[tuple[float, 
 
 
 def memory_timeline(
-    corpus: Corpus, pool: str, codec: str, samples: int = 100, seed: int = 2
+    corpus: Corpus,
+    pool: str,
+    codec: str,
+    samples: int = 100,
+    seed: int = 2,
+    engine: str = "native",
 ) -> dict[str, Any]:
     """Pool memory through fill (every corpus page), free (a random half overwritten with zero
     pages) and compaction (compact_step until nothing is worth moving), sampled about *samples*
     times a phase; every page is read back and checked at the end."""
     npages = corpus.pages
-    store = PageStore(npages, make_codec(codec), make_pool(pool, npages))
+    store = replay_store(engine, npages, pool, codec)
     data = corpus.data
     t0 = time.perf_counter()
     phases: dict[str, list[float]] = {}
@@ -210,6 +215,7 @@ def run(
     fio: FioOptions | None = None,
     timeline: bool = True,
     recompress: str | None = "zstd:9",
+    engine: str = "native",
 ) -> BenchRun:
     """*recompress* ("zstd:LEVEL", the daemon's default, or None) adds "density after settling"
     and "time to settle" to each replayed row: the background recompression and dedup run
@@ -225,6 +231,7 @@ def run(
         "codecs": codecs,
         "churn": churn,
         "recompress": recompress,
+        "engine": engine,
         "zram": with_zram,
         "timeline_codec": codecs[0] if timeline else None,
         "fio": fio.as_dict() if fio else None,
@@ -248,7 +255,7 @@ def run(
                 progress(f"{corpus.name}: {pool} {codec}")
                 try:
                     replayed = replay(
-                        corpus.data, pool, codec, churn, recompress=recompress
+                        corpus.data, pool, codec, churn, recompress=recompress, engine=engine
                     ).as_dict()
                 except StoreError as exc:
                     raise BenchError(f"{corpus.name}: {pool} {codec}: {exc}") from None
@@ -257,7 +264,7 @@ def run(
             for pool in pools:
                 progress(f"{corpus.name}: {pool} {codecs[0]} memory through fill/free/compact")
                 try:
-                    result.timelines.append(memory_timeline(corpus, pool, codecs[0]))
+                    result.timelines.append(memory_timeline(corpus, pool, codecs[0], engine=engine))
                 except StoreError as exc:
                     raise BenchError(f"{corpus.name}: {pool} timeline: {exc}") from None
     if fio is not None:
