@@ -1,10 +1,11 @@
-"""The compiled page engine (zswapfs/engine/_native.c), linked against the system liblz4 and
+"""The compiled page engine (zswapfs/engine/csrc/, one source file per object), linked against the system liblz4 and
 libzstd found with pkg-config. For a user's `pip install` the extension is optional: without a
 compiler or those headers zswapfs still installs and runs its Python engine (the daemon logs
 that the native engine is unavailable and `stats` shows "engine": "python"). With
 ZSWAPFS_REQUIRE_NATIVE=1 (the Makefile's set-up, so `make test` and CI) a build failure is an
 error, never a silent fallback."""
 
+import glob
 import os
 import subprocess
 
@@ -30,9 +31,12 @@ setup(
     ext_modules=[
         Extension(
             "zswapfs.engine._native",
-            ["zswapfs/engine/_native.c"],
-            extra_compile_args=[*cflags, "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
-                                "-Wno-missing-field-initializers", "-Wno-cast-function-type"],
+            sorted(glob.glob("zswapfs/engine/csrc/*.c")),
+            depends=sorted(glob.glob("zswapfs/engine/csrc/*.h")),
+            # hidden: only PyInit__native leaves the module (the engine's own names stay inside)
+            extra_compile_args=[*cflags, "-O2", "-fvisibility=hidden", "-Wall", "-Wextra",
+                                "-Wno-unused-parameter", "-Wno-missing-field-initializers",
+                                "-Wno-cast-function-type"],
             extra_link_args=libs,
             optional=os.environ.get("ZSWAPFS_REQUIRE_NATIVE") != "1",
         )

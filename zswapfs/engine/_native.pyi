@@ -1,4 +1,4 @@
-"""Type stub of the compiled engine (_native.c)."""
+"""Type stub of the compiled engine (csrc/, the module _native)."""
 
 from typing import Any
 

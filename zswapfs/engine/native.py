@@ -1,4 +1,4 @@
-"""The compiled engine (``_native.c``) behind the PageStore and Pool interfaces.
+"""The compiled engine (``csrc/``, built as ``_native``) behind the PageStore and Pool interfaces.
 
 NativeStore is a PageStore whose hot path is compiled: ``write(offset, data)`` and ``read(offset,
 size)`` are one call into C per request, with the GIL released for the page loop (same-filled
@@ -36,7 +36,7 @@ recompression counters.
 
 A write request of at least BATCH_MIN_PAGES whole pages has its pages compressed by the page
 workers (C threads, one per spare core) alongside the request thread before the loop places
-them in order; see "Page workers" in _native.c.
+them in order; see csrc/workers.h.
 
 ``make_store`` picks the engine.
 """

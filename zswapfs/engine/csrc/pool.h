@@ -1,0 +1,158 @@
+/* Pool: a handle table (indirect handles: an object can move, its handle does not; free
+ * handles chained through their own entries), an arena, and one placement strategy chosen at
+ * set-up: zsmalloc's size classes and zspages (zsmalloc.c) or the zbud/z3fold page records and
+ * unbuddied lists (buddy.c). pools/__init__.py, zsmalloc.py and buddy.py are the reference.
+ *
+ * Locking: everything here is guarded by the pool's own Lock (the pool lock); the *_locked
+ * functions expect it held (ASSERT_HELD). The store takes it inside its own lock. */
+#ifndef ZS_POOL_H
+#define ZS_POOL_H
+
+#include "arena.h"
+#include "lock.h"
+
+typedef struct {
+    int index, size, pages, objs, huge;
+    long long zspages, inuse;
+} SizeClass;
+
+/* the pool strategies (pools/__init__.py's POOL_NAMES) */
+enum { POOL_ZSMALLOC = 0, POOL_ZBUD = 1, POOL_Z3FOLD = 2 };
+/* zbud and z3fold geometry: see pools/buddy.py */
+#define CHUNK 64
+#define NCHUNKS (PAGE_SIZE / CHUNK)
+#define BIG_GAP 3
+enum { BUD_FIRST = 0, BUD_MIDDLE = 1, BUD_LAST = 2 };
+
+typedef struct {
+    PyObject_HEAD
+    LockObject *lock;
+    int ready, closed;
+    int max_chain;
+    Arena arena;
+    /* handle table */
+    uint64_t *table;
+    size_t tlen, tcap;
+    uint64_t free_head;
+    long long live;
+    /* classes */
+    SizeClass *classes;
+    int nclasses;
+    int lookup[NSIZES];
+    int huge_class_size;
+    int32_t *heads;
+    /* per zspage */
+    uint16_t *zs_class, *zs_inuse, *zs_bump;
+    int32_t *zs_free, *zs_prev, *zs_next;
+    uint32_t *zs_first;
+    int8_t *zs_group;
+    size_t zs_count, zs_cap;
+    uint32_t *zs_unused;
+    size_t unused_count, unused_cap;
+    /* per pool page */
+    uint32_t *page_next, *page_owner;
+    size_t page_len;
+    int compact_cursor;
+    long long bytes_stored, pages_compacted, objects_moved, migrated_pages;
+    /* zbud and z3fold (kind): per pool page, pools/buddy.py's arrays */
+    int kind;
+    uint8_t *bd_chunks[3], *bd_mid;
+    uint32_t *bd_handle[3];
+    int8_t *bd_free_at;
+    int32_t *bd_prev, *bd_next;
+    size_t bd_len;
+    int32_t bd_heads[NCHUNKS + 1];
+    long long bd_listed_pages, bd_listed_chunks;
+} PoolObject;
+
+/* shared by both strategies (pool.c) */
+int grow(void **p, size_t *cap, size_t need, size_t item);
+int resize_zeroed(void **arr, size_t old, size_t n, size_t item);
+size_t page_table_len(const PoolObject *p, size_t len);
+uint64_t handle_new(PoolObject *p, uint64_t loc);
+int64_t migrate_copy(PoolObject *p, uint32_t pn);
+int pool_check(PoolObject *p);
+PyObject *not_live(unsigned long long h);
+
+static inline int handle_get(const PoolObject *p, uint64_t h, uint64_t *loc)
+{
+    if (h >= p->tlen || (p->table[h] & FREE_TAG))
+        return -1;
+    *loc = p->table[h];
+    return 0;
+}
+
+static inline void handle_release(PoolObject *p, uint64_t h)
+{
+    p->table[h] = FREE_TAG | p->free_head;
+    p->free_head = h;
+    p->live--;
+}
+
+/* zsmalloc.c */
+int build_classes(PoolObject *p);
+int track_pages(PoolObject *p);
+uint64_t zs_store_locked(PoolObject *p, const uint8_t *data, size_t len);
+int zs_read_locked(const PoolObject *p, uint64_t h, uint8_t *dst);
+int zs_free_locked(PoolObject *p, uint64_t h);
+int zs_compact_step_locked(PoolObject *p, int budget);
+int zs_migrate_page_locked(PoolObject *p, uint32_t pn);
+static inline int zs_raw_threshold(const PoolObject *p) { return p->huge_class_size - HDR; }
+static inline long long freeable_zspages(const SizeClass *cls)
+{
+    if (cls->huge)
+        return 0;
+    return (cls->zspages * cls->objs - cls->inuse) / cls->objs;
+}
+
+/* buddy.c */
+int bd_track_pages(PoolObject *p);
+uint64_t bd_store_locked(PoolObject *p, const uint8_t *data, size_t len);
+int bd_free_locked(PoolObject *p, uint64_t h);
+int bd_read_locked(const PoolObject *p, uint64_t h, uint8_t *dst);
+int bd_compact_step_locked(PoolObject *p);
+int bd_migrate_page_locked(PoolObject *p, uint32_t pn);
+long long bd_freeable_pages(const PoolObject *p);
+
+/* Place *len* bytes (1..4096); the new handle, or 0 when the pool has no room (PoolFull). */
+static inline uint64_t pool_store_locked(PoolObject *p, const uint8_t *data, size_t len)
+{
+    ASSERT_HELD(p->lock);
+    return p->kind == POOL_ZSMALLOC ? zs_store_locked(p, data, len) : bd_store_locked(p, data, len);
+}
+
+/* Copy the object out into dst (room for 4096); its length, or -1 if the handle is not live. */
+static inline int pool_read_locked(const PoolObject *p, uint64_t h, uint8_t *dst)
+{
+    ASSERT_HELD(p->lock);
+    return p->kind == POOL_ZSMALLOC ? zs_read_locked(p, h, dst) : bd_read_locked(p, h, dst);
+}
+
+/* Release the object; its length, or -1 if the handle is not live (or memory ran out). */
+static inline int pool_free_locked(PoolObject *p, uint64_t h)
+{
+    ASSERT_HELD(p->lock);
+    return p->kind == POOL_ZSMALLOC ? zs_free_locked(p, h) : bd_free_locked(p, h);
+}
+
+/* Payloads this long or longer are kept raw: a zsmalloc huge object, or a whole buddy page. */
+static inline int raw_threshold(const PoolObject *p)
+{
+    return p->kind == POOL_ZSMALLOC ? zs_raw_threshold(p) : PAGE_SIZE;
+}
+
+static inline int compact_step_locked(PoolObject *p, int budget)
+{
+    ASSERT_HELD(p->lock);
+    return p->kind == POOL_ZSMALLOC ? zs_compact_step_locked(p, budget) : bd_compact_step_locked(p);
+}
+
+static inline int migrate_page_locked(PoolObject *p, uint32_t pn)
+{
+    ASSERT_HELD(p->lock);
+    return p->kind == POOL_ZSMALLOC ? zs_migrate_page_locked(p, pn) : bd_migrate_page_locked(p, pn);
+}
+
+extern PyTypeObject PoolType;
+
+#endif

@@ -1,0 +1,1454 @@
+/* Store: see store.h. */
+#include "store.h"
+
+static SlotDict *slot_dict_new(ZSTD_CDict *c, ZSTD_DDict *d)
+{
+    SlotDict *sd = malloc(sizeof(*sd));
+    if (sd) {
+        sd->c = c;
+        sd->d = d;
+        sd->refs = 1;
+    }
+    return sd;
+}
+
+static void slot_dict_unpin(SlotDict *sd)
+{
+    if (sd && __atomic_sub_fetch(&sd->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+        ZSTD_freeCDict(sd->c);
+        ZSTD_freeDDict(sd->d);
+        free(sd);
+    }
+}
+
+/* slot *slot*'s dictionary with a reference for the caller, or NULL (store lock held) */
+static SlotDict *slot_dict_pin(StoreObject *s, int slot)
+{
+    ASSERT_HELD(s->lock);
+    SlotDict *sd = s->dicts[slot];
+    if (sd)
+        __atomic_add_fetch(&sd->refs, 1, __ATOMIC_RELAXED);
+    return sd;
+}
+
+/* replace slot *slot*'s dictionary by *sd* (NULL: none) under the store lock; the old one goes
+ * with its last reference */
+static void slot_dict_set(StoreObject *s, int slot, SlotDict *sd)
+{
+    ASSERT_HELD(s->lock);
+    SlotDict *old = s->dicts[slot];
+    s->dicts[slot] = sd;
+    slot_dict_unpin(old);
+}
+
+/* same-filled words ----------------------------------------------------------------------- */
+
+static inline size_t fill_slot(uint64_t key, size_t cap)
+{
+    return (size_t)((key * 0x9E3779B97F4A7C15ull) >> 17) & (cap - 1);
+}
+
+/* room for one more fill word (store lock held); -1 when out of memory, nothing changed */
+static int fill_reserve(StoreObject *s)
+{
+    ASSERT_HELD(s->lock);
+    if ((s->fill_count + 1) * 2 > s->fill_cap) {
+        size_t ncap = s->fill_cap ? s->fill_cap * 2 : 64;
+        uint64_t *k = calloc(ncap, 8), *v = calloc(ncap, 8);
+        if (!k || !v) {
+            free(k);
+            free(v);
+            return -1;
+        }
+        for (size_t i = 0; i < s->fill_cap; i++) {
+            if (!s->fill_keys[i])
+                continue;
+            size_t j = fill_slot(s->fill_keys[i], ncap);
+            while (k[j])
+                j = (j + 1) & (ncap - 1);
+            k[j] = s->fill_keys[i];
+            v[j] = s->fill_vals[i];
+        }
+        free(s->fill_keys);
+        free(s->fill_vals);
+        s->fill_keys = k;
+        s->fill_vals = v;
+        s->fill_cap = ncap;
+    }
+    return 0;
+}
+
+static int fill_set(StoreObject *s, uint64_t pn, uint64_t word)
+{
+    if (fill_reserve(s) != 0)
+        return -1;
+    uint64_t key = pn + 1;
+    size_t j = fill_slot(key, s->fill_cap);
+    while (s->fill_keys[j] && s->fill_keys[j] != key)
+        j = (j + 1) & (s->fill_cap - 1);
+    if (!s->fill_keys[j])
+        s->fill_count++;
+    s->fill_keys[j] = key;
+    s->fill_vals[j] = word;
+    return 0;
+}
+
+static uint64_t fill_get(const StoreObject *s, uint64_t pn)
+{
+    ASSERT_HELD(s->lock);
+    if (!s->fill_count)
+        return 0;
+    uint64_t key = pn + 1;
+    size_t j = fill_slot(key, s->fill_cap);
+    while (s->fill_keys[j]) {
+        if (s->fill_keys[j] == key)
+            return s->fill_vals[j];
+        j = (j + 1) & (s->fill_cap - 1);
+    }
+    return 0;
+}
+
+static void fill_del(StoreObject *s, uint64_t pn)
+{
+    ASSERT_HELD(s->lock);
+    if (!s->fill_count)
+        return;
+    uint64_t key = pn + 1;
+    size_t mask = s->fill_cap - 1, j = fill_slot(key, s->fill_cap);
+    while (s->fill_keys[j] && s->fill_keys[j] != key)
+        j = (j + 1) & mask;
+    if (!s->fill_keys[j])
+        return;
+    /* backward-shift deletion keeps every probe chain unbroken without tombstones */
+    size_t hole = j;
+    for (size_t i = (j + 1) & mask; s->fill_keys[i]; i = (i + 1) & mask) {
+        size_t home = fill_slot(s->fill_keys[i], s->fill_cap);
+        if (((i - home) & mask) >= ((i - hole) & mask)) {
+            s->fill_keys[hole] = s->fill_keys[i];
+            s->fill_vals[hole] = s->fill_vals[i];
+            hole = i;
+        }
+    }
+    s->fill_keys[hole] = 0;
+    s->fill_count--;
+}
+
+/* pages in flight (writeback, flush): a handful at a time --------------------------------- */
+
+static Inflight *inflight_find(StoreObject *s, uint32_t pn)
+{
+    for (size_t i = 0; i < s->inflight_n; i++)
+        if (s->inflight[i].pn == pn)
+            return &s->inflight[i];
+    return NULL;
+}
+
+/* register pn in flight (store lock held); -1 when out of memory */
+static int inflight_add(StoreObject *s, uint32_t pn)
+{
+    ASSERT_HELD(s->lock);
+    Inflight *f = inflight_find(s, pn);
+    if (f) { /* another owner: its rewritten mark stays */
+        f->owners++;
+        return 0;
+    }
+    if (grow((void **)&s->inflight, &s->inflight_cap, s->inflight_n + 1, sizeof(Inflight)) != 0)
+        return -1;
+    s->inflight[s->inflight_n].pn = pn;
+    s->inflight[s->inflight_n].owners = 1;
+    s->inflight[s->inflight_n++].rewritten = 0;
+    return 0;
+}
+
+/* take pn out of flight for one owner (store lock held): was it rewritten meanwhile (or not in
+ * flight)? */
+static int inflight_take(StoreObject *s, uint32_t pn)
+{
+    ASSERT_HELD(s->lock);
+    Inflight *f = inflight_find(s, pn);
+    if (!f)
+        return 1;
+    int rewritten = (int)f->rewritten;
+    if (--f->owners == 0)
+        *f = s->inflight[--s->inflight_n];
+    return rewritten;
+}
+
+/* the index ------------------------------------------------------------------------------- */
+
+static inline uint32_t store_now(const StoreObject *s)
+{
+    uint32_t fixed = __atomic_load_n(&s->fixed_now, __ATOMIC_RELAXED);
+    if (fixed)
+        return fixed;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double secs = (double)ts.tv_sec + ts.tv_nsec * 1e-9 - s->t0;
+    long long n = (long long)secs + 1;
+    return n > AGE_MASK ? AGE_MASK : (uint32_t)n;
+}
+
+/* store.py's _swap (store lock held; takes the pool lock unless pool_locked). -1 when the
+ * old entry's handle is not live in the pool (nothing changed then). */
+static int store_swap(StoreObject *s, uint32_t pn, uint32_t entry, int size, int pool_locked,
+                      int keep_old)
+{
+    ASSERT_HELD(s->lock);
+    if (s->inflight_n) {
+        Inflight *f = inflight_find(s, pn);
+        if (f)
+            f->rewritten = 1;
+    }
+    uint32_t old = s->index[pn];
+    if (old == SAME) {
+        s->same_pages--;
+        s->stored_pages--;
+        fill_del(s, pn);
+    } else if (old == BACKED) {
+        s->bd_count--;
+    } else if (old >= FIRST_HANDLE && keep_old) { /* another page still uses the object */
+        s->stored_pages--;
+    } else if (old >= FIRST_HANDLE) {
+        if (!pool_locked)
+            lock_take(s->pool->lock);
+        int old_size = pool_free_locked(s->pool, old);
+        if (!pool_locked)
+            lock_give(s->pool->lock);
+        if (old_size < 0)
+            return -1;
+        s->compr_data_size -= old_size;
+        s->stored_pages--;
+        if (old_size == PAGE_SIZE)
+            s->huge_pages--;
+    }
+    s->index[pn] = entry;
+    if (entry == BACKED) {
+        s->bd_count++;
+        return 0;
+    }
+    s->stored_pages++;
+    if (entry == SAME) {
+        s->same_pages++;
+    } else {
+        s->compr_data_size += size;
+        if (size == PAGE_SIZE)
+            s->huge_pages++;
+    }
+    return 0;
+}
+
+/* a same-filled page: *word* 512 times (out may sit at any alignment) */
+static void fill_words(uint8_t *out, uint64_t word)
+{
+    if (!word) {
+        memset(out, 0, PAGE_SIZE);
+        return;
+    }
+    for (int i = 0; i < PAGE_SIZE; i += 8)
+        memcpy(out + i, &word, 8);
+}
+
+/* the pool's memory, for the memory-limit checks (GIL released; the pool lock not held) */
+static inline long long pool_bytes(StoreObject *s)
+{
+    lock_take(s->pool->lock);
+    long long n = (long long)arena_pages_used(&s->pool->arena) * PAGE_SIZE;
+    lock_give(s->pool->lock);
+    return n;
+}
+
+/* a page whose old object the Python code must release (store lock held): recompressed (its
+ * codec slot counts it) or sharing its object (dedup counts the references) */
+static inline int python_owned(const StoreObject *s, uint32_t pn)
+{
+    ASSERT_HELD(s->lock);
+    return s->index[pn] >= FIRST_HANDLE && (s->meta[pn] & (SLOT_MASK | SHARED));
+}
+
+/* outcomes of one page in the request loop */
+enum { PAGE_DONE = 0, PAGE_PYTHON = 1, PAGE_TO_FILE = 2, PAGE_NOT_LIVE = -1, PAGE_CORRUPT = -2,
+       PAGE_NOMEM = -3 };
+
+/* store.py's _reject for a page that finds the pool at its memory limit, when there is a
+ * backing file, GIL released: the page to the file under the file lock, then BACKED committed
+ * under the store lock inside it, as there. PAGE_TO_FILE when done (the caller tells the
+ * maintenance thread, on_pressure); PAGE_PYTHON, nothing counted, when the Python path must do
+ * it: no backing file (a hard limit), an old object that is recompressed or shared, or a failed
+ * write (which it counts and logs, keeping the page in the pool over its limit). */
+static int store_to_file(StoreObject *s, uint32_t pn, const uint8_t *page, uint32_t stamp)
+{
+    if (!s->has_backing)
+        return PAGE_PYTHON;
+    int rc = PAGE_PYTHON;
+    lock_take(s->file_lock);
+    lock_take(s->lock);
+    int owned = python_owned(s, pn);
+    lock_give(s->lock);
+    if (!owned && s->backing_fd >= 0 &&
+        pwrite(s->backing_fd, page, PAGE_SIZE, (off_t)pn * PAGE_SIZE) == PAGE_SIZE) {
+        lock_take(s->lock);
+        if (!python_owned(s, pn) && store_swap(s, pn, BACKED, 0, 0, 0) == 0) {
+            s->pool_limit_hit++;
+            s->bd_writes++;
+            s->meta[pn] = stamp & AGE_MASK; /* the file holds it: clean */
+            rc = PAGE_TO_FILE;
+        }
+        lock_give(s->lock);
+    }
+    lock_give(s->file_lock);
+    return rc;
+}
+
+/* write_page's fast path for a page already classified (prepare_page: *len* is PREP_SAME with
+ * its fill *word*, the codec output's length at *out*, or PREP_FAILED), GIL released: a
+ * same-filled page or one the pool takes. Returns PAGE_PYTHON for a page the Python path must
+ * decide (memory limit, a reject, no room). */
+static int store_prepared(StoreObject *s, uint32_t pn, const uint8_t *page, uint32_t stamp,
+                          int len, const uint8_t *out, uint64_t word)
+{
+    if (len == PREP_SAME) {
+        int rc = PAGE_DONE;
+        lock_take(s->lock);
+        if (python_owned(s, pn))
+            rc = PAGE_PYTHON;
+        else if (word && fill_reserve(s) != 0) /* before the swap frees the old contents */
+            rc = PAGE_NOMEM;
+        else if (store_swap(s, pn, SAME, 0, 0, 0) != 0)
+            rc = PAGE_NOT_LIVE;
+        else if (word)
+            fill_set(s, pn, word); /* cannot fail: room was reserved */
+        if (rc == PAGE_DONE)
+            s->meta[pn] = stamp;
+        lock_give(s->lock);
+        return rc;
+    }
+    if (len < 0)
+        return PAGE_PYTHON;
+    if (s->mem_limit && pool_bytes(s) >= s->mem_limit)
+        return store_to_file(s, pn, page, stamp);
+    const uint8_t *payload = out;
+    if (len >= raw_threshold(s->pool)) {
+        if (s->huge_to_backing && s->has_backing && s->mem_limit && pool_bytes(s) >= s->low_water)
+            return PAGE_PYTHON;
+        payload = page;
+        len = PAGE_SIZE;
+    }
+    int rc = PAGE_DONE;
+    lock_take(s->lock);
+    lock_take(s->pool->lock);
+    uint64_t h = python_owned(s, pn) ? 0 : pool_store_locked(s->pool, payload, (size_t)len);
+    if (!h) {
+        rc = PAGE_PYTHON;
+    } else if (store_swap(s, pn, (uint32_t)h, len, 1, 0) != 0) {
+        pool_free_locked(s->pool, h);
+        rc = PAGE_NOT_LIVE;
+    } else {
+        s->meta[pn] = stamp;
+    }
+    lock_give(s->pool->lock);
+    lock_give(s->lock);
+    return rc;
+}
+
+/* write_page's fast path, one page on this thread (GIL released); over the memory limit the
+ * codec is not run at all (the Python path decides) */
+static int store_page(StoreObject *s, uint32_t pn, const uint8_t *page, uint32_t stamp)
+{
+    uint8_t out[COMPRESS_BOUND];
+    uint64_t word;
+    int len;
+    if (same_filled(page, &word))
+        len = PREP_SAME;
+    else if (s->mem_limit && pool_bytes(s) >= s->mem_limit)
+        return store_to_file(s, pn, page, stamp);
+    else
+        len = compress_page(s->codec, s->level, page, out);
+    return store_prepared(s, pn, page, stamp, len, out, word);
+}
+
+/* load_page's case of a recompressed page (store lock held on entry, let go here): its first
+ * read since it was recompressed marks it (store.py's read_page) and is decoded here with the
+ * slot's digested dictionary, pinned under the store lock and used after it is let go (so
+ * _drop_slot or _set_slot cannot free it meanwhile). A second read (the page is to go back to
+ * the write codec: the rewarm set), or a slot without a dictionary in C, is the Python path's. */
+static int load_recompressed(StoreObject *s, uint32_t pn, uint32_t entry, uint32_t meta,
+                             uint8_t *out, uint32_t now)
+{
+    if (meta & MARK || !s->dicts[(meta & SLOT_MASK) >> SLOT_SHIFT]) {
+        lock_give(s->lock);
+        return PAGE_PYTHON;
+    }
+    SlotDict *sd = slot_dict_pin(s, (int)((meta & SLOT_MASK) >> SLOT_SHIFT));
+    uint8_t buf[PAGE_SIZE];
+    s->meta[pn] = (meta & ~AGE_MASK) | MARK | now;
+    lock_take(s->pool->lock);
+    int len = pool_read_locked(s->pool, entry, buf);
+    lock_give(s->pool->lock);
+    if (len < 0)
+        s->failed_reads++;
+    lock_give(s->lock);
+    /* decoded outside the store lock: the pin keeps the dictionary alive */
+    int rc = PAGE_DONE;
+    if (len < 0)
+        rc = PAGE_NOT_LIVE;
+    else if (len == PAGE_SIZE)
+        memcpy(out, buf, PAGE_SIZE);
+    else if (dict_decompress_page(sd->d, buf, len, out) != 0)
+        rc = PAGE_CORRUPT;
+    slot_dict_unpin(sd);
+    if (rc == PAGE_CORRUPT) {
+        lock_take(s->lock);
+        s->failed_reads++;
+        lock_give(s->lock);
+    }
+    return rc;
+}
+
+/* read_page's fast path, GIL released: PAGE_PYTHON for a page the Python path must read: a
+ * failed read of the backing file, a recompressed page read a second time or whose slot has no
+ * dictionary in C (store.py's read_page decodes it with its slot's codec). */
+static int load_page(StoreObject *s, uint32_t pn, uint8_t *out, uint32_t now)
+{
+    uint8_t buf[PAGE_SIZE];
+    lock_take(s->lock);
+    uint32_t entry = s->index[pn];
+    if (entry == SAME) {
+        s->meta[pn] = (s->meta[pn] & ~AGE_MASK) | now;
+        uint64_t word = fill_get(s, pn);
+        lock_give(s->lock);
+        fill_words(out, word);
+        return PAGE_DONE;
+    }
+    if (entry < FIRST_HANDLE) {
+        lock_give(s->lock);
+        if (entry == EMPTY && !s->persistent) {
+            memset(out, 0, PAGE_SIZE);
+            return PAGE_DONE;
+        }
+        /* only in the backing file (written back, or never written in image mode): read
+         * without the store lock, as store.py's _read_backing does (the index only moves a
+         * page there), under the file lock, which _detach_backing takes before the file is
+         * closed; a failed or short read goes to the Python path, which reads again and
+         * reports it */
+        ssize_t got = -1;
+        lock_take(s->file_lock);
+        if (s->backing_fd >= 0)
+            got = pread(s->backing_fd, out, PAGE_SIZE, (off_t)pn * PAGE_SIZE);
+        lock_give(s->file_lock);
+        if (got != PAGE_SIZE)
+            return PAGE_PYTHON;
+        lock_take(s->lock);
+        s->bd_reads++;
+        lock_give(s->lock);
+        return PAGE_DONE;
+    }
+    uint32_t meta = s->meta[pn];
+    if (meta & SLOT_MASK)
+        return load_recompressed(s, pn, entry, meta, out, now);
+    s->meta[pn] = (meta & ~AGE_MASK) | now;
+    lock_take(s->pool->lock);
+    int len = pool_read_locked(s->pool, entry, buf);
+    lock_give(s->pool->lock);
+    if (len < 0) {
+        s->failed_reads++;
+        lock_give(s->lock);
+        return PAGE_NOT_LIVE;
+    }
+    lock_give(s->lock);
+    if (len == PAGE_SIZE) {
+        memcpy(out, buf, PAGE_SIZE);
+        return PAGE_DONE;
+    }
+    if (decompress_page(s->codec, buf, len, out) != 0) {
+        lock_take(s->lock);
+        s->failed_reads++;
+        lock_give(s->lock);
+        return PAGE_CORRUPT;
+    }
+    return PAGE_DONE;
+}
+
+/* Python face of the store ---------------------------------------------------------------- */
+
+static int store_check(StoreObject *s)
+{
+    if (!s->ready) {
+        PyErr_SetString(PyExc_RuntimeError, "store not set up");
+        return -1;
+    }
+    return pool_check(s->pool);
+}
+
+static PyObject *Store_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    StoreObject *s = (StoreObject *)new_with_lock(type, offsetof(StoreObject, lock));
+    if (!s)
+        return NULL;
+    s->file_lock = (LockObject *)PyObject_CallNoArgs((PyObject *)&LockType);
+    if (!s->file_lock) {
+        Py_DECREF(s);
+        return NULL;
+    }
+    return (PyObject *)s;
+}
+
+static int Store_traverse(StoreObject *s, visitproc visit, void *arg)
+{
+    Py_VISIT(s->pool);
+    if (s->index_buf.obj)
+        Py_VISIT(s->index_buf.obj);
+    if (s->meta_buf.obj)
+        Py_VISIT(s->meta_buf.obj);
+    if (s->slot_pages_buf.obj)
+        Py_VISIT(s->slot_pages_buf.obj);
+    return 0;
+}
+
+static int Store_clear(StoreObject *s)
+{
+    if (s->index_buf.obj)
+        PyBuffer_Release(&s->index_buf);
+    if (s->meta_buf.obj)
+        PyBuffer_Release(&s->meta_buf);
+    if (s->slot_pages_buf.obj)
+        PyBuffer_Release(&s->slot_pages_buf);
+    s->index = s->meta = NULL;
+    s->slot_pages = NULL;
+    s->ready = 0;
+    Py_CLEAR(s->pool);
+    return 0;
+}
+
+static void Store_dealloc(StoreObject *s)
+{
+    PyObject_GC_UnTrack(s);
+    /* the Python subclass's instance dict is cleared by subtype_dealloc before this runs */
+    Store_clear(s);
+    free(s->fill_keys);
+    free(s->fill_vals);
+    free(s->inflight);
+    for (int i = 0; i < SLOTS; i++) {
+        slot_dict_unpin(s->dicts[i]);
+        s->dicts[i] = NULL;
+    }
+    Py_CLEAR(s->lock);
+    Py_CLEAR(s->file_lock);
+    Py_TYPE(s)->tp_free((PyObject *)s);
+}
+
+static int get_u32_buffer(PyObject *obj, Py_buffer *buf, uint64_t npages, const char *what)
+{
+    if (PyObject_GetBuffer(obj, buf, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0)
+        return -1;
+    if (buf->itemsize != 4 || (uint64_t)buf->len != npages * 4 || !buf->format ||
+        (strcmp(buf->format, "I") != 0 && strcmp(buf->format, "=I") != 0 &&
+         strcmp(buf->format, "<I") != 0)) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %llu uint32 items", what,
+                     (unsigned long long)npages);
+        PyBuffer_Release(buf);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *Store_setup(StoreObject *s, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"index", "meta", "pool", "codec", "level", "mem_limit",
+                             "low_water", "huge_to_backing", "persistent", "backing_fd",
+                             "t0", "slot_pages", NULL};
+    PyObject *index, *meta, *pool, *slot_pages;
+    const char *codec;
+    int level, huge, persistent, backing_fd;
+    long long mem_limit, low_water;
+    double t0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO!siLLppidO", kwlist, &index, &meta,
+                                     &PoolType, &pool, &codec, &level, &mem_limit, &low_water,
+                                     &huge, &persistent, &backing_fd, &t0, &slot_pages))
+        return NULL;
+    if (s->ready) {
+        PyErr_SetString(PyExc_RuntimeError, "store already set up");
+        return NULL;
+    }
+    if (!strcmp(codec, "lz4"))
+        s->codec = CODEC_LZ4;
+    else if (!strcmp(codec, "zstd"))
+        s->codec = CODEC_ZSTD;
+    else if (!strcmp(codec, "none"))
+        s->codec = CODEC_NONE;
+    else {
+        PyErr_Format(PyExc_ValueError, "the native engine has no codec %s", codec);
+        return NULL;
+    }
+    Py_ssize_t n = PyObject_Length(index);
+    if (n <= 0)
+        return n < 0 ? NULL : PyErr_Format(PyExc_ValueError, "a store needs at least one page");
+    if ((unsigned long long)n > UINT32_MAX)
+        return PyErr_Format(PyExc_ValueError, "an image holds at most %u pages", UINT32_MAX);
+    s->npages = (uint64_t)n;
+    if (get_u32_buffer(index, &s->index_buf, s->npages, "index") != 0)
+        return NULL;
+    if (get_u32_buffer(meta, &s->meta_buf, s->npages, "meta") != 0) {
+        PyBuffer_Release(&s->index_buf);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(slot_pages, &s->slot_pages_buf,
+                           PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0 ||
+        s->slot_pages_buf.itemsize != 8 || s->slot_pages_buf.len != SLOTS * 8 ||
+        !s->slot_pages_buf.format || !strchr("lq", s->slot_pages_buf.format[
+            s->slot_pages_buf.format[0] == '<' || s->slot_pages_buf.format[0] == '=' ? 1 : 0])) {
+        if (s->slot_pages_buf.obj)
+            PyBuffer_Release(&s->slot_pages_buf);
+        PyBuffer_Release(&s->index_buf);
+        PyBuffer_Release(&s->meta_buf);
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_ValueError, "slot_pages: expected %d int64 items", SLOTS);
+        return NULL;
+    }
+    s->slot_pages = s->slot_pages_buf.buf;
+    s->index = s->index_buf.buf;
+    s->meta = s->meta_buf.buf;
+    Py_INCREF(pool);
+    s->pool = (PoolObject *)pool;
+    s->level = level;
+    s->mem_limit = mem_limit;
+    s->low_water = low_water;
+    s->huge_to_backing = huge;
+    s->persistent = persistent;
+    s->has_backing = backing_fd >= 0;
+    s->backing_fd = backing_fd;
+    s->t0 = t0;
+    s->ready = 1;
+    Py_RETURN_NONE;
+}
+
+/* Is [offset, offset + len) inside the image? Written so that nothing can wrap: an offset near
+ * 2**64 is refused before any sum is formed (every entry point that takes a byte range checks
+ * it here, the kernel's offsets included). */
+static inline int range_ok(const StoreObject *s, unsigned long long offset, unsigned long long len)
+{
+    unsigned long long size = (unsigned long long)s->npages * PAGE_SIZE;
+    return offset <= size && len <= size - offset;
+}
+
+/* PyArg "O&" converter of a byte offset: any int; one below 0 or past 2**64 - 1 becomes
+ * ULLONG_MAX, which range_ok refuses (never masked into a smaller offset) */
+static int offset_arg(PyObject *obj, void *out)
+{
+    if (!PyLong_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "an offset is an int, not %.100s", Py_TYPE(obj)->tp_name);
+        return 0;
+    }
+    unsigned long long v = PyLong_AsUnsignedLongLong(obj);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return 0;
+        PyErr_Clear();
+    }
+    *(unsigned long long *)out = v;
+    return 1;
+}
+
+static PyObject *storage_failure(const char *fmt, ...)
+{
+    va_list va;
+    va_start(va, fmt);
+    PyObject *msg = PyUnicode_FromFormatV(fmt, va);
+    va_end(va);
+    if (msg) {
+        PyErr_SetObject(StorageFailureError, msg);
+        Py_DECREF(msg);
+    }
+    return NULL;
+}
+
+/* Python-side failure of one page: raise it (GIL held) */
+static void page_error(int rc, uint32_t pn)
+{
+    if (rc == PAGE_NOT_LIVE)
+        storage_failure("page %u: its pool object is gone (handle not live)", pn);
+    else if (rc == PAGE_CORRUPT)
+        storage_failure("decoding page %u: the payload does not decode to a page", pn);
+    else
+        PyErr_NoMemory();
+}
+
+/* Copy bytes returned by a Python callback into a page buffer (GIL held) */
+static int take_page(PyObject *res, uint8_t *dst)
+{
+    if (!res)
+        return -1;
+    Py_buffer b;
+    if (PyObject_GetBuffer(res, &b, PyBUF_SIMPLE) != 0) {
+        Py_DECREF(res);
+        return -1;
+    }
+    int ok = b.len == PAGE_SIZE;
+    if (ok)
+        memcpy(dst, b.buf, PAGE_SIZE);
+    PyBuffer_Release(&b);
+    Py_DECREF(res);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "a page read back is not 4096 bytes");
+        return -1;
+    }
+    return 0;
+}
+
+/* A request failed with an exception that is not a StoreError (a bug below, or a callback's
+ * surprise): count it and raise StorageFailure from it, as PageStore.write/read do (GIL held). */
+static PyObject *wrap_failure(StoreObject *s, int writing, unsigned long long offset,
+                              Py_ssize_t size)
+{
+    if (!PyErr_Occurred() || PyErr_ExceptionMatches(StoreErrorBase))
+        return NULL;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb)
+        PyException_SetTraceback(value, tb);
+    lock_wait(s->lock);
+    if (writing)
+        s->failed_writes++;
+    else
+        s->failed_reads++;
+    lock_give(s->lock);
+    PyObject *msg = writing ? PyUnicode_FromFormat("writing at %llu: %R", offset, value)
+                            : PyUnicode_FromFormat("reading %zd bytes at %llu: %R", size, offset,
+                                                   value);
+    PyObject *exc = msg ? PyObject_CallOneArg(StorageFailureError, msg) : NULL;
+    Py_XDECREF(msg);
+    if (exc) {
+        /* SetCause and SetContext each steal a reference: one new one for each, and the one
+         * PyErr_Fetch gave us is dropped below */
+        PyException_SetCause(exc, Py_NewRef(value));
+        PyException_SetContext(exc, Py_NewRef(value));
+        PyErr_SetObject(StorageFailureError, exc);
+        Py_DECREF(exc);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    return NULL;
+}
+
+/* write(offset, data, stamp=0): the whole write request, the page loop
+ * with the GIL released except for the rare page handed back to Python */
+static PyObject *Store_cwrite(StoreObject *s, PyObject *args)
+{
+    unsigned long long offset;
+    unsigned long stamp = 0;
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "O&y*|k", offset_arg, &offset, &data, &stamp))
+        return NULL;
+    if (lock_held(s->lock)) { /* the loop takes it page by page: it would wait for itself */
+        PyBuffer_Release(&data);
+        PyErr_SetString(PyExc_RuntimeError, "write: called with the store lock held");
+        return NULL;
+    }
+    s->requests++;
+    if (store_check(s) != 0 || !range_ok(s, offset, (unsigned long long)data.len)) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_ValueError, "write of %zd bytes at %llu: past the end of the image",
+                         data.len, offset);
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    const uint8_t *src = data.buf;
+    size_t left = (size_t)data.len;
+    uint32_t pn = (uint32_t)(offset / PAGE_SIZE);
+    size_t head = offset % PAGE_SIZE;
+    uint8_t tmp[PAGE_SIZE];
+    PyObject *failed = NULL; /* set when a page fails: the GIL is held then */
+    int pressure = 0;        /* a page went to the file for the memory limit: on_pressure told */
+    PyThreadState *ts = PyEval_SaveThread();
+    uint32_t now = store_now(s);
+    if (!stamp)
+        stamp = now | (s->persistent ? DIRTY : 0);
+    /* an aligned request of many whole pages: classify and compress them on every core first,
+     * BATCH_MAX pages at a time (each thread's scratch holds one such batch) */
+    uint32_t first = pn, nprep = 0;
+    Scratch *sc = NULL;
+    if (!head && left / PAGE_SIZE >= (size_t)__atomic_load_n(&batch_min_pages, __ATOMIC_RELAXED) &&
+        __atomic_load_n(&workers_wanted, __ATOMIC_RELAXED) &&
+        (sc = scratch_get()) != NULL)
+        sc->busy = 1;
+    while (left) {
+        if (sc && pn - first >= nprep &&
+            left / PAGE_SIZE >= (size_t)__atomic_load_n(&batch_min_pages, __ATOMIC_RELAXED)) {
+            first = pn;
+            nprep = left / PAGE_SIZE < BATCH_MAX ? (uint32_t)(left / PAGE_SIZE) : BATCH_MAX;
+            batch_prepare(sc, src, nprep, s->codec, s->level);
+        }
+        size_t n = PAGE_SIZE - head < left ? PAGE_SIZE - head : left;
+        const uint8_t *page = src;
+        int rc;
+        if (n < PAGE_SIZE) { /* a partial page: read, modify, write */
+            rc = load_page(s, pn, tmp, now);
+            if (rc == PAGE_PYTHON) {
+                PyEval_RestoreThread(ts);
+                if (take_page(PyObject_CallMethod((PyObject *)s, "_read_slow", "I", pn), tmp)) {
+                    failed = Py_None;
+                    break;
+                }
+                ts = PyEval_SaveThread();
+            } else if (rc != PAGE_DONE) {
+                PyEval_RestoreThread(ts);
+                page_error(rc, pn);
+                failed = Py_None;
+                break;
+            }
+            memcpy(tmp + head, src, n);
+            page = tmp;
+        }
+        if (pn - first < nprep) {
+            uint32_t i = pn - first;
+            rc = store_prepared(s, pn, page, (uint32_t)stamp, sc->lens[i],
+                                sc->out + (size_t)i * COMPRESS_BOUND, sc->words[i]);
+        } else {
+            rc = store_page(s, pn, page, (uint32_t)stamp);
+        }
+        if (rc == PAGE_TO_FILE) {
+            if (!pressure) { /* the first such page: wake the maintenance thread (_encode's) */
+                pressure = 1;
+                PyEval_RestoreThread(ts);
+                PyObject *r = PyObject_CallMethod((PyObject *)s, "on_pressure", NULL);
+                if (!r) {
+                    failed = Py_None;
+                    break;
+                }
+                Py_DECREF(r);
+                ts = PyEval_SaveThread();
+            }
+        } else if (rc == PAGE_PYTHON) {
+            PyEval_RestoreThread(ts);
+            PyObject *r = PyObject_CallMethod((PyObject *)s, "_write_slow", "Iy#k", pn,
+                                              (const char *)page, (Py_ssize_t)PAGE_SIZE, stamp);
+            if (!r) {
+                failed = Py_None;
+                break;
+            }
+            Py_DECREF(r);
+            ts = PyEval_SaveThread();
+        } else if (rc != PAGE_DONE) {
+            PyEval_RestoreThread(ts);
+            page_error(rc, pn);
+            failed = Py_None;
+            break;
+        }
+        src += n;
+        left -= n;
+        head = 0;
+        pn++;
+    }
+    if (!failed)
+        PyEval_RestoreThread(ts);
+    if (sc)
+        sc->busy = 0;
+    PyBuffer_Release(&data);
+    if (failed)
+        return wrap_failure(s, 1, offset, 0);
+    Py_RETURN_NONE;
+}
+
+/* read(offset, size) -> bytes: the whole read request, GIL released between callbacks */
+static PyObject *Store_cread(StoreObject *s, PyObject *args)
+{
+    unsigned long long offset;
+    Py_ssize_t size;
+    if (!PyArg_ParseTuple(args, "O&n", offset_arg, &offset, &size) || store_check(s) != 0)
+        return NULL;
+    if (lock_held(s->lock))
+        return PyErr_Format(PyExc_RuntimeError, "read: called with the store lock held");
+    s->requests++;
+    if (size < 0 || !range_ok(s, offset, (unsigned long long)size)) {
+        PyErr_Format(PyExc_ValueError, "read of %zd bytes at %llu: past the end of the image",
+                     size, offset);
+        return NULL;
+    }
+    PyObject *result = PyBytes_FromStringAndSize(NULL, size);
+    if (!result || !size)
+        return result;
+    uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(result);
+    size_t left = (size_t)size;
+    uint32_t pn = (uint32_t)(offset / PAGE_SIZE);
+    size_t head = offset % PAGE_SIZE;
+    uint8_t tmp[PAGE_SIZE];
+    int failed = 0;
+    PyThreadState *ts = PyEval_SaveThread();
+    uint32_t now = store_now(s);
+    while (left) {
+        size_t n = PAGE_SIZE - head < left ? PAGE_SIZE - head : left;
+        uint8_t *out = n == PAGE_SIZE ? dst : tmp; /* whole pages decode in place */
+        int rc = load_page(s, pn, out, now);
+        if (rc == PAGE_PYTHON) {
+            PyEval_RestoreThread(ts);
+            if (take_page(PyObject_CallMethod((PyObject *)s, "_read_slow", "I", pn), out)) {
+                failed = 1;
+                break;
+            }
+            ts = PyEval_SaveThread();
+        } else if (rc != PAGE_DONE) {
+            PyEval_RestoreThread(ts);
+            page_error(rc, pn);
+            failed = 1;
+            break;
+        }
+        if (out == tmp)
+            memcpy(dst, tmp + head, n);
+        dst += n;
+        left -= n;
+        head = 0;
+        pn++;
+    }
+    if (!failed)
+        PyEval_RestoreThread(ts);
+    if (failed) {
+        Py_DECREF(result);
+        return wrap_failure(s, 0, offset, size);
+    }
+    return result;
+}
+
+static int parse_pn(StoreObject *s, PyObject *arg, uint32_t *pn)
+{
+    unsigned long long v = PyLong_AsUnsignedLongLong(arg);
+    if (v == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    if (v >= s->npages) {
+        PyErr_Format(PyExc_IndexError, "page %llu is past the end of the image", v);
+        return -1;
+    }
+    *pn = (uint32_t)v;
+    return 0;
+}
+
+/* a sequence of page numbers as a PyMem array at *out*: its length, or -1 with an error set */
+static Py_ssize_t parse_pns(StoreObject *s, PyObject *seq, uint32_t **out)
+{
+    PyObject *fast = PySequence_Fast(seq, "indices: a sequence of page numbers");
+    if (!fast)
+        return -1;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(fast);
+    uint32_t *pns = PyMem_Malloc((size_t)(count ? count : 1) * sizeof(uint32_t));
+    if (!pns) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (parse_pn(s, PySequence_Fast_GET_ITEM(fast, i), &pns[i]) != 0) {
+            PyMem_Free(pns);
+            Py_DECREF(fast);
+            return -1;
+        }
+    }
+    Py_DECREF(fast);
+    *out = pns;
+    return count;
+}
+
+/* _swap_entry(pn, entry, size, keep_old=False): store.py's _swap of the index entry and the
+ * counters (the caller holds the store lock; native.py's _swap keeps the slot and dedup counts) */
+static PyObject *Store_swap(StoreObject *s, PyObject *args)
+{
+    PyObject *pnobj;
+    unsigned long entry;
+    int size, keep_old = 0;
+    uint32_t pn;
+    if (!PyArg_ParseTuple(args, "Oki|p", &pnobj, &entry, &size, &keep_old) || store_check(s) ||
+        require_held(s->lock, "_swap_entry") || parse_pn(s, pnobj, &pn))
+        return NULL;
+    if (lock_enter(s->pool->lock))
+        return NULL;
+    int rc = store_swap(s, pn, (uint32_t)entry, size, 1, keep_old);
+    lock_give(s->pool->lock);
+    if (rc)
+        return storage_failure("page %u: its pool object is gone (handle not live)", pn);
+    Py_RETURN_NONE;
+}
+
+/* _peek(pn) -> (entry, raw payload | fill page | None), registering pn in flight (store.py's
+ * _page_of without the decompression) */
+static PyObject *Store_peek(StoreObject *s, PyObject *arg)
+{
+    uint32_t pn;
+    if (store_check(s) || parse_pn(s, arg, &pn))
+        return NULL;
+    uint8_t buf[PAGE_SIZE];
+    int len = -2;
+    if (lock_enter(s->lock))
+        return NULL;
+    if (inflight_add(s, pn) != 0) {
+        lock_give(s->lock);
+        return PyErr_NoMemory();
+    }
+    uint32_t entry = s->index[pn];
+    uint64_t word = 0;
+    if (entry == SAME) {
+        word = fill_get(s, pn);
+        len = PAGE_SIZE;
+    } else if (entry >= FIRST_HANDLE) {
+        lock_wait(s->pool->lock); /* the GIL is held here: never wait for a lock with it */
+        len = pool_read_locked(s->pool, entry, buf);
+        lock_give(s->pool->lock);
+        if (len == -1) /* raised below: nobody will take the page out of flight */
+            inflight_take(s, pn);
+    }
+    lock_give(s->lock);
+    if (entry == SAME)
+        fill_words(buf, word);
+    if (len == -1)
+        return not_live(entry);
+    if (len == -2)
+        return Py_BuildValue("(kO)", (unsigned long)entry, Py_None);
+    return Py_BuildValue("(ky#)", (unsigned long)entry, (const char *)buf, (Py_ssize_t)len);
+}
+
+/* _rewritten(pn) -> bool: take pn out of flight (the caller holds the store lock) */
+static PyObject *Store_rewritten(StoreObject *s, PyObject *arg)
+{
+    uint32_t pn;
+    if (store_check(s) || require_held(s->lock, "_rewritten") || parse_pn(s, arg, &pn))
+        return NULL;
+    return PyBool_FromLong(inflight_take(s, pn));
+}
+
+/* _was_rewritten(pn) -> bool: like _rewritten, but pn stays in flight (store lock held) */
+static PyObject *Store_was_rewritten(StoreObject *s, PyObject *arg)
+{
+    uint32_t pn;
+    if (store_check(s) || require_held(s->lock, "_was_rewritten") || parse_pn(s, arg, &pn))
+        return NULL;
+    Inflight *f = inflight_find(s, pn);
+    return PyBool_FromLong(!f || f->rewritten);
+}
+
+/* _fill_set(pn, word): keep pn's same-filled word (store lock held) */
+static PyObject *Store_fill_set(StoreObject *s, PyObject *args)
+{
+    PyObject *pnobj;
+    unsigned long long word;
+    uint32_t pn;
+    if (!PyArg_ParseTuple(args, "OK", &pnobj, &word) || store_check(s) ||
+        require_held(s->lock, "_fill_set") || parse_pn(s, pnobj, &pn))
+        return NULL;
+    if (word && fill_set(s, pn, word) != 0)
+        return PyErr_NoMemory();
+    if (!word)
+        fill_del(s, pn);
+    Py_RETURN_NONE;
+}
+
+/* _fill_word(pn) -> the same-filled word kept for pn, 0 when none is (store lock held) */
+static PyObject *Store_fill_word(StoreObject *s, PyObject *arg)
+{
+    uint32_t pn;
+    if (store_check(s) || require_held(s->lock, "_fill_word") || parse_pn(s, arg, &pn))
+        return NULL;
+    return PyLong_FromUnsignedLongLong(fill_get(s, pn));
+}
+
+/* recompression ---------------------------------------------------------------------------- */
+
+static int parse_slot(PyObject *obj, int *slot)
+{
+    long v = PyLong_AsLong(obj);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v < 1 || v >= SLOTS) {
+        PyErr_Format(PyExc_ValueError, "slot %ld out of range 1..%d", v, SLOTS - 1);
+        return -1;
+    }
+    *slot = (int)v;
+    return 0;
+}
+
+/* _set_slot(slot, level, dictionary): the digested dictionary the compiled recompression writes
+ * slot *slot* with; digested with the GIL released and no lock held (it takes a while at high
+ * levels), then swapped in under the store lock, which the caller must not hold */
+static PyObject *Store_set_slot(StoreObject *s, PyObject *args)
+{
+    PyObject *slotobj;
+    int slot, level;
+    Py_buffer b;
+    if (!PyArg_ParseTuple(args, "Oiy*", &slotobj, &level, &b))
+        return NULL;
+    if (store_check(s) || parse_slot(slotobj, &slot)) {
+        PyBuffer_Release(&b);
+        return NULL;
+    }
+    ZSTD_CDict *cd;
+    ZSTD_DDict *dd;
+    Py_BEGIN_ALLOW_THREADS
+    cd = ZSTD_createCDict(b.buf, (size_t)b.len, level);
+    dd = ZSTD_createDDict(b.buf, (size_t)b.len);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&b);
+    SlotDict *sd = cd && dd ? slot_dict_new(cd, dd) : NULL;
+    if (!sd) {
+        ZSTD_freeCDict(cd);
+        ZSTD_freeDDict(dd);
+        return PyErr_NoMemory();
+    }
+    if (lock_enter(s->lock) != 0) {
+        slot_dict_unpin(sd);
+        return NULL;
+    }
+    slot_dict_set(s, slot, sd);
+    lock_give(s->lock);
+    Py_RETURN_NONE;
+}
+
+/* _drop_slot(slot): slot *slot* is gone (store lock held by the caller); its dictionary goes
+ * with the last reference (a step or a read that pinned it finishes with it first) */
+static PyObject *Store_drop_slot(StoreObject *s, PyObject *arg)
+{
+    int slot;
+    if (store_check(s) || require_held(s->lock, "_drop_slot") || parse_slot(arg, &slot))
+        return NULL;
+    slot_dict_set(s, slot, NULL);
+    Py_RETURN_NONE;
+}
+
+/* outcomes of a background step on one page (recode_page, writeback_one) */
+enum { STEP_DONE, STEP_SKIP, STEP_GONE, STEP_PYTHON, STEP_NOMEM };
+
+/* A background step's claim of page pn (store lock held, and still held on return): STEP_DONE
+ * with pn in flight and its object copied to *payload* (*len* bytes, *entry* its handle);
+ * STEP_PYTHON, nothing changed, for a page the Python path must decide (recompressed or shared
+ * already: a codec slot or dedup counts it; a handle not live: the Python path raises it);
+ * STEP_GONE when the pool holds no object for pn; STEP_NOMEM. */
+static int claim_page(StoreObject *s, uint32_t pn, uint32_t *entry, uint8_t *payload, int *len)
+{
+    ASSERT_HELD(s->lock);
+    *entry = s->index[pn];
+    if (*entry >= FIRST_HANDLE && (s->meta[pn] & (SLOT_MASK | SHARED)))
+        return STEP_PYTHON;
+    if (*entry < FIRST_HANDLE) /* _claim: nothing held in the pool */
+        return STEP_GONE;
+    if (inflight_add(s, pn) != 0)
+        return STEP_NOMEM;
+    lock_take(s->pool->lock);
+    *len = pool_read_locked(s->pool, *entry, payload);
+    lock_give(s->pool->lock);
+    if (*len < 0) {
+        inflight_take(s, pn);
+        return STEP_PYTHON;
+    }
+    return STEP_DONE;
+}
+
+/* store.py's _recode of page pn from the write codec into recompression slot *slot*, GIL
+ * released: the store lock held twice (claim, commit), the codec work in between without it
+ * and the slot's dictionary pinned for it. Pages _recode would treat differently from a page
+ * of the write codec (recompressed, shared, a handle not live) go back to Python
+ * (STEP_PYTHON), untouched. */
+static int recode_page(StoreObject *s, uint32_t pn, int slot, int min_gain, uint8_t *payload,
+                       uint8_t *page, uint8_t *out)
+{
+    uint32_t entry;
+    int len;
+    lock_take(s->lock);
+    int claimed = claim_page(s, pn, &entry, payload, &len);
+    SlotDict *sd = claimed == STEP_DONE ? slot_dict_pin(s, slot) : NULL;
+    if (claimed == STEP_DONE && !sd) {
+        inflight_take(s, pn);
+        claimed = STEP_PYTHON;
+    }
+    lock_give(s->lock);
+    if (claimed != STEP_DONE)
+        return claimed;
+
+    const uint8_t *src = payload;
+    int n = -1;
+    if (len == PAGE_SIZE || decompress_page(s->codec, payload, len, page) == 0) {
+        if (len != PAGE_SIZE)
+            src = page;
+        n = dict_compress_page(sd->c, src, out);
+    }
+    uint64_t h = 0;
+    const uint8_t *neu = out;
+    if (n >= 0) {
+        if (n >= raw_threshold(s->pool)) {
+            neu = src;
+            n = PAGE_SIZE;
+        }
+        if (n + min_gain <= len) {
+            lock_take(s->pool->lock);
+            h = pool_store_locked(s->pool, neu, (size_t)n);
+            lock_give(s->pool->lock);
+        }
+    }
+
+    int rc;
+    lock_take(s->lock);
+    uint32_t meta = s->meta[pn];
+    /* a slot dropped (or given another dictionary) meanwhile must not gain the page */
+    int slot_changed = s->dicts[slot] != sd;
+    if (inflight_take(s, pn) || s->index[pn] != entry || (meta & SHARED) || slot_changed) {
+        if (h) {
+            lock_take(s->pool->lock);
+            pool_free_locked(s->pool, h);
+            lock_give(s->pool->lock);
+        }
+        rc = STEP_GONE;
+    } else if (!h) {
+        s->meta[pn] = meta | MARK;
+        s->recompress_not_worth++;
+        rc = STEP_SKIP;
+    } else if (store_swap(s, pn, (uint32_t)h, n, 0, 0) != 0) {
+        lock_take(s->pool->lock);
+        pool_free_locked(s->pool, h);
+        lock_give(s->pool->lock);
+        rc = STEP_PYTHON; /* the old handle is not live: the Python path raises it */
+    } else {
+        s->meta[pn] = (meta & (AGE_MASK | DIRTY)) | (uint32_t)slot << SLOT_SHIFT;
+        s->slot_pages[slot]++;
+        s->recompressions++;
+        s->recompress_saved_bytes += len - n;
+        rc = STEP_DONE;
+    }
+    lock_give(s->lock);
+    slot_dict_unpin(sd);
+    return rc;
+}
+
+/* The batch calls' loop: *step* on each page of the sequence *seq* with the GIL released, in
+ * order, up to the first page the Python path must decide: (done, at), *at* its position in
+ * the sequence (untouched; the caller runs it and calls again with the rest), -1 when every page
+ * was done here. Stopping there keeps the reference's order of placements. */
+typedef int (*PageStep)(StoreObject *s, uint32_t pn, const void *arg, uint8_t *bufs);
+
+static PyObject *run_batch(StoreObject *s, PyObject *seq, PageStep step, const void *arg,
+                           size_t bufsize)
+{
+    uint32_t *pns;
+    Py_ssize_t count = parse_pns(s, seq, &pns);
+    if (count < 0)
+        return NULL;
+    long done = 0;
+    Py_ssize_t at = -1;
+    int nomem = 0;
+    Py_BEGIN_ALLOW_THREADS
+    uint8_t *bufs = malloc(bufsize);
+    if (!bufs)
+        nomem = 1;
+    for (Py_ssize_t i = 0; i < count && !nomem; i++) {
+        int rc = step(s, pns[i], arg, bufs);
+        done += rc == STEP_DONE;
+        nomem = rc == STEP_NOMEM;
+        if (rc == STEP_PYTHON) {
+            at = i;
+            break;
+        }
+    }
+    free(bufs);
+    Py_END_ALLOW_THREADS
+    PyMem_Free(pns);
+    if (nomem)
+        return PyErr_NoMemory();
+    return Py_BuildValue("(ln)", done, at);
+}
+
+typedef struct {
+    int slot, min_gain;
+} RecodeArgs;
+
+static int recode_step(StoreObject *s, uint32_t pn, const void *arg, uint8_t *bufs)
+{
+    const RecodeArgs *r = arg;
+    return recode_page(s, pn, r->slot, r->min_gain, bufs, bufs + PAGE_SIZE, bufs + 2 * PAGE_SIZE);
+}
+
+/* _recompress_batch(indices, slot, min_gain) -> (done, at): recompress_page for each page in C
+ * (see run_batch) */
+static PyObject *Store_recompress_batch(StoreObject *s, PyObject *args)
+{
+    PyObject *seq;
+    RecodeArgs r;
+    if (!PyArg_ParseTuple(args, "Oii", &seq, &r.slot, &r.min_gain) || store_check(s))
+        return NULL;
+    if (r.slot < 1 || r.slot >= SLOTS)
+        return PyErr_Format(PyExc_ValueError, "slot %d out of range 1..%d", r.slot, SLOTS - 1);
+    return run_batch(s, seq, recode_step, &r, (size_t)PAGE_SIZE * 2 + COMPRESS_BOUND);
+}
+
+/* Writeback ------------------------------------------------------------------------------- */
+
+/* store.py's writeback_page for one page, GIL released: claim it (in flight) and copy its
+ * object out under the store lock, decode it unlocked, write it to the backing file under the
+ * file lock unless it was rewritten meanwhile (or is clean in image mode: the file has it),
+ * then commit BACKED under the store lock unless it was rewritten. STEP_PYTHON, with nothing
+ * changed, for a page the Python path must do (recompressed or shared, or a failure it must
+ * count and log: a handle not live, a payload that does not decode, a failed write). */
+static int writeback_one(StoreObject *s, uint32_t pn, uint8_t *payload, uint8_t *page)
+{
+    uint32_t entry;
+    int len;
+    lock_take(s->lock);
+    int claimed = claim_page(s, pn, &entry, payload, &len);
+    int clean = s->persistent && !(s->meta[pn] & DIRTY);
+    lock_give(s->lock);
+    if (claimed != STEP_DONE) /* STEP_GONE: the reference's claim and let-go, nothing moved */
+        return claimed;
+
+    const uint8_t *src = payload;
+    int failed = 0;
+    if (len != PAGE_SIZE) {
+        failed = decompress_page(s->codec, payload, len, page) != 0;
+        src = page;
+    }
+    if (!failed && !clean) {
+        lock_take(s->file_lock);
+        lock_take(s->lock);
+        Inflight *f = inflight_find(s, pn);
+        int rewritten = !f || f->rewritten;
+        lock_give(s->lock);
+        if (!rewritten)
+            failed = s->backing_fd < 0 ||
+                     pwrite(s->backing_fd, src, PAGE_SIZE, (off_t)pn * PAGE_SIZE) != PAGE_SIZE;
+        lock_give(s->file_lock);
+    }
+
+    int rc;
+    lock_take(s->lock);
+    if (inflight_take(s, pn) || s->index[pn] != entry) {
+        rc = STEP_GONE; /* rewritten while we wrote: the pool copy is newer */
+    } else if (failed || (s->meta[pn] & (SLOT_MASK | SHARED)) ||
+               store_swap(s, pn, BACKED, 0, 0, 0) != 0) {
+        rc = STEP_PYTHON;
+    } else {
+        s->meta[pn] &= AGE_MASK; /* clean, no codec */
+        s->written_back_pages++;
+        if (!clean)
+            s->bd_writes++;
+        rc = STEP_DONE;
+    }
+    lock_give(s->lock);
+    return rc;
+}
+
+static int writeback_step(StoreObject *s, uint32_t pn, const void *arg, uint8_t *bufs)
+{
+    return writeback_one(s, pn, bufs, bufs + PAGE_SIZE);
+}
+
+/* _writeback_batch(indices) -> (done, at): writeback_page for each page in C (see run_batch) */
+static PyObject *Store_writeback_batch(StoreObject *s, PyObject *seq)
+{
+    if (store_check(s))
+        return NULL;
+    if (!s->has_backing)
+        return PyErr_Format(PyExc_RuntimeError, "no backing file");
+    return run_batch(s, seq, writeback_step, NULL, (size_t)PAGE_SIZE * 2);
+}
+
+/* _detach_backing(): C stops using the backing file's descriptor (before the file is closed):
+ * taken under the file lock, so no read or write of it is in progress */
+static PyObject *Store_detach_backing(StoreObject *s, PyObject *unused)
+{
+    if (lock_enter(s->file_lock))
+        return NULL;
+    if (lock_enter(s->lock)) {
+        lock_give(s->file_lock);
+        return NULL;
+    }
+    s->backing_fd = -1;
+    lock_give(s->lock);
+    lock_give(s->file_lock);
+    Py_RETURN_NONE;
+}
+
+/* _set_clock(t0, fixed_now): store.py's clock (_t0, and a fixed now() when not 0) */
+static PyObject *Store_set_clock(StoreObject *s, PyObject *args)
+{
+    double t0;
+    unsigned long fixed;
+    if (!PyArg_ParseTuple(args, "dk", &t0, &fixed))
+        return NULL;
+    if (fixed > AGE_MASK)
+        return PyErr_Format(PyExc_ValueError, "a clock reading is at most %u", AGE_MASK);
+    s->t0 = t0;
+    __atomic_store_n(&s->fixed_now, (uint32_t)fixed, __ATOMIC_RELAXED);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Store_get_lock(StoreObject *s, void *c)
+{
+    Py_INCREF(s->lock);
+    return (PyObject *)s->lock;
+}
+
+static PyObject *Store_get_file_lock(StoreObject *s, void *c)
+{
+    Py_INCREF(s->file_lock);
+    return (PyObject *)s->file_lock;
+}
+
+static PyObject *Store_get_inflight(StoreObject *s, void *c)
+{
+    if (lock_enter(s->lock)) /* a background batch changes it with the GIL released */
+        return NULL;
+    size_t n = s->inflight_n;
+    lock_give(s->lock);
+    return PyLong_FromSize_t(n);
+}
+
+static PyGetSetDef Store_getset[] = {
+    {"_lock", (getter)Store_get_lock, NULL, "the store lock", NULL},
+    {"_file_lock_c", (getter)Store_get_file_lock, NULL, "the backing-file write lock", NULL},
+    {"_inflight_count", (getter)Store_get_inflight, NULL, "pages in flight (takes the store lock)",
+     NULL},
+    {NULL},
+};
+
+#define COUNTER(name) {#name, T_LONGLONG, offsetof(StoreObject, name), 0, NULL}
+static PyMemberDef Store_members[] = {
+    COUNTER(stored_pages), COUNTER(same_pages), COUNTER(huge_pages), COUNTER(compr_data_size),
+    COUNTER(failed_reads), COUNTER(failed_writes), COUNTER(invalid_io), COUNTER(bd_count),
+    COUNTER(bd_reads), COUNTER(bd_writes), COUNTER(bd_errors), COUNTER(written_back_pages),
+    COUNTER(pool_limit_hit), COUNTER(reject_compress_fail), COUNTER(reject_compress_poor),
+    COUNTER(reject_alloc_fail), COUNTER(reject_reclaim_fail), COUNTER(requests),
+    COUNTER(recompressions), COUNTER(recompress_saved_bytes), COUNTER(recompress_not_worth),
+    {NULL},
+};
+#undef COUNTER
+
+static PyMethodDef Store_methods[] = {
+    {"_setup", (PyCFunction)(void (*)(void))Store_setup, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"write", (PyCFunction)Store_cwrite, METH_VARARGS,
+     "write(offset, data, stamp=0): one request (stamp: the pages' meta, 0 for now)"},
+    {"read", (PyCFunction)Store_cread, METH_VARARGS, "read(offset, size) -> bytes: one request"},
+    {"_swap_entry", (PyCFunction)Store_swap, METH_VARARGS,
+     "_swap_entry(pn, entry, size, keep_old=False): store.py's _swap in C; store lock held"},
+    {"_peek", (PyCFunction)Store_peek, METH_O, "_peek(pn) -> (entry, payload or None)"},
+    {"_rewritten", (PyCFunction)Store_rewritten, METH_O, "_rewritten(pn); store lock held"},
+    {"_was_rewritten", (PyCFunction)Store_was_rewritten, METH_O, "store lock held"},
+    {"_fill_word", (PyCFunction)Store_fill_word, METH_O,
+     "_fill_word(pn) -> word; store lock held"},
+    {"_fill_set", (PyCFunction)Store_fill_set, METH_VARARGS, "_fill_set(pn, word); store lock held"},
+    {"_set_slot", (PyCFunction)Store_set_slot, METH_VARARGS,
+     "_set_slot(slot, level, dictionary); takes the store lock"},
+    {"_drop_slot", (PyCFunction)Store_drop_slot, METH_O, "_drop_slot(slot); store lock held"},
+    {"_detach_backing", (PyCFunction)Store_detach_backing, METH_NOARGS, NULL},
+    {"_set_clock", (PyCFunction)Store_set_clock, METH_VARARGS, "_set_clock(t0, fixed_now)"},
+    {"_writeback_batch", (PyCFunction)Store_writeback_batch, METH_O,
+     "_writeback_batch(indices) -> (done, at)"},
+    {"_recompress_batch", (PyCFunction)Store_recompress_batch, METH_VARARGS,
+     "_recompress_batch(indices, slot, min_gain) -> (done, pages left to Python)"},
+    {NULL},
+};
+
+PyTypeObject StoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "zswapfs.engine._native.Store",
+    .tp_basicsize = sizeof(StoreObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The page index and request loop in C (see store.py for the design).",
+    .tp_new = Store_new,
+    .tp_dealloc = (destructor)Store_dealloc,
+    .tp_traverse = (traverseproc)Store_traverse,
+    .tp_clear = (inquiry)Store_clear,
+    .tp_methods = Store_methods,
+    .tp_members = Store_members,
+    .tp_getset = Store_getset,
+};
