@@ -189,6 +189,18 @@ class EngineDiff(RuleBasedStateMachine):
         for pn in pns[::2]:
             self._both("write_page", pn, bytes(PAGE_SIZE))
 
+    @rule(
+        off=st.integers(0, NPAGES * PAGE_SIZE - 1),
+        n=st.integers(0, 6 * PAGE_SIZE),
+        aligned=st.booleans(),
+    )
+    def discard(self, off: int, n: int, aligned: bool) -> None:
+        """FALLOCATE's punch hole: whole pages freed, partial ones zeroed."""
+        if aligned:
+            off, n = off - off % PAGE_SIZE, n - n % PAGE_SIZE
+        n = min(n, NPAGES * PAGE_SIZE - off)
+        self._both("discard", off, n)
+
     # -- background steps ----------------------------------------------------------------------
     @rule(budget=st.integers(1, 40))
     def compact_step(self, budget: int) -> None:
@@ -800,13 +812,16 @@ def test_writes_over_the_limit_go_to_the_file_and_wake_maintenance(
     backing.close()
 
 
-@pytest.mark.parametrize("persistent", [False, True])
+@pytest.mark.parametrize(
+    ("persistent", "what"), [(False, "writeback"), (True, "writeback"), (True, "flush")]
+)
 def test_a_page_rewritten_while_c_writes_it_back_is_not_lost(
-    tmp_path: Path, persistent: bool
+    tmp_path: Path, persistent: bool, what: str
 ) -> None:
-    """The C writeback batch claims page 5 and waits for the file lock, held here, while the
-    page is rewritten twice, so that the handle the batch read comes back (ABA). The batch must
-    neither write its stale copy nor commit: the newest contents win (dirty in image mode)."""
+    """The C writeback (or flush) batch claims page 5 and waits for the file lock, held here,
+    while the page is rewritten twice, so that the handle the batch read comes back (ABA). The
+    batch must neither write its stale copy nor commit: the newest contents win (dirty in image
+    mode)."""
     import threading
     import time
 
@@ -821,7 +836,8 @@ def test_a_page_rewritten_while_c_writes_it_back_is_not_lost(
     handle = store.table.item(5)
     done: list[int] = []
     with store._file_lock:
-        batch = threading.Thread(target=lambda: done.append(store.writeback_pages([5])))
+        step = store.writeback_pages if what == "writeback" else store.flush_pages
+        batch = threading.Thread(target=lambda: done.append(step([5])))
         batch.start()
         deadline = time.monotonic() + 30  # only ends a hang
         while store._inflight_count == 0 and time.monotonic() < deadline:

@@ -303,6 +303,11 @@ if _native is not None:
             PageStore.set_clock(self, now, advance)
             self._set_clock(self._t0, self._fixed_now)
 
+        def _discard_slow(self, index: int, stamp: int) -> None:
+            """A page the C discard hands back (its old object is recompressed or shared):
+            PageStore's discard_page, whose _swap keeps those counts."""
+            PageStore.discard_page(self, index, stamp)
+
         def _swap(self, index: int, entry: int, size: int) -> None:
             """PageStore._swap's slot and dedup bookkeeping in Python, the rest in C (store
             lock held): a recompressed page leaves its slot; a shared object loses a
@@ -368,6 +373,18 @@ if _native is not None:
             return self._in_batches(
                 indices, self._writeback_batch, lambda index: PageStore.writeback_page(self, index)
             )
+
+        def flush_pages(self, indices: list[int]) -> int:
+            """The batch in C with the GIL released (decode, the backing-file write, the dirty
+            bit); a page C leaves alone (a slot C has no dictionary for, or a failure the
+            Python path counts and raises) takes PageStore.flush_page in its turn."""
+            return self._in_batches(
+                indices, self._flush_batch, lambda index: PageStore.flush_page(self, index)
+            )
+
+        def _flush_slow(self, index: int) -> None:
+            """A page the frontend's fsync in C hands back: PageStore.flush_page."""
+            PageStore.flush_page(self, index)
 
         @staticmethod
         def _in_batches(

@@ -167,6 +167,9 @@ class PageStore:
         self.recompress_not_worth = 0
         self.pages_rewarmed = 0
         self.dedup_merges = 0
+        #: discard (FALLOCATE punch hole): whole pages freed (zram's notify_free), requests
+        self.notify_free = 0
+        self.discards = 0
         #: requests served (write and read calls): the background loop's sign of load
         self.requests = 0
 
@@ -368,6 +371,8 @@ class PageStore:
         if entry == BACKED:
             self.bd_count += 1
             return
+        if entry == EMPTY:  # discarded: nothing held
+            return
         self.stored_pages += 1
         if entry == SAME:
             self.same_pages += 1
@@ -383,6 +388,45 @@ class PageStore:
         if not self.slot_pages[slot] and slot != self.current_slot:
             self.codecs[slot] = None
             self.slot_bytes[slot] = 0
+
+    # -- discard -------------------------------------------------------------------------------
+    def discard(self, offset: int, length: int) -> None:
+        """A discard (FALLOCATE's punch hole: swap freeing slots through a loop device). The
+        whole pages of [offset, offset + length) are freed and read back as zeros (in image
+        mode they become zero pages newer than the backing file, which may hold older
+        contents); the parts of pages at either end are zeroed by a write. Counted once a
+        request (discards) and once a whole page (notify_free, zram's name)."""
+        self._check_range("discard", offset, length)
+        with self.lock:
+            self.discards += 1
+        end = offset + length
+        first, last = -(-offset // PAGE_SIZE), end // PAGE_SIZE
+        if first >= last:  # inside one page
+            if length:
+                self.write(offset, bytes(length))
+            return
+        if offset < first * PAGE_SIZE:
+            self.write(offset, bytes(first * PAGE_SIZE - offset))
+        stamp = self.now() | DIRTY
+        try:
+            for index in range(first, last):
+                self.discard_page(index, stamp)
+        except StoreError:
+            raise
+        except Exception as exc:  # a bug below must not pass for a discarded page
+            with self.lock:
+                self.failed_writes += 1
+            raise StorageFailure(f"discarding page {index}: {exc!r}") from exc
+        if end > last * PAGE_SIZE:
+            self.write(last * PAGE_SIZE, bytes(end - last * PAGE_SIZE))
+
+    def discard_page(self, index: int, stamp: int) -> None:
+        """Free page *index*: empty (zeros), or in image mode a zero page stamped *stamp*
+        (which carries DIRTY: the file's copy is older)."""
+        with self.lock:
+            self._swap(index, SAME if self.persistent else EMPTY, 0)
+            self.meta[index] = stamp if self.persistent else 0
+            self.notify_free += 1
 
     # -- reading -------------------------------------------------------------------------------
     def read_page(self, index: int) -> bytes:
@@ -574,28 +618,37 @@ class PageStore:
         the file. Returns the pages written. Raises StorageFailure if the file fails."""
         if not self.persistent or self.backing is None:
             return 0
-        written = 0
-        for index in np.flatnonzero(self.meta & DIRTY).tolist():
-            try:
-                _, page = self._page_of(index)
-                if page is not None and self._write_file(index, page):
-                    written += 1
-            except (BackingError, CodecError) as exc:
-                with self.lock:
-                    self._rewritten(index)
-                    self.bd_errors += 1
-                raise StorageFailure(f"flush: {exc}") from exc
-            with self.lock:
-                if not self._rewritten(index):  # rewritten meanwhile: stays dirty for next time
-                    self.meta[index] = self.meta.item(index) & ~DIRTY
-                    if page is not None:
-                        self.bd_writes += 1
+        written = self.flush_pages(np.flatnonzero(self.meta & DIRTY).tolist())
         try:
             self.backing.sync()
         except BackingError as exc:
             with self.lock:
                 self.bd_errors += 1
             raise StorageFailure(f"flush: {exc}") from exc
+        return written
+
+    def flush_pages(self, indices: list[int]) -> int:
+        """flush_page for each page, in order; returns how many were written."""
+        return sum(self.flush_page(index) for index in indices)
+
+    def flush_page(self, index: int) -> bool:
+        """Write page *index* to the backing file (image mode) and mark it clean, unless it was
+        rewritten meanwhile (then it stays dirty for the next flush). True when it was written.
+        Raises StorageFailure if the file fails."""
+        assert self.backing is not None
+        try:
+            _, page = self._page_of(index)
+            written = page is not None and self._write_file(index, page)
+        except (BackingError, CodecError) as exc:
+            with self.lock:
+                self._rewritten(index)
+                self.bd_errors += 1
+            raise StorageFailure(f"flush: {exc}") from exc
+        with self.lock:
+            if not self._rewritten(index):  # rewritten meanwhile: stays dirty for next time
+                self.meta[index] = self.meta.item(index) & ~DIRTY
+                if page is not None:
+                    self.bd_writes += 1
         return written
 
     # -- recompression and dedup (the maintenance thread) ----------------------------------------
@@ -848,6 +901,8 @@ class PageStore:
                 "recompress_saved_bytes": self.recompress_saved_bytes,
                 "recompress_not_worth": self.recompress_not_worth,
                 "pages_rewarmed": self.pages_rewarmed,
+                "notify_free": self.notify_free,
+                "discards": self.discards,
                 "codec_pages": self._codec_pages(),
                 "dict_count": sum(1 for b in self.slot_bytes if b),
                 "dict_bytes": sum(self.slot_bytes),

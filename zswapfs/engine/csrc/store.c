@@ -226,6 +226,8 @@ static int store_swap(StoreObject *s, uint32_t pn, uint32_t entry, int size, int
         s->bd_count++;
         return 0;
     }
+    if (entry == EMPTY) /* discarded: nothing held */
+        return 0;
     s->stored_pages++;
     if (entry == SAME) {
         s->same_pages++;
@@ -621,14 +623,6 @@ static PyObject *Store_setup(StoreObject *s, PyObject *args, PyObject *kw)
     Py_RETURN_NONE;
 }
 
-/* Is [offset, offset + len) inside the image? Written so that nothing can wrap: an offset near
- * 2**64 is refused before any sum is formed (every entry point that takes a byte range checks
- * it here, the kernel's offsets included). */
-static inline int range_ok(const StoreObject *s, unsigned long long offset, unsigned long long len)
-{
-    unsigned long long size = (unsigned long long)s->npages * PAGE_SIZE;
-    return offset <= size && len <= size - offset;
-}
 
 /* PyArg "O&" converter of a byte offset: any int; one below 0 or past 2**64 - 1 becomes
  * ULLONG_MAX, which range_ok refuses (never masked into a smaller offset) */
@@ -731,36 +725,69 @@ static PyObject *wrap_failure(StoreObject *s, int writing, unsigned long long of
     return NULL;
 }
 
-/* write(offset, data, stamp=0): the whole write request, the page loop
- * with the GIL released except for the rare page handed back to Python */
-static PyObject *Store_cwrite(StoreObject *s, PyObject *args)
+/* The request cores ------------------------------------------------------------------------
+ *
+ * One write, read or discard request each, runnable on any thread with the GIL not held: a
+ * Python caller's (the methods below let the GIL go around them) or a FUSE worker's, which may
+ * have no Python thread state at all (frontend.c gives each one a lasting one). A page only the
+ * Python path can decide is handed to it under the GIL (PyGILState_Ensure), every engine lock
+ * let go first. Each returns 0, or -1 with a Python exception set in this thread's state: the
+ * caller deals with it holding the GIL (the methods raise it, the frontend maps it to an
+ * errno). */
+
+/* call *method* of the store under the GIL with Py_BuildValue's *fmt* arguments; a page it
+ * returns (read callbacks) is copied to *page* when that is not NULL. -1: an exception is set */
+static int call_back(StoreObject *s, const char *method, uint8_t *page, const char *fmt, ...)
 {
-    unsigned long long offset;
-    unsigned long stamp = 0;
-    Py_buffer data;
-    if (!PyArg_ParseTuple(args, "O&y*|k", offset_arg, &offset, &data, &stamp))
-        return NULL;
-    if (lock_held(s->lock)) { /* the loop takes it page by page: it would wait for itself */
-        PyBuffer_Release(&data);
-        PyErr_SetString(PyExc_RuntimeError, "write: called with the store lock held");
-        return NULL;
+    PyGILState_STATE g = PyGILState_Ensure();
+    va_list va;
+    va_start(va, fmt);
+    PyObject *args = fmt ? Py_VaBuildValue(fmt, va) : PyTuple_New(0);
+    va_end(va);
+    int rc = -1;
+    if (args && !PyTuple_Check(args)) /* a single value: make it a 1-tuple */
+        Py_SETREF(args, PyTuple_Pack(1, args));
+    PyObject *fn = args ? PyObject_GetAttrString((PyObject *)s, method) : NULL;
+    PyObject *res = fn ? PyObject_Call(fn, args, NULL) : NULL;
+    Py_XDECREF(fn);
+    Py_XDECREF(args);
+    if (res && page)
+        rc = take_page(res, page); /* takes res */
+    else if (res) {
+        Py_DECREF(res);
+        rc = 0;
     }
-    s->requests++;
-    if (store_check(s) != 0 || !range_ok(s, offset, (unsigned long long)data.len)) {
-        if (!PyErr_Occurred())
-            PyErr_Format(PyExc_ValueError, "write of %zd bytes at %llu: past the end of the image",
-                         data.len, offset);
-        PyBuffer_Release(&data);
-        return NULL;
-    }
-    const uint8_t *src = data.buf;
-    size_t left = (size_t)data.len;
+    PyGILState_Release(g);
+    return rc;
+}
+
+/* a failed page of a request: its exception, raised under the GIL; -1 */
+static int fail_page(int rc, uint32_t pn)
+{
+    PyGILState_STATE g = PyGILState_Ensure();
+    page_error(rc, pn);
+    PyGILState_Release(g);
+    return -1;
+}
+
+/* one page read back whole into *out* (a PAGE_PYTHON page through _read_slow) */
+static int read_one(StoreObject *s, uint32_t pn, uint8_t *out, uint32_t now)
+{
+    int rc = load_page(s, pn, out, now);
+    if (rc == PAGE_PYTHON)
+        return call_back(s, "_read_slow", out, "I", pn);
+    return rc == PAGE_DONE ? 0 : fail_page(rc, pn);
+}
+
+int store_write_req(StoreObject *s, uint64_t offset, const uint8_t *src, size_t left,
+                    uint32_t stamp)
+{
+    __atomic_add_fetch(&s->requests, 1, __ATOMIC_RELAXED);
     uint32_t pn = (uint32_t)(offset / PAGE_SIZE);
     size_t head = offset % PAGE_SIZE;
     uint8_t tmp[PAGE_SIZE];
-    PyObject *failed = NULL; /* set when a page fails: the GIL is held then */
-    int pressure = 0;        /* a page went to the file for the memory limit: on_pressure told */
-    PyThreadState *ts = PyEval_SaveThread();
+    int failed = 0;
+    int pressure = 0; /* a page went to the file for the memory limit: on_pressure told */
     uint32_t now = store_now(s);
     if (!stamp)
         stamp = now | (s->persistent ? DIRTY : 0);
@@ -769,10 +796,9 @@ static PyObject *Store_cwrite(StoreObject *s, PyObject *args)
     uint32_t first = pn, nprep = 0;
     Scratch *sc = NULL;
     if (!head && left / PAGE_SIZE >= (size_t)__atomic_load_n(&batch_min_pages, __ATOMIC_RELAXED) &&
-        __atomic_load_n(&workers_wanted, __ATOMIC_RELAXED) &&
-        (sc = scratch_get()) != NULL)
+        __atomic_load_n(&workers_wanted, __ATOMIC_RELAXED) && (sc = scratch_get()) != NULL)
         sc->busy = 1;
-    while (left) {
+    while (left && !failed) {
         if (sc && pn - first >= nprep &&
             left / PAGE_SIZE >= (size_t)__atomic_load_n(&batch_min_pages, __ATOMIC_RELAXED)) {
             first = pn;
@@ -783,18 +809,8 @@ static PyObject *Store_cwrite(StoreObject *s, PyObject *args)
         const uint8_t *page = src;
         int rc;
         if (n < PAGE_SIZE) { /* a partial page: read, modify, write */
-            rc = load_page(s, pn, tmp, now);
-            if (rc == PAGE_PYTHON) {
-                PyEval_RestoreThread(ts);
-                if (take_page(PyObject_CallMethod((PyObject *)s, "_read_slow", "I", pn), tmp)) {
-                    failed = Py_None;
-                    break;
-                }
-                ts = PyEval_SaveThread();
-            } else if (rc != PAGE_DONE) {
-                PyEval_RestoreThread(ts);
-                page_error(rc, pn);
-                failed = Py_None;
+            if (read_one(s, pn, tmp, now) != 0) {
+                failed = 1;
                 break;
             }
             memcpy(tmp + head, src, n);
@@ -802,97 +818,44 @@ static PyObject *Store_cwrite(StoreObject *s, PyObject *args)
         }
         if (pn - first < nprep) {
             uint32_t i = pn - first;
-            rc = store_prepared(s, pn, page, (uint32_t)stamp, sc->lens[i],
+            rc = store_prepared(s, pn, page, stamp, sc->lens[i],
                                 sc->out + (size_t)i * COMPRESS_BOUND, sc->words[i]);
         } else {
-            rc = store_page(s, pn, page, (uint32_t)stamp);
+            rc = store_page(s, pn, page, stamp);
         }
         if (rc == PAGE_TO_FILE) {
             if (!pressure) { /* the first such page: wake the maintenance thread (_encode's) */
                 pressure = 1;
-                PyEval_RestoreThread(ts);
-                PyObject *r = PyObject_CallMethod((PyObject *)s, "on_pressure", NULL);
-                if (!r) {
-                    failed = Py_None;
-                    break;
-                }
-                Py_DECREF(r);
-                ts = PyEval_SaveThread();
+                failed = call_back(s, "on_pressure", NULL, NULL) != 0;
             }
         } else if (rc == PAGE_PYTHON) {
-            PyEval_RestoreThread(ts);
-            PyObject *r = PyObject_CallMethod((PyObject *)s, "_write_slow", "Iy#k", pn,
-                                              (const char *)page, (Py_ssize_t)PAGE_SIZE, stamp);
-            if (!r) {
-                failed = Py_None;
-                break;
-            }
-            Py_DECREF(r);
-            ts = PyEval_SaveThread();
+            failed = call_back(s, "_write_slow", NULL, "Iy#k", pn, (const char *)page,
+                               (Py_ssize_t)PAGE_SIZE, (unsigned long)stamp) != 0;
         } else if (rc != PAGE_DONE) {
-            PyEval_RestoreThread(ts);
-            page_error(rc, pn);
-            failed = Py_None;
-            break;
+            failed = fail_page(rc, pn) != 0;
         }
         src += n;
         left -= n;
         head = 0;
         pn++;
     }
-    if (!failed)
-        PyEval_RestoreThread(ts);
     if (sc)
         sc->busy = 0;
-    PyBuffer_Release(&data);
-    if (failed)
-        return wrap_failure(s, 1, offset, 0);
-    Py_RETURN_NONE;
+    return failed ? -1 : 0;
 }
 
-/* read(offset, size) -> bytes: the whole read request, GIL released between callbacks */
-static PyObject *Store_cread(StoreObject *s, PyObject *args)
+int store_read_req(StoreObject *s, uint64_t offset, size_t left, uint8_t *dst)
 {
-    unsigned long long offset;
-    Py_ssize_t size;
-    if (!PyArg_ParseTuple(args, "O&n", offset_arg, &offset, &size) || store_check(s) != 0)
-        return NULL;
-    if (lock_held(s->lock))
-        return PyErr_Format(PyExc_RuntimeError, "read: called with the store lock held");
-    s->requests++;
-    if (size < 0 || !range_ok(s, offset, (unsigned long long)size)) {
-        PyErr_Format(PyExc_ValueError, "read of %zd bytes at %llu: past the end of the image",
-                     size, offset);
-        return NULL;
-    }
-    PyObject *result = PyBytes_FromStringAndSize(NULL, size);
-    if (!result || !size)
-        return result;
-    uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(result);
-    size_t left = (size_t)size;
+    __atomic_add_fetch(&s->requests, 1, __ATOMIC_RELAXED);
     uint32_t pn = (uint32_t)(offset / PAGE_SIZE);
     size_t head = offset % PAGE_SIZE;
     uint8_t tmp[PAGE_SIZE];
-    int failed = 0;
-    PyThreadState *ts = PyEval_SaveThread();
     uint32_t now = store_now(s);
     while (left) {
         size_t n = PAGE_SIZE - head < left ? PAGE_SIZE - head : left;
         uint8_t *out = n == PAGE_SIZE ? dst : tmp; /* whole pages decode in place */
-        int rc = load_page(s, pn, out, now);
-        if (rc == PAGE_PYTHON) {
-            PyEval_RestoreThread(ts);
-            if (take_page(PyObject_CallMethod((PyObject *)s, "_read_slow", "I", pn), out)) {
-                failed = 1;
-                break;
-            }
-            ts = PyEval_SaveThread();
-        } else if (rc != PAGE_DONE) {
-            PyEval_RestoreThread(ts);
-            page_error(rc, pn);
-            failed = 1;
-            break;
-        }
+        if (read_one(s, pn, out, now) != 0)
+            return -1;
         if (out == tmp)
             memcpy(dst, tmp + head, n);
         dst += n;
@@ -900,13 +863,146 @@ static PyObject *Store_cread(StoreObject *s, PyObject *args)
         head = 0;
         pn++;
     }
-    if (!failed)
-        PyEval_RestoreThread(ts);
-    if (failed) {
+    return 0;
+}
+
+/* discard of one whole page (store.py's discard_page): its entry made empty, or in image mode
+ * a zero page newer than the file (the file may hold older contents), its object freed.
+ * PAGE_PYTHON, nothing changed, for a page whose old object the Python path must release
+ * (recompressed or shared). */
+static int discard_page(StoreObject *s, uint32_t pn, uint32_t stamp)
+{
+    int rc = PAGE_DONE;
+    lock_take(s->lock);
+    if (python_owned(s, pn)) {
+        rc = PAGE_PYTHON;
+    } else {
+        uint32_t entry = s->persistent ? SAME : EMPTY;
+        if (store_swap(s, pn, entry, 0, 0, 0) != 0)
+            rc = PAGE_NOT_LIVE;
+        else
+            s->meta[pn] = s->persistent ? stamp : 0;
+        s->notify_free++;
+    }
+    lock_give(s->lock);
+    return rc;
+}
+
+/* zeros written over [offset, end), which holds no whole page: one write request */
+static int zero_range(StoreObject *s, uint64_t offset, uint64_t end)
+{
+    static const uint8_t zeros[2 * PAGE_SIZE];
+    return end > offset ? store_write_req(s, offset, zeros, (size_t)(end - offset), 0) : 0;
+}
+
+int store_discard_req(StoreObject *s, uint64_t offset, uint64_t len)
+{
+    uint64_t end = offset + len; /* range_ok held: no wrap */
+    uint64_t first = (offset + PAGE_SIZE - 1) / PAGE_SIZE, last = end / PAGE_SIZE;
+    lock_take(s->lock);
+    s->discards++;
+    lock_give(s->lock);
+    if (first >= last) /* no whole page: zeroed (at most two partial pages) */
+        return zero_range(s, offset, end);
+    if (zero_range(s, offset, first * PAGE_SIZE) != 0)
+        return -1;
+    uint32_t stamp = store_now(s) | DIRTY;
+    for (uint64_t pn = first; pn < last; pn++) {
+        int rc = discard_page(s, (uint32_t)pn, stamp);
+        if (rc == PAGE_PYTHON) {
+            if (call_back(s, "_discard_slow", NULL, "Ik", (unsigned int)pn,
+                          (unsigned long)stamp) != 0)
+                return -1;
+        } else if (rc != PAGE_DONE) {
+            return fail_page(rc, (uint32_t)pn);
+        }
+    }
+    return zero_range(s, last * PAGE_SIZE, end);
+}
+
+/* the Python faces of the request cores: argument checks, the GIL let go around the core, a
+ * failure that is not a StoreError counted and raised as StorageFailure (wrap_failure) */
+
+/* the checks every request method makes first: -1 with the exception set */
+static int request_check(StoreObject *s, const char *what, unsigned long long offset,
+                         unsigned long long len)
+{
+    if (store_check(s) != 0)
+        return -1;
+    if (lock_held(s->lock)) { /* the core takes it page by page: it would wait for itself */
+        PyErr_Format(PyExc_RuntimeError, "%s: called with the store lock held", what);
+        return -1;
+    }
+    if (!range_ok(s, offset, len)) {
+        PyErr_Format(PyExc_ValueError, "%s of %llu bytes at %llu: past the end of the image",
+                     what, len, offset);
+        return -1;
+    }
+    return 0;
+}
+
+/* write(offset, data, stamp=0): one write request */
+static PyObject *Store_write(StoreObject *s, PyObject *args)
+{
+    unsigned long long offset;
+    unsigned long stamp = 0;
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "O&y*|k", offset_arg, &offset, &data, &stamp))
+        return NULL;
+    if (request_check(s, "write", offset, (unsigned long long)data.len) != 0) {
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = store_write_req(s, offset, data.buf, (size_t)data.len, (uint32_t)stamp);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&data);
+    if (rc != 0)
+        return wrap_failure(s, 1, offset, 0);
+    Py_RETURN_NONE;
+}
+
+/* read(offset, size) -> bytes: one read request */
+static PyObject *Store_read(StoreObject *s, PyObject *args)
+{
+    unsigned long long offset;
+    Py_ssize_t size;
+    if (!PyArg_ParseTuple(args, "O&n", offset_arg, &offset, &size))
+        return NULL;
+    if (size < 0)
+        return PyErr_Format(PyExc_ValueError, "read of %zd bytes: a size is not negative", size);
+    if (request_check(s, "read", offset, (unsigned long long)size) != 0)
+        return NULL;
+    PyObject *result = PyBytes_FromStringAndSize(NULL, size);
+    if (!result || !size)
+        return result;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = store_read_req(s, offset, (size_t)size, (uint8_t *)PyBytes_AS_STRING(result));
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
         Py_DECREF(result);
         return wrap_failure(s, 0, offset, size);
     }
     return result;
+}
+
+/* discard(offset, length): one discard request (FALLOCATE's punch hole) */
+static PyObject *Store_discard(StoreObject *s, PyObject *args)
+{
+    unsigned long long offset, len;
+    if (!PyArg_ParseTuple(args, "O&O&", offset_arg, &offset, offset_arg, &len))
+        return NULL;
+    if (request_check(s, "discard", offset, len) != 0)
+        return NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = store_discard_req(s, offset, len);
+    Py_END_ALLOW_THREADS
+    if (rc != 0)
+        return wrap_failure(s, 1, offset, 0);
+    Py_RETURN_NONE;
 }
 
 static int parse_pn(StoreObject *s, PyObject *arg, uint32_t *pn)
@@ -1343,6 +1439,151 @@ static PyObject *Store_writeback_batch(StoreObject *s, PyObject *seq)
     return run_batch(s, seq, writeback_step, NULL, (size_t)PAGE_SIZE * 2);
 }
 
+/* Flush (image mode) ---------------------------------------------------------------------- */
+
+/* store.py's flush_page for one page, GIL released: claim it (in flight) and copy out what it
+ * holds under the store lock, decode it unlocked (with its slot's pinned dictionary when it
+ * was recompressed), write it to the backing file under the file lock unless it was rewritten
+ * meanwhile, then clear its dirty bit unless it was rewritten. STEP_DONE when it was written,
+ * STEP_SKIP when there was nothing to write (a page held only in the file); STEP_PYTHON, with
+ * nothing changed, for what the Python path must do (a slot C has no dictionary for, a handle
+ * not live, a payload that does not decode, a failed write, which it counts and raises). */
+static int flush_one(StoreObject *s, uint32_t pn, uint8_t *payload, uint8_t *page)
+{
+    SlotDict *sd = NULL;
+    uint64_t word = 0;
+    int len = -1;
+    lock_take(s->lock);
+    uint32_t entry = s->index[pn], meta = s->meta[pn];
+    int slot = (int)((meta & SLOT_MASK) >> SLOT_SHIFT);
+    if (entry >= FIRST_HANDLE && slot && !s->dicts[slot]) {
+        lock_give(s->lock);
+        return STEP_PYTHON;
+    }
+    if (inflight_add(s, pn) != 0) {
+        lock_give(s->lock);
+        return STEP_NOMEM;
+    }
+    if (entry == SAME) {
+        word = fill_get(s, pn);
+    } else if (entry >= FIRST_HANDLE) {
+        sd = slot ? slot_dict_pin(s, slot) : NULL;
+        lock_take(s->pool->lock);
+        len = pool_read_locked(s->pool, entry, payload);
+        lock_give(s->pool->lock);
+    }
+    lock_give(s->lock);
+
+    const uint8_t *src = NULL;
+    int bad = 0;
+    if (entry == SAME) {
+        fill_words(page, word);
+        src = page;
+    } else if (entry >= FIRST_HANDLE) {
+        if (len == PAGE_SIZE)
+            src = payload;
+        else if (len >= 0 && (sd ? dict_decompress_page(sd->d, payload, len, page)
+                                 : decompress_page(s->codec, payload, len, page)) == 0)
+            src = page;
+        else
+            bad = 1;
+    }
+    slot_dict_unpin(sd);
+    int written = 0;
+    if (src) {
+        lock_take(s->file_lock);
+        lock_take(s->lock);
+        Inflight *f = inflight_find(s, pn);
+        int rewritten = !f || f->rewritten;
+        lock_give(s->lock);
+        if (!rewritten) {
+            bad = s->backing_fd < 0 ||
+                  pwrite(s->backing_fd, src, PAGE_SIZE, (off_t)pn * PAGE_SIZE) != PAGE_SIZE;
+            written = !bad;
+        }
+        lock_give(s->file_lock);
+    }
+
+    int rc;
+    lock_take(s->lock);
+    int rewritten = inflight_take(s, pn);
+    if (bad) {
+        rc = STEP_PYTHON;
+    } else {
+        if (!rewritten) { /* rewritten meanwhile: stays dirty for next time */
+            s->meta[pn] &= ~DIRTY;
+            if (src)
+                s->bd_writes++;
+        }
+        rc = written ? STEP_DONE : STEP_SKIP;
+    }
+    lock_give(s->lock);
+    return rc;
+}
+
+static int flush_step(StoreObject *s, uint32_t pn, const void *arg, uint8_t *bufs)
+{
+    return flush_one(s, pn, bufs, bufs + PAGE_SIZE);
+}
+
+/* _flush_batch(indices) -> (done, at): flush_page for each page in C (see run_batch) */
+static PyObject *Store_flush_batch(StoreObject *s, PyObject *seq)
+{
+    if (store_check(s))
+        return NULL;
+    if (!s->has_backing || !s->persistent)
+        return PyErr_Format(PyExc_RuntimeError, "flush: not an image with a backing file");
+    return run_batch(s, seq, flush_step, NULL, (size_t)PAGE_SIZE * 2);
+}
+
+/* fsync of the backing file under the file lock (so the descriptor is not detached under it);
+ * 0, or the errno */
+static int sync_backing(StoreObject *s)
+{
+    lock_take(s->file_lock);
+    int err = s->backing_fd < 0 ? EBADF : fsync(s->backing_fd) != 0 ? errno : 0;
+    lock_give(s->file_lock);
+    return err;
+}
+
+int store_flush_req(StoreObject *s)
+{
+    if (!s->persistent || !s->has_backing)
+        return 0;
+    uint8_t *bufs = malloc(2 * PAGE_SIZE);
+    if (!bufs) {
+        PyGILState_STATE g = PyGILState_Ensure();
+        PyErr_NoMemory();
+        PyGILState_Release(g);
+        return -1;
+    }
+    int failed = 0;
+    for (uint64_t pn = 0; pn < s->npages && !failed; pn++) {
+        /* a hint read without the lock, as store.py's flush picks its pages */
+        if (!(__atomic_load_n(&s->meta[pn], __ATOMIC_RELAXED) & DIRTY))
+            continue;
+        int rc = flush_one(s, (uint32_t)pn, bufs, bufs + PAGE_SIZE);
+        if (rc == STEP_PYTHON)
+            failed = call_back(s, "_flush_slow", NULL, "I", (unsigned int)pn) != 0;
+        else if (rc == STEP_NOMEM)
+            failed = fail_page(PAGE_NOMEM, (uint32_t)pn) != 0;
+    }
+    free(bufs);
+    if (failed)
+        return -1;
+    int err = sync_backing(s);
+    if (err) {
+        PyGILState_STATE g = PyGILState_Ensure();
+        lock_wait(s->lock);
+        s->bd_errors++;
+        lock_give(s->lock);
+        storage_failure("flush: fsync of the backing file: %s", strerror(err));
+        PyGILState_Release(g);
+        return -1;
+    }
+    return 0;
+}
+
 /* _detach_backing(): C stops using the backing file's descriptor (before the file is closed):
  * taken under the file lock, so no read or write of it is in progress */
 static PyObject *Store_detach_backing(StoreObject *s, PyObject *unused)
@@ -1410,15 +1651,18 @@ static PyMemberDef Store_members[] = {
     COUNTER(pool_limit_hit), COUNTER(reject_compress_fail), COUNTER(reject_compress_poor),
     COUNTER(reject_alloc_fail), COUNTER(reject_reclaim_fail), COUNTER(requests),
     COUNTER(recompressions), COUNTER(recompress_saved_bytes), COUNTER(recompress_not_worth),
+    COUNTER(notify_free), COUNTER(discards),
     {NULL},
 };
 #undef COUNTER
 
 static PyMethodDef Store_methods[] = {
     {"_setup", (PyCFunction)(void (*)(void))Store_setup, METH_VARARGS | METH_KEYWORDS, NULL},
-    {"write", (PyCFunction)Store_cwrite, METH_VARARGS,
+    {"write", (PyCFunction)Store_write, METH_VARARGS,
      "write(offset, data, stamp=0): one request (stamp: the pages' meta, 0 for now)"},
-    {"read", (PyCFunction)Store_cread, METH_VARARGS, "read(offset, size) -> bytes: one request"},
+    {"read", (PyCFunction)Store_read, METH_VARARGS, "read(offset, size) -> bytes: one request"},
+    {"discard", (PyCFunction)Store_discard, METH_VARARGS,
+     "discard(offset, length): whole pages freed (read as zeros), partial ones zeroed"},
     {"_swap_entry", (PyCFunction)Store_swap, METH_VARARGS,
      "_swap_entry(pn, entry, size, keep_old=False): store.py's _swap in C; store lock held"},
     {"_peek", (PyCFunction)Store_peek, METH_O, "_peek(pn) -> (entry, payload or None)"},
@@ -1432,6 +1676,8 @@ static PyMethodDef Store_methods[] = {
     {"_drop_slot", (PyCFunction)Store_drop_slot, METH_O, "_drop_slot(slot); store lock held"},
     {"_detach_backing", (PyCFunction)Store_detach_backing, METH_NOARGS, NULL},
     {"_set_clock", (PyCFunction)Store_set_clock, METH_VARARGS, "_set_clock(t0, fixed_now)"},
+    {"_flush_batch", (PyCFunction)Store_flush_batch, METH_O,
+     "_flush_batch(indices) -> (done, at)"},
     {"_writeback_batch", (PyCFunction)Store_writeback_batch, METH_O,
      "_writeback_batch(indices) -> (done, at)"},
     {"_recompress_batch", (PyCFunction)Store_recompress_batch, METH_VARARGS,

@@ -62,7 +62,26 @@ typedef struct {
     Py_buffer slot_pages_buf;
     int64_t *slot_pages;
     long long recompressions, recompress_saved_bytes, recompress_not_worth;
+    long long notify_free, discards; /* pages and requests discarded (zram's notify_free) */
 } StoreObject;
+
+/* The request cores (store.c): any thread, the GIL not held; 0, or -1 with a Python exception
+ * set in this thread's state. The byte range must lie inside the image (range_ok). */
+int store_write_req(StoreObject *s, uint64_t offset, const uint8_t *data, size_t len,
+                    uint32_t stamp);
+int store_read_req(StoreObject *s, uint64_t offset, size_t len, uint8_t *out);
+int store_discard_req(StoreObject *s, uint64_t offset, uint64_t len);
+/* image mode: every page newer in memory than in the backing file written there, then fsync */
+int store_flush_req(StoreObject *s);
+
+/* Is [offset, offset + len) inside the image? Written so that nothing can wrap: an offset near
+ * 2**64 is refused before any sum is formed (every entry point that takes a byte range checks
+ * it here, the kernel's offsets included). */
+static inline int range_ok(const StoreObject *s, unsigned long long offset, unsigned long long len)
+{
+    unsigned long long size = (unsigned long long)s->npages * PAGE_SIZE;
+    return offset <= size && len <= size - offset;
+}
 
 extern PyTypeObject StoreType;
 
