@@ -7,9 +7,9 @@
     arena        memfd-backed pool pages; hole punching returns memory
     backing      the backing file: a raw image, page N at offset N * 4096
     maintenance  the background thread: compaction, migration and writeback in bounded steps
-    native       the compiled engine (csrc/, the module _native): all three pools, the index, the request loop,
-                 writeback and recompression batches in C behind the same interfaces;
-                 make_store picks the engine
+    native       the compiled engine (csrc/, built as the module _native): all three pools,
+                 the index, the request loop, writeback, flush and recompression batches in C
+                 behind the same interfaces; make_store picks the engine
 
 Imports nothing from zswapfs.fs, zswapfs.service, zswapfs.cli or zswapfs.lab.
 """
