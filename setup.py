@@ -1,5 +1,6 @@
-"""The compiled page engine (zswapfs/engine/csrc/, one source file per object), linked against the system liblz4 and
-libzstd found with pkg-config. For a user's `pip install` the extension is optional: without a
+"""The compiled page engine (zswapfs/engine/csrc/, one source file per object: the pools, the
+store and the native FUSE frontend), linked against the system liblz4, libzstd and libfuse3 found
+with pkg-config. For a user's `pip install` the extension is optional: without a
 compiler or those headers zswapfs still installs and runs its Python engine (the daemon logs
 that the native engine is unavailable and `stats` shows "engine": "python"). With
 ZSWAPFS_REQUIRE_NATIVE=1 (the Makefile's set-up, so `make test` and CI) a build failure is an
@@ -11,7 +12,7 @@ import subprocess
 
 from setuptools import Extension, setup
 
-LIBS = ["liblz4", "libzstd"]
+LIBS = ["liblz4", "libzstd", "fuse3"]
 
 
 def pkg_config(flag: str) -> list[str]:
@@ -25,7 +26,7 @@ def pkg_config(flag: str) -> list[str]:
 
 
 cflags = pkg_config("--cflags")
-libs = pkg_config("--libs") or ["-llz4", "-lzstd"]
+libs = pkg_config("--libs") or ["-llz4", "-lzstd", "-lfuse3"]
 
 setup(
     ext_modules=[

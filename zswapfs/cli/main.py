@@ -46,6 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="native engine: threads that compress big writes beside the request thread "
         "(default: one per spare core, at most 3; 0: none)",
     )
+    m.add_argument(
+        "--frontend",
+        choices=("native", "pyfuse3"),
+        help="native (default): requests served in C by libfuse's worker threads; pyfuse3: the "
+        "reference frontend (pyfuse3 + trio, no discard)",
+    )
+    m.add_argument("--threads", type=int, help="native frontend: most worker threads (4)")
+    m.add_argument(
+        "--clone-fd",
+        action="store_true",
+        default=None,
+        help="native frontend: a /dev/fuse descriptor of its own for each worker thread",
+    )
     m.add_argument("--name", help="image file name (default swap.img)")
     m.add_argument("--max-chain", type=int, help="longest zspage, in pages (default 8)")
     m.add_argument("--maintenance-interval", type=float, help="seconds between checks (1)")

@@ -24,7 +24,9 @@ When it runs, every `interval` seconds (and at once when a write finds the pool 
   recompression  idle pages to zstd with a trained dictionary, identical pages merged (when
               configured; after writeback, before compaction, which then returns what it freed)
   compaction  when pool.freeable_pages() is at least COMPACT_MIN_PAGES and COMPACT_MIN_SHARE of
-              the pool (zs_can_compact's estimate of whole pages that moving objects would free)
+              the pool (zs_can_compact's estimate of whole pages that moving objects would free),
+              at most twice that many steps a pass (COMPACT_MIN_PAGES at least) so a pass ends
+              while writes go on freeing objects
   migration   when the arena has at least MIGRATE_MIN_HOLES free pages below its top, enough to
               empty a whole segment; then segments without live pages are unmapped
 `aggressive` (a test knob) does both on every pass whatever the estimates; compact_now (behind
@@ -156,12 +158,17 @@ class Maintenance:
             if self.recompression is not None:
                 self.recompressed += self.recompression.step()
             if force or self.compact_worth_it():
-                while not self._stopping.is_set():
+                # a pass ends even while writes keep freeing objects faster than it moves them
+                # (it would starve migration and the next passes): twice the steps the pool's
+                # estimate of freeable pages asks for, unless it must compact to the end
+                budget = -1 if to_the_end else max(COMPACT_MIN_PAGES, 2 * pool.freeable_pages())
+                while budget and not self._stopping.is_set():
                     step = pool.compact_step()
                     if step < 0:
                         break
                     self.compact_steps += 1
                     self.pages_freed += step
+                    budget -= 1
                     time.sleep(SLICE)
             if force or pool.arena.holes >= MIGRATE_MIN_HOLES:
                 limit = pool.arena.holes  # this pass closes at most the holes it found

@@ -22,6 +22,8 @@ from zswapfs.service.safepath import UnsafePath, check_directory
 MAX_SIZE = 1 << 44
 #: most swap stripes (one daemon each): the kernel stripes across any number, a few cores pay
 MAX_STRIPES = 16
+#: the frontends a mount can be served by (the first is the default)
+FRONTEND_NAMES = ("native", "pyfuse3")
 
 
 class ConfigError(Exception):
@@ -50,6 +52,12 @@ class MountConfig:
     engine: str = "native"
     #: native engine: page workers for big writes (-1: one per spare core, at most 3)
     page_workers: int = -1
+    #: "native" (libfuse's worker threads in C, the default; needs the native engine) or
+    #: "pyfuse3" (the reference frontend, fs.py: pyfuse3 + trio)
+    frontend: str = "native"
+    #: native frontend: most FUSE worker threads, and a /dev/fuse descriptor of their own each
+    threads: int = 4
+    clone_fd: bool = False
     name: str = "swap.img"
     max_chain: int = 8
     direct_io: bool = True
@@ -98,6 +106,13 @@ class MountConfig:
             raise ConfigError(
                 f"engine: unknown engine {self.engine!r} (expected {', '.join(ENGINE_NAMES)})"
             )
+        if self.frontend not in FRONTEND_NAMES:
+            raise ConfigError(
+                f"frontend: unknown frontend {self.frontend!r} "
+                f"(expected {', '.join(FRONTEND_NAMES)})"
+            )
+        if not 1 <= self.threads <= 256:
+            raise ConfigError(f"threads: {self.threads} out of range 1..256")
         if not -1 <= self.page_workers <= 64:
             raise ConfigError(f"page-workers: {self.page_workers} out of range 0..64 (-1: auto)")
         if not self.name or "/" in self.name or self.name in (".", "..", "stats"):
@@ -168,6 +183,9 @@ _KEYS = {
     "pool": "pool",
     "engine": "engine",
     "page-workers": "page_workers",
+    "frontend": "frontend",
+    "threads": "threads",
+    "clone-fd": "clone_fd",
     "name": "name",
     "max-chain": "max_chain",
     "direct-io": "direct_io",

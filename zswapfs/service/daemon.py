@@ -1,9 +1,11 @@
-"""The daemon: builds codec, pool, store and FUSE operations, mounts, serves, unmounts.
+"""The daemon: builds codec, pool, store and the mount's files, mounts, serves, unmounts.
 
-Lifetime: pyfuse3.init mounts (the mount is live from then on); the ready pipe, when given, is
-told so the launching `zswapfs mount` can return; trio serves requests until SIGTERM, SIGINT or
-SIGHUP (or an external unmount) ends pyfuse3.main; pyfuse3.close unmounts. The finally clause
-runs on every path, so a started daemon never leaves a dead mount behind.
+Two frontends serve the same files (files.py): the native one (default; nativefs.py: libfuse's
+worker threads in C) and the reference one (fs.py: pyfuse3 + trio), chosen by `frontend`.
+Lifetime: mount() makes the mount (live from then on); the ready pipe, when given, is told so the
+launching `zswapfs mount` can return; serve() answers requests until SIGTERM, SIGINT or SIGHUP
+(or an external unmount) ends it; unmount() undoes the mount. The finally clause runs on every
+path, so a started daemon never leaves a dead mount behind.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ from typing import Any
 import pyfuse3
 import trio
 
+from zswapfs import nativefs
 from zswapfs.engine.backing import BackingError, BackingFile
 from zswapfs.engine.codec import make_codec
 from zswapfs.engine.maintenance import Maintenance
 from zswapfs.engine.native import make_store, set_workers
 from zswapfs.engine.recompress import Recompression
 from zswapfs.engine.store import PageStore, StoreError
-from zswapfs.fs import UnknownCommand, ZswapOperations
+from zswapfs.files import ImageFiles, UnknownCommand
+from zswapfs.fs import ZswapOperations
+from zswapfs.nativefs import EXIT_SIGNALS
 from zswapfs.service import safepath
 from zswapfs.service.config import MountConfig
 from zswapfs.service.hardening import harden, sd_notify
@@ -123,25 +128,70 @@ def _metrics_server(cfg: MountConfig, source: Callable[[], dict[str, Any]]) -> M
         raise MountError(str(exc)) from None
 
 
-async def _serve() -> None:
-    async with trio.open_nursery() as nursery:
+class Pyfuse3Frontend:
+    """The reference frontend (fs.py: pyfuse3 + trio) with the native one's life cycle."""
 
-        async def stop_on_signal() -> None:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
-                async for signum in sigs:
-                    log.info("signal %s: unmounting", signal.Signals(signum).name)
-                    pyfuse3.terminate()
-                    return
+    name = "pyfuse3"
 
-        nursery.start_soon(stop_on_signal)
-        await pyfuse3.main(max_tasks=MAX_TASKS)
-        nursery.cancel_scope.cancel()
+    def __init__(self, ops: ZswapOperations) -> None:
+        self.ops = ops
+
+    def mount(self, mountpoint: str, options: set[str]) -> None:
+        try:
+            pyfuse3.init(self.ops, mountpoint, set(pyfuse3.default_options) | options)
+        except RuntimeError as exc:
+            raise OSError(str(exc)) from None
+
+    def serve(self) -> str | None:
+        stopped_by: list[str] = []
+
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+
+                async def stop_on_signal() -> None:
+                    with trio.open_signal_receiver(*EXIT_SIGNALS) as sigs:
+                        async for signum in sigs:
+                            stopped_by.append(signal.Signals(signum).name)
+                            pyfuse3.terminate()
+                            return
+
+                nursery.start_soon(stop_on_signal)
+                await pyfuse3.main(max_tasks=MAX_TASKS)
+                nursery.cancel_scope.cancel()
+
+        trio.run(main)
+        return stopped_by[0] if stopped_by else None
+
+    def unmount(self) -> None:
+        pyfuse3.close(unmount=True)
+
+    def close(self) -> None:
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        return {"frontend": self.name}
+
+
+def choose_frontend(cfg: MountConfig, store: PageStore, files: ImageFiles) -> Any:
+    """The frontend *cfg* asks for; the reference one, with a log line, when the native one
+    cannot serve *store* (the Python engine, or no compiled build)."""
+    if cfg.frontend == "native":
+        why = nativefs.unavailable(store)
+        if why is None:
+            return nativefs.NativeFrontend(files, threads=cfg.threads, clone_fd=cfg.clone_fd)
+        log.warning("native frontend unavailable (%s): serving with pyfuse3", why)
+    ops = ZswapOperations(store, files.image_name.decode(), files.stats_source,
+                          files.direct_io, files.control)  # fmt: skip
+    ops.files = files
+    return Pyfuse3Frontend(ops)
 
 
 def run(mountpoint: str, cfg: MountConfig, ready_fd: int | None = None) -> None:
     """Mount and serve until told to stop. Raises MountError if the mount cannot be made."""
     mountpoint = os.path.abspath(mountpoint)
     check_mountpoint(mountpoint)
+    if cfg.frontend == "native":  # only the C loop's thread takes them (nativefs)
+        nativefs.block_exit_signals()
     metrics = _metrics_server(cfg, lambda: stats())
     harden(lock_memory=cfg.lock_memory)
     store = build(cfg)
@@ -162,35 +212,40 @@ def run(mountpoint: str, cfg: MountConfig, ready_fd: int | None = None) -> None:
         out = store.stats()
         out.update(pid=os.getpid(), mountpoint=mountpoint, image=image, rss_bytes=rss_bytes())
         out["maintenance"] = maintenance.stats()
+        out.update(frontend.stats())
         return out
 
-    async def control(command: str) -> None:
+    def control(command: str) -> None:
         if command == "compact":
-            done = await trio.to_thread.run_sync(maintenance.compact_now)
-            log.info("compact: %s", done)
+            log.info("compact: %s", maintenance.compact_now())
         else:
             raise UnknownCommand(command)
 
-    ops = ZswapOperations(
+    files = ImageFiles(
         store, cfg.name, stats_source=stats, direct_io=cfg.direct_io, control=control
     )
+    frontend = choose_frontend(cfg, store, files)
+    if frontend.name != "native":
+        nativefs.unblock_exit_signals()  # trio's signal receivers need them
     # default_permissions, and no allow_other: only the user who mounted (root) can reach the
     # mount at all, whatever the file modes say (docs/security.md)
-    options = set(pyfuse3.default_options) | {"fsname=zswapfs", "subtype=zswapfs"}
+    options = {"default_permissions", "fsname=zswapfs", "subtype=zswapfs"}
     try:
-        pyfuse3.init(ops, mountpoint, options)
-    except RuntimeError as exc:
+        frontend.mount(mountpoint, options)
+    except OSError as exc:
         if metrics is not None:
             metrics.stop()
+        frontend.close()
         store.close()
         raise MountError(f"cannot mount on {mountpoint}: {exc}") from None
     log.info(
-        "mounted %s: %d bytes, codec %s, pool %s, engine %s",
+        "mounted %s: %d bytes, codec %s, pool %s, engine %s, frontend %s",
         image,
         cfg.size,
         store.codec.name,
         cfg.pool,
         store.engine,
+        frontend.name,
     )
     maintenance.start()
     if metrics is not None:
@@ -200,13 +255,15 @@ def run(mountpoint: str, cfg: MountConfig, ready_fd: int | None = None) -> None:
             os.write(ready_fd, b"READY\n")
             os.close(ready_fd)
         sd_notify(f"READY=1\nSTATUS=serving {image}\nMAINPID={os.getpid()}")
-        trio.run(_serve)
+        stopped_by = frontend.serve()
+        if stopped_by:
+            log.info("signal %s: unmounting", stopped_by)
     finally:
         sd_notify("STOPPING=1")
         if metrics is not None:
             metrics.stop()
         maintenance.stop()
-        pyfuse3.close(unmount=True)
+        frontend.unmount()
         if store.backing is not None:
             try:
                 written = store.flush()
@@ -214,5 +271,6 @@ def run(mountpoint: str, cfg: MountConfig, ready_fd: int | None = None) -> None:
                     log.info("flushed %d pages to %s", written, store.backing.path)
             except StoreError as exc:
                 log.error("flush at unmount failed: %s", exc)
+        frontend.close()
         store.close()
         log.info("unmounted %s", mountpoint)

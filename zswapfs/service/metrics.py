@@ -91,6 +91,14 @@ TOP: list[Row] = [
      "Pages sharing another page's object now."),
     ("dedup_saved_bytes", "zswapfs_dedup_saved_bytes", "gauge", "Bytes dedup saves now."),
     ("dedup_merges", "zswapfs_dedup_merges_total", "counter", "Pages merged by dedup."),
+    ("notify_free", "zswapfs_notify_free_pages_total", "counter",
+     "Pages freed by discard (zram notify_free: FALLOCATE punch holes from swap)."),
+    ("discards", "zswapfs_discards_total", "counter", "Discard requests (FALLOCATE)."),
+    ("requests_in_c", "zswapfs_frontend_c_requests_total", "counter",
+     "Image requests the native frontend served in C."),
+    ("requests_in_python", "zswapfs_frontend_python_requests_total", "counter",
+     "Requests the native frontend served by calling Python."),
+    ("threads", "zswapfs_frontend_threads", "gauge", "Most worker threads (native frontend)."),
     ("metadata_bytes", "zswapfs_metadata_bytes", "gauge",
      "Index and pool tables outside the pool's pages."),
     ("rss_bytes", "zswapfs_daemon_resident_bytes", "gauge",
@@ -155,7 +163,7 @@ SECTIONS: dict[str | None, tuple[list[Row], str]] = {
     "pool_stats": (POOL, "zswapfs_pool_"),
     "maintenance": (MAINTENANCE, "zswapfs_maintenance_"),
 }
-INFO_KEYS = ("codec", "pool", "mode", "backing", "image")
+INFO_KEYS = ("codec", "pool", "mode", "backing", "image", "engine", "frontend")
 #: stats keys that are not figures
 NOT_FIGURES = frozenset({"pid"})
 
@@ -189,7 +197,8 @@ def families(st: Stats) -> Iterator[Metric]:
     """Metric families for one stats snapshot."""
     mp = str(st.get("mountpoint", ""))
     info = InfoMetricFamily(
-        "zswapfs", "What the mount runs: codec, pool, mode, backing file, image.",
+        "zswapfs",
+        "What the mount runs: codec, pool, mode, backing file, image, engine, frontend.",
         labels=["mountpoint"],
     )  # fmt: skip
     info.add_metric([mp], {k: str(st.get(k) or "") for k in INFO_KEYS})

@@ -21,7 +21,8 @@
  *   buddy.c       zbud's and z3fold's page records and unbuddied lists
  *   codec.c       lz4 and zstd on one page, per-thread zstd contexts, dictionaries
  *   workers.c     the page workers that compress a big write's pages on spare cores
- *   store.c       Store: the index, the request loop, writeback and recompression batches
+ *   store.c       Store: the index, the request cores, writeback, flush and recompression
+ *   frontend.c    Frontend: the mount served in C by libfuse's worker threads
  *   module.c      this file: the module, its functions and the exception classes
  *
  * GIL and locks. Lock order: file lock -> store lock -> pool lock (store.py). A request
@@ -35,7 +36,7 @@
  * released. A function that expects a lock held asserts it (ASSERT_HELD, in ZS_DEBUG builds);
  * a Python method that expects the store lock held checks it and raises RuntimeError.
  */
-#include "store.h"
+#include "frontend.h"
 
 PyObject *PoolFullError;       /* pools.PoolFull */
 PyObject *StorageFailureError; /* store.StorageFailure */
@@ -99,13 +100,13 @@ static struct PyModuleDef moduledef = {
 PyMODINIT_FUNC PyInit__native(void)
 {
     if (pthread_key_create(&zstd_key, zstd_local_free) != 0 ||
-        pthread_key_create(&scratch_key, scratch_free) != 0)
+        pthread_key_create(&scratch_key, scratch_free) != 0 || frontend_init() != 0)
         return PyErr_NoMemory();
     PoolFullError = Py_NewRef(PyExc_MemoryError);
     StorageFailureError = Py_NewRef(PyExc_OSError);
     StoreErrorBase = Py_NewRef(PyExc_OSError);
     if (PyType_Ready(&LockType) < 0 || PyType_Ready(&PoolType) < 0 ||
-        PyType_Ready(&StoreType) < 0)
+        PyType_Ready(&StoreType) < 0 || PyType_Ready(&FrontendType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m)
@@ -113,6 +114,8 @@ PyMODINIT_FUNC PyInit__native(void)
     if (PyModule_AddObjectRef(m, "Lock", (PyObject *)&LockType) < 0 ||
         PyModule_AddObjectRef(m, "Pool", (PyObject *)&PoolType) < 0 ||
         PyModule_AddObjectRef(m, "Store", (PyObject *)&StoreType) < 0 ||
+        PyModule_AddObjectRef(m, "Frontend", (PyObject *)&FrontendType) < 0 ||
+        PyModule_AddIntConstant(m, "FUSE_VERSION", fuse_version()) < 0 ||
         PyModule_AddIntConstant(m, "LZ4_VERSION", LZ4_versionNumber()) < 0 ||
         PyModule_AddIntConstant(m, "ZSTD_VERSION", (long)ZSTD_versionNumber()) < 0) {
         Py_DECREF(m);

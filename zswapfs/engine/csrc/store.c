@@ -472,7 +472,7 @@ static int load_page(StoreObject *s, uint32_t pn, uint8_t *out, uint32_t now)
 
 /* Python face of the store ---------------------------------------------------------------- */
 
-static int store_check(StoreObject *s)
+int store_check(StoreObject *s)
 {
     if (!s->ready) {
         PyErr_SetString(PyExc_RuntimeError, "store not set up");
@@ -690,8 +690,8 @@ static int take_page(PyObject *res, uint8_t *dst)
 
 /* A request failed with an exception that is not a StoreError (a bug below, or a callback's
  * surprise): count it and raise StorageFailure from it, as PageStore.write/read do (GIL held). */
-static PyObject *wrap_failure(StoreObject *s, int writing, unsigned long long offset,
-                              Py_ssize_t size)
+PyObject *store_wrap_failure(StoreObject *s, int writing, unsigned long long offset,
+                             Py_ssize_t size)
 {
     if (!PyErr_Occurred() || PyErr_ExceptionMatches(StoreErrorBase))
         return NULL;
@@ -959,7 +959,7 @@ static PyObject *Store_write(StoreObject *s, PyObject *args)
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&data);
     if (rc != 0)
-        return wrap_failure(s, 1, offset, 0);
+        return store_wrap_failure(s, 1, offset, 0);
     Py_RETURN_NONE;
 }
 
@@ -983,7 +983,7 @@ static PyObject *Store_read(StoreObject *s, PyObject *args)
     Py_END_ALLOW_THREADS
     if (rc != 0) {
         Py_DECREF(result);
-        return wrap_failure(s, 0, offset, size);
+        return store_wrap_failure(s, 0, offset, size);
     }
     return result;
 }
@@ -1001,7 +1001,7 @@ static PyObject *Store_discard(StoreObject *s, PyObject *args)
     rc = store_discard_req(s, offset, len);
     Py_END_ALLOW_THREADS
     if (rc != 0)
-        return wrap_failure(s, 1, offset, 0);
+        return store_wrap_failure(s, 1, offset, 0);
     Py_RETURN_NONE;
 }
 

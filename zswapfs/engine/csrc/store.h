@@ -83,6 +83,14 @@ static inline int range_ok(const StoreObject *s, unsigned long long offset, unsi
     return offset <= size && len <= size - offset;
 }
 
+/* RuntimeError unless the store is set up (and its pool open); -1 then (GIL held) */
+int store_check(StoreObject *s);
+/* A request failed with an exception that is not a StoreError (a bug below, or a callback's
+ * surprise): count it and raise StorageFailure from it, as PageStore.write/read do; a
+ * StoreError is left as it is. Returns NULL (GIL held). */
+PyObject *store_wrap_failure(StoreObject *s, int writing, unsigned long long offset,
+                             Py_ssize_t size);
+
 extern PyTypeObject StoreType;
 
 #endif
