@@ -55,7 +55,8 @@ class NativeFrontend:
         self.files = files
         self.threads = threads
         self.clone_fd = clone_fd
-        self._fe = native._native.Frontend(files.store, files, FsError, threads, clone_fd)
+        store: Any = files.store  # a NativeStore: unavailable() said so
+        self._fe = native._native.Frontend(store, files, FsError, threads, clone_fd)
         files.write_time = lambda: int(self._fe.last_write_ns)
 
     def mount(self, mountpoint: str, options: set[str]) -> None:
