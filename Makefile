@@ -4,7 +4,7 @@ VENV ?= .venv
 MOUNTPOINT ?= /run/zswapfs
 STAMP := $(VENV)/.installed
 NATIVE_STAMP := $(VENV)/.native-built
-NATIVE_SRC := $(wildcard zswapfs/engine/*.c zswapfs/engine/*.h zswapfs/engine/csrc/*.c zswapfs/engine/csrc/*.h)
+NATIVE_SRC := $(wildcard zswapfs/engine/csrc/*.c zswapfs/engine/csrc/*.h zswapfs/lab/csrc/*.c)
 # the compiled engine is what ships: in this repository's set-up a build failure stops the
 # make (setup.py marks the extension optional only for users' pip installs)
 export ZSWAPFS_REQUIRE_NATIVE := 1

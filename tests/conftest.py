@@ -74,6 +74,17 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             raise pytest.UsageError(f"the engine under test is {_native.__file__}, not {where}")
 
 
+#: the frontends every test that mounts runs on (its `frontend` parameter); a test of what only
+#: some can do says which with @pytest.mark.frontends("native")
+FRONTENDS = ("native", "pyfuse3")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "frontend" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("frontends")
+        metafunc.parametrize("frontend", marker.args if marker else FRONTENDS)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Refuse to run a test without exactly one tier marker (before -m deselects any)."""
@@ -246,16 +257,18 @@ def stop_daemon(mountpoint: Path, proc: subprocess.Popen[bytes] | None) -> None:
 
 
 @pytest.fixture
-def mount(tmp_path: Path) -> Iterator[Callable[..., Mounted]]:
-    """Factory: mount(*cli_args) -> Mounted. Every daemon started is torn down afterwards, and a
-    daemon log with a traceback or an unexpected ERROR line fails the test."""
+def mount(tmp_path: Path, frontend: str) -> Iterator[Callable[..., Mounted]]:
+    """Factory: mount(*cli_args) -> Mounted, served by the test's *frontend* (each test that
+    mounts runs on every frontend, see FRONTENDS). Every daemon started is torn down afterwards,
+    and a daemon log with a traceback or an unexpected ERROR line fails the test."""
     started: list[Mounted] = []
 
     def _mount(*args: str, name: str = "swap.img") -> Mounted:
         mp = tmp_path / f"mnt{len(started)}"
         mp.mkdir()
         log = tmp_path / f"daemon{len(started)}.log"
-        m = Mounted(mp, start_daemon(mp, log, "--name", name, *args), log, name)
+        args = ("--frontend", frontend, "--name", name, *args)
+        m = Mounted(mp, start_daemon(mp, log, *args), log, name)
         started.append(m)
         return m
 

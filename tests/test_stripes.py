@@ -18,13 +18,14 @@ STRIPES = 2
 
 
 @pytest.fixture
-def striped_config(tmp_path: Path) -> Iterator[Path]:
-    """A 512 MiB swap in two stripes on tmp_path/mnt-0 and tmp_path/mnt-1; whatever the test
-    does, every stripe is swapped off, detached and unmounted afterwards."""
+def striped_config(tmp_path: Path, frontend: str) -> Iterator[Path]:
+    """A 512 MiB swap in two stripes on tmp_path/mnt-0 and tmp_path/mnt-1 served by *frontend*;
+    whatever the test does, every stripe is swapped off, detached and unmounted afterwards."""
     config = tmp_path / "striped.toml"
     mp = tmp_path / "mnt"
     config.write_text(
         f'size = "512M"\nmountpoint = "{mp}"\nstripes = {STRIPES}\nswap-priority = 32767\n'
+        f'frontend = "{frontend}"\n'
     )
     try:
         yield config
@@ -46,7 +47,7 @@ def test_striped_swap_spreads_pages_over_every_stripe(striped_config: Path, tmp_
     for (dev,) in devices:
         assert swaps[dev][-1] == "32767"  # one priority: the kernel stripes across them
         assert int(swaps[dev][2]) < 300 * 1024  # each stripe is half the size (KiB)
-    with cgroup.memory_cgroup(f"zswapfs-stripes-{os.getpid()}", 96 << 20) as cg:
+    with cgroup.memory_cgroup(f"zswapfs-stripes-{os.getpid()}", 96 << 20, oom_killer=False) as cg:
         hog = cg.popen(
             [sys.executable, "-m", "zswapfs.lab.workloads.hog", "256"],
             stdout=subprocess.PIPE,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -11,10 +12,11 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import swap_unavailable, zswapfs_cmd
+from tests.conftest import swap_unavailable, wait_for, zswapfs_cmd
 from zswapfs.lab import cgroup
 from zswapfs.service import swap
 from zswapfs.service.config import ConfigError
@@ -48,14 +50,45 @@ def loops_on(image: Path) -> list[str]:
     return devices
 
 
+def hog_through(
+    mp: Path, mib: int, limit: int = 128 << 20
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run the checksummed hog of *mib* MiB in a memory cgroup of *limit* bytes, so that it can
+    only finish by swapping; its report, and the mount's stats when the pool held most (the
+    stats after it exits may show the pool emptied again by discard). The cgroup waits for
+    memory instead of OOM-killing (cgroup.MemoryCgroup says why)."""
+    peak = json.loads((mp / "stats").read_text())
+    with cgroup.memory_cgroup(f"zswapfs-test-{os.getpid()}", limit, oom_killer=False) as cg:
+        hog = cg.popen(
+            [sys.executable, "-m", "zswapfs.lab.workloads.hog", str(mib)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            while hog.poll() is None:
+                st = json.loads((mp / "stats").read_text())
+                if st["stored_pages"] > peak["stored_pages"]:
+                    peak = st
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    hog.wait(timeout=0.2)
+            out, err = hog.communicate(timeout=280)  # inside the per-test timeout
+        finally:
+            if hog.poll() is None:
+                hog.kill()
+                hog.wait()
+    assert hog.returncode == 0, (out, err)
+    return json.loads(out), peak
+
+
 @pytest.fixture
-def swap_config(tmp_path: Path) -> Iterator[Path]:
-    """A swap0.toml for a 1 GiB image on tmp_path/mnt; whatever the test does, swap is off,
-    the loop device detached and the daemon unmounted afterwards."""
+def swap_config(tmp_path: Path, frontend: str) -> Iterator[Path]:
+    """A swap0.toml for a 1 GiB image on tmp_path/mnt served by *frontend*; whatever the test
+    does, swap is off, the loop device detached and the daemon unmounted afterwards."""
     config = tmp_path / "swap0.toml"
     mp = tmp_path / "mnt"
     config.write_text(
         f'size = "1G"\ncodec = "lz4"\nmountpoint = "{mp}"\nswap-priority = {PRIORITY}\n'
+        f'frontend = "{frontend}"\n'
     )
     try:
         yield config
@@ -88,30 +121,49 @@ def test_swap_end_to_end(swap_config: Path, tmp_path: Path) -> None:
     entry = [line.split() for line in Path("/proc/swaps").read_text().splitlines()[1:]]
     assert [devices[0], str(PRIORITY)] in [[e[0], e[-1]] for e in entry]
     before = json.loads((mp / "stats").read_text())
-    with cgroup.memory_cgroup(f"zswapfs-test-{os.getpid()}", 128 << 20) as cg:
-        hog = cg.popen(
-            [sys.executable, "-m", "zswapfs.lab.workloads.hog", "512"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            out, err = hog.communicate(timeout=280)  # inside the per-test timeout
-        finally:
-            if hog.poll() is None:
-                hog.kill()
-                hog.wait()
-    assert hog.returncode == 0, (out, err)
-    report = json.loads(out)
+    report, peak = hog_through(mp, 512)
     assert report["bad_pages"] == 0 and report["pages"] == 131072
     after = json.loads((mp / "stats").read_text())
-    stored = after["stored_pages"] - before["stored_pages"]
-    assert stored > 50_000, after  # at least ~200 MiB went through the daemon
-    assert after["orig_data_size"] > 1.5 * after["mem_used_total"]
+    stored = peak["stored_pages"] - before["stored_pages"]
+    assert stored > 50_000, peak  # at least ~200 MiB went through the daemon
+    assert peak["orig_data_size"] > 1.5 * peak["mem_used_total"]
     assert after["failed_reads"] == after["failed_writes"] == 0
     res = run("swapoff", "--config", str(swap_config))
     assert res.returncode == 0, res.stderr
     assert not loops_on(mp / "swap.img") and not os.path.ismount(mp)
     assert devices[0] not in Path("/proc/swaps").read_text()
+
+
+@pytest.mark.system
+@needs_swap
+@pytest.mark.frontends("native")  # pyfuse3 has no FALLOCATE handler: nothing tells it
+def test_a_program_that_exits_leaves_its_pages_to_discard(
+    swap_config: Path, tmp_path: Path
+) -> None:
+    """A program swaps 384 MiB through zswapfs and exits: swap frees its slots and, swapped on
+    with --discard=pages, discards the clusters they free; the loop device passes the discards
+    on as FALLOCATE punch holes and the native frontend frees those pages in the pool, so the
+    dead program's pages do not stay there (zram frees a slot on swap-in; without discard a
+    loop-backed image would keep every one until overwritten)."""
+    res = run("swapon", "--config", str(swap_config))
+    assert res.returncode == 0, res.stderr
+    mp = tmp_path / "mnt"
+    [dev] = loops_on(mp / "swap.img")
+    assert int(Path(f"/sys/block/{Path(dev).name}/queue/discard_max_bytes").read_text()) > 0, (
+        "the loop device does not advertise discard (statfs or fallocate not answered)"
+    )
+    before = json.loads((mp / "stats").read_text())
+    report, during = hog_through(mp, 384)
+    assert report["bad_pages"] == 0
+
+    def left() -> int:
+        return int(json.loads((mp / "stats").read_text())["stored_pages"]) - before["stored_pages"]
+
+    wait_for(lambda: left() <= 1000, "the exited program's pages discarded from the pool")
+    after = json.loads((mp / "stats").read_text())
+    assert after["notify_free"] > 50_000 and after["discards"] > 0, after
+    assert after["failed_reads"] == after["failed_writes"] == 0
+    assert during["stored_pages"] > before["stored_pages"] + 20_000, during  # it did swap
 
 
 @pytest.mark.system

@@ -73,6 +73,8 @@ class MountConfig:
     idle_writeback: float = 0.0
     lock_memory: bool = True
     swap_priority: int = 100
+    #: swapon: swap on with --discard=pages, so slots swap frees reach the pool (docs/swap.md)
+    discard: bool = True
     mountpoint: str = ""
     #: background recompression of idle pages: "zstd:LEVEL" (with a trained dictionary) or "off"
     recompress: str = "zstd:9"
@@ -201,6 +203,7 @@ _KEYS = {
     "idle-writeback": "idle_writeback",
     "lock-memory": "lock_memory",
     "swap-priority": "swap_priority",
+    "discard": "discard",
     "mountpoint": "mountpoint",
     "stripes": "stripes",
     "recompress": "recompress",

@@ -1,10 +1,10 @@
 """`zswapfs swapon` / `zswapfs swapoff`: a zswapfs image as swap, set up and torn down whole.
 
-swapon: mount the image (unless its mount is already live, e.g. run by zswapfs@NAME.service),
-attach a loop device with direct I/O (no page-cache copy of swapped pages), mkswap, swapon with
-the configured priority (default 100, as zram-generator). Any step that fails undoes the ones
-before it. swapoff: swapoff and detach every loop device on the image, then unmount (unless
---keep-mount), leaving nothing behind.
+swapon: mount the image (unless its mount is already live, e.g. run by zswapfs@NAME.service), attach
+a loop device with direct I/O (no page-cache copy of swapped pages), mkswap, swapon with the
+configured priority (default 100, as zram-generator) and --discard=pages (docs/swap.md). Any step
+that fails undoes the ones before it. swapoff: swapoff and detach every loop device on the image,
+then unmount (unless --keep-mount), leaving nothing behind.
 
 Configuration: /etc/zswapfs/NAME.toml, or --config FILE (NAME is then the file's stem); the
 mountpoint is the file's `mountpoint` key or /run/zswapfs/NAME.
@@ -168,7 +168,12 @@ def _swapon_one(target: Target) -> str:
     try:
         dev = _run("losetup", "--direct-io=on", "-f", "--show", str(image))
         _run("mkswap", "-L", f"zswapfs-{target.name}"[:16], dev)
-        _run("swapon", "-p", str(cfg.swap_priority), dev)
+        # discard: swap tells the loop device which clusters it freed (a program that exits
+        # frees its slots), the loop device tells the image (FALLOCATE punch hole), and the
+        # native frontend frees those pages in the pool; where the image cannot (pyfuse3), the
+        # loop device quietly stops asking at the first EOPNOTSUPP
+        discard = ["--discard=pages"] if cfg.discard else []
+        _run("swapon", *discard, "-p", str(cfg.swap_priority), dev)
     except SwapError:
         if dev:
             subprocess.run(["losetup", "-d", dev], capture_output=True)
