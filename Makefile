@@ -52,7 +52,7 @@ bench: setup
 # are left out (nothing compiled runs in them)
 SAN := build-sanitize
 SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -DZS_DEBUG
-SAN_TESTS := tests/test_engine_diff.py tests/test_store.py tests/test_fs.py
+SAN_TESTS := tests/test_engine_diff.py tests/test_store.py tests/test_fs.py tests/test_frontends.py
 TSAN := build-tsan
 TSAN_FLAGS := -fsanitize=thread -g -O1 -DZS_DEBUG
 sanitize: setup
@@ -65,9 +65,10 @@ sanitize: setup
 		$(CURDIR)/$(VENV)/bin/python -c 'import zswapfs.engine._native as n; print("sanitized build:", n.__file__); assert "/$(SAN)/" in n.__file__' && \
 		LD_PRELOAD=$$(gcc -print-file-name=libasan.so) PYTHONMALLOC=malloc ZSWAPFS_NATIVE_FROM=/$(SAN)/ \
 		ZSWAPFS_EXAMPLES=0.25 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-		$(CURDIR)/$(VENV)/bin/python -m pytest -q -p no:cacheprovider -m unit -k "not python" $(SAN_TESTS)
+		$(CURDIR)/$(VENV)/bin/python -m pytest -q -p no:cacheprovider -k "not python" $(SAN_TESTS)
 	# the same with ThreadSanitizer, on the tests that run the engine on several threads
-	# (requests beside maintenance, the page workers): any data race fails the run
+	# (requests beside maintenance, the page workers, the native frontend's workers in the
+	# daemons test_frontends mounts, which inherit the preload): any data race fails the run
 	rm -rf $(TSAN) && mkdir -p $(TSAN)/src
 	cp -r zswapfs tests pyproject.toml $(TSAN)/src/ && find $(TSAN)/src -name '*.so' -delete
 	CFLAGS="$(TSAN_FLAGS)" LDFLAGS="$(TSAN_FLAGS)" $(VENV)/bin/python setup.py -q build_ext \
@@ -75,7 +76,7 @@ sanitize: setup
 	cd $(TSAN)/src && LD_PRELOAD=$$(gcc -print-file-name=libtsan.so) ZSWAPFS_NATIVE_FROM=/$(TSAN)/ \
 		TSAN_OPTIONS=halt_on_error=1:exitcode=66 \
 		$(CURDIR)/$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_engine_diff.py \
-		-k "page_workers or two_threads or batches_in_c or rewritten_while"
+		tests/test_frontends.py -k "page_workers or two_threads or batches_in_c or rewritten_while or frontends or alike or discard"
 
 clean:
 	rm -rf $(VENV) *.egg-info build $(SAN) $(TSAN)
