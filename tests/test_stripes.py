@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.test_swap import loops_on, needs_swap, run, take_down
-from zswapfs.lab import cgroup
+from tests.test_swap import hog_through, loops_on, needs_swap, run, take_down
 
 STRIPES = 2
 
@@ -47,21 +43,9 @@ def test_striped_swap_spreads_pages_over_every_stripe(striped_config: Path, tmp_
     for (dev,) in devices:
         assert swaps[dev][-1] == "32767"  # one priority: the kernel stripes across them
         assert int(swaps[dev][2]) < 300 * 1024  # each stripe is half the size (KiB)
-    with cgroup.memory_cgroup(f"zswapfs-stripes-{os.getpid()}", 96 << 20, oom_killer=False) as cg:
-        hog = cg.popen(
-            [sys.executable, "-m", "zswapfs.lab.workloads.hog", "256"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            out, err = hog.communicate(timeout=400)
-        finally:
-            if hog.poll() is None:
-                hog.kill()
-                hog.wait()
-    assert hog.returncode == 0, (out, err)
-    assert json.loads(out)["bad_pages"] == 0
-    stored = [json.loads((s / "stats").read_text())["stored_pages"] for s in stripes]
+    report, peaks = hog_through(stripes, 256, 96 << 20)
+    assert report["bad_pages"] == 0
+    stored = [st["stored_pages"] for st in peaks]  # at the peak: discard empties them after
     assert all(n > 5_000 for n in stored), stored  # every daemon took its share
     res = run("swapoff", "--config", str(striped_config))
     assert res.returncode == 0, res.stderr

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,14 +51,19 @@ def loops_on(image: Path) -> list[str]:
     return devices
 
 
+#: seconds a hog may wait at its cgroup's limit without a swap write ending the wait
+OOM_WAIT = 60.0
+
+
 def hog_through(
-    mp: Path, mib: int, limit: int = 128 << 20
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    mps: list[Path], mib: int, limit: int = 128 << 20
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run the checksummed hog of *mib* MiB in a memory cgroup of *limit* bytes, so that it can
-    only finish by swapping; its report, and the mount's stats when the pool held most (the
-    stats after it exits may show the pool emptied again by discard). The cgroup waits for
-    memory instead of OOM-killing (cgroup.MemoryCgroup says why)."""
-    peak = json.loads((mp / "stats").read_text())
+    only finish by swapping through the mounts *mps*; its report, and each mount's stats when
+    its pool held most (the stats after it exits may show the pools emptied again by discard).
+    The cgroup waits for memory instead of OOM-killing (cgroup.MemoryCgroup says why); a wait
+    of OOM_WAIT seconds in a row, which no swap write in flight ended, fails the test."""
+    peaks = [json.loads((mp / "stats").read_text()) for mp in mps]
     with cgroup.memory_cgroup(f"zswapfs-test-{os.getpid()}", limit, oom_killer=False) as cg:
         hog = cg.popen(
             [sys.executable, "-m", "zswapfs.lab.workloads.hog", str(mib)],
@@ -65,10 +71,18 @@ def hog_through(
             stderr=subprocess.PIPE,
         )
         try:
+            waiting_since = None
             while hog.poll() is None:
-                st = json.loads((mp / "stats").read_text())
-                if st["stored_pages"] > peak["stored_pages"]:
-                    peak = st
+                for i, mp in enumerate(mps):
+                    st = json.loads((mp / "stats").read_text())
+                    if st["stored_pages"] > peaks[i]["stored_pages"]:
+                        peaks[i] = st
+                if not cg.under_oom():
+                    waiting_since = None
+                elif waiting_since is None:
+                    waiting_since = time.monotonic()
+                elif time.monotonic() - waiting_since > OOM_WAIT:
+                    raise AssertionError(f"the hog waited {OOM_WAIT} s at its cgroup's limit")
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     hog.wait(timeout=0.2)
             out, err = hog.communicate(timeout=280)  # inside the per-test timeout
@@ -77,7 +91,7 @@ def hog_through(
                 hog.kill()
                 hog.wait()
     assert hog.returncode == 0, (out, err)
-    return json.loads(out), peak
+    return json.loads(out), peaks
 
 
 @pytest.fixture
@@ -121,7 +135,7 @@ def test_swap_end_to_end(swap_config: Path, tmp_path: Path) -> None:
     entry = [line.split() for line in Path("/proc/swaps").read_text().splitlines()[1:]]
     assert [devices[0], str(PRIORITY)] in [[e[0], e[-1]] for e in entry]
     before = json.loads((mp / "stats").read_text())
-    report, peak = hog_through(mp, 512)
+    report, [peak] = hog_through([mp], 512)
     assert report["bad_pages"] == 0 and report["pages"] == 131072
     after = json.loads((mp / "stats").read_text())
     stored = peak["stored_pages"] - before["stored_pages"]
@@ -153,7 +167,7 @@ def test_a_program_that_exits_leaves_its_pages_to_discard(
         "the loop device does not advertise discard (statfs or fallocate not answered)"
     )
     before = json.loads((mp / "stats").read_text())
-    report, during = hog_through(mp, 384)
+    report, [during] = hog_through([mp], 384)
     assert report["bad_pages"] == 0
 
     def left() -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,6 +34,7 @@ from zswapfs.files import (
     ImageFiles,
     UnknownCommand,
 )
+from zswapfs.nativefs import EXIT_SIGNALS
 
 __all__ = ["CONTROL_INODE", "IMAGE_INODE", "ROOT_INODE", "STATS_INODE", "UnknownCommand"]
 
@@ -228,3 +230,54 @@ for _name in (
     "release",
 ):
     setattr(ZswapOperations, _name, _guarded(getattr(ZswapOperations, _name)))
+
+
+#: concurrent request tasks; writes to the image are serialised by the kernel anyway
+MAX_TASKS = 64
+
+
+class Pyfuse3Frontend:
+    """The reference frontend (fs.py: pyfuse3 + trio) with the native one's life cycle."""
+
+    name = "pyfuse3"
+
+    def __init__(self, ops: ZswapOperations) -> None:
+        self.ops = ops
+
+    def mount(self, mountpoint: str, options: set[str]) -> None:
+        try:
+            pyfuse3.init(self.ops, mountpoint, set(pyfuse3.default_options) | options)
+        except RuntimeError as exc:
+            raise OSError(str(exc)) from None
+
+    def serve(self) -> str | None:
+        stopped_by: list[str] = []
+
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+
+                async def stop_on_signal() -> None:
+                    with trio.open_signal_receiver(*EXIT_SIGNALS) as sigs:
+                        async for signum in sigs:
+                            stopped_by.append(signal.Signals(signum).name)
+                            pyfuse3.terminate()
+                            return
+
+                nursery.start_soon(stop_on_signal)
+                await pyfuse3.main(max_tasks=MAX_TASKS)
+                nursery.cancel_scope.cancel()
+
+        trio.run(main)
+        return stopped_by[0] if stopped_by else None
+
+    def describe(self) -> str:
+        return "pyfuse3 (one trio thread)"
+
+    def unmount(self) -> None:
+        pyfuse3.close(unmount=True)
+
+    def close(self) -> None:
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        return {"frontend": self.name}

@@ -60,7 +60,9 @@ class NativeFrontend:
         files.write_time = lambda: int(self._fe.last_write_ns)
 
     def mount(self, mountpoint: str, options: set[str]) -> None:
-        """Mount (OSError when it cannot be made); the kernel's INIT is answered here."""
+        """Mount (OSError when it cannot be made); the kernel's INIT is answered here. Reads
+        and writes are capped at FRONTEND_MAX_IO (frontend.h says why)."""
+        options = options | {f"max_read={native._native.FRONTEND_MAX_IO}"}
         self._fe.mount(mountpoint, ",".join(sorted(options)))
 
     def serve(self) -> str | None:
@@ -70,6 +72,15 @@ class NativeFrontend:
 
     def stop(self) -> None:
         self._fe.stop()
+
+    def describe(self) -> str:
+        """What serves the mount, for the log: threads, and the kernel transport in use (the
+        /dev/fuse descriptor; FUSE over io_uring needs libfuse 3.18 and the fuse module's
+        enable_uring, this build's libfuse says which it is)."""
+        v = native._native.FUSE_VERSION
+        transport = "/dev/fuse" + (" (libfuse < 3.18: no io_uring)" if v < 318 else "")
+        return (f"native ({self.threads} threads{', clone_fd' if self.clone_fd else ''}, "
+                f"libfuse {v // 100}.{v % 100}, transport {transport})")  # fmt: skip
 
     def unmount(self) -> None:
         self._fe.unmount()

@@ -93,7 +93,7 @@ def _usage_lines(image: str) -> str:
         f"image: {image}\n"
         "use it as swap:\n"
         f"  dev=$(losetup --direct-io=on -f --show {image})\n"
-        '  mkswap "$dev" && swapon -p 100 "$dev"\n'
+        '  mkswap "$dev" && swapon --discard=pages -p 100 "$dev"\n'
         "and undo it:\n"
         f'  swapoff "$dev"; losetup -d "$dev"; zswapfs umount {os.path.dirname(image)}\n'
     )

@@ -118,6 +118,7 @@ class Store:
     def _fill_word(self, pn: int) -> int: ...
 
 FUSE_VERSION: int
+FRONTEND_MAX_IO: int
 
 class Frontend:
     fd: int

@@ -37,7 +37,8 @@ class MemoryCgroup:
     killed. The v1 controller kills when its reclaim has seen no progress for a few rounds,
     and with a swap device whose writes complete later than the call that issues them (any
     device served from user space, unlike zram) that happens now and then to a program that
-    would have gone on (docs/swap.md); a test of what swap stores must not fail for it."""
+    would have gone on (docs/swap.md): the writes in flight complete, free their pages and wake
+    it. When nothing is in flight (zram) the wait never ends: a caller watches under_oom()."""
 
     def __init__(self, name: str, limit: int, oom_killer: bool = True) -> None:
         v2 = (ROOT / "cgroup.controllers").exists()
@@ -56,6 +57,11 @@ class MemoryCgroup:
         return subprocess.Popen(
             cmd, preexec_fn=lambda: Path(procs).write_text("0"), text=True, **kwargs
         )  # type: ignore[call-overload]
+
+    def under_oom(self) -> bool:
+        """Is a process of the cgroup waiting at its limit (v1, the OOM killer off)?"""
+        control = self.path / "memory.oom_control"
+        return control.exists() and "under_oom 1" in control.read_text()
 
     def stat(self, key: str) -> int:
         for name in ("memory.stat",):

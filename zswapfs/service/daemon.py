@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 from collections.abc import Callable
-from typing import Any
-
-import pyfuse3
-import trio
+from typing import TYPE_CHECKING, Any
 
 from zswapfs import nativefs
 from zswapfs.engine.backing import BackingError, BackingFile
@@ -27,17 +23,14 @@ from zswapfs.engine.native import make_store, set_workers
 from zswapfs.engine.recompress import Recompression
 from zswapfs.engine.store import PageStore, StoreError
 from zswapfs.files import ImageFiles, UnknownCommand
-from zswapfs.fs import ZswapOperations
-from zswapfs.nativefs import EXIT_SIGNALS
 from zswapfs.service import safepath
 from zswapfs.service.config import MountConfig
 from zswapfs.service.hardening import harden, sd_notify
-from zswapfs.service.metrics import MetricsError, MetricsServer
+
+if TYPE_CHECKING:
+    from zswapfs.service.metrics import MetricsServer
 
 log = logging.getLogger(__name__)
-
-#: concurrent request tasks; writes to the image are serialised by the kernel anyway
-MAX_TASKS = 64
 
 
 class MountError(Exception):
@@ -119,57 +112,16 @@ def recompression_for(cfg: MountConfig, store: PageStore) -> Recompression | Non
 
 def _metrics_server(cfg: MountConfig, source: Callable[[], dict[str, Any]]) -> MetricsServer | None:
     """The metrics endpoint, bound now (a taken port fails the mount before it is made) and
-    started once the mount is live; None without a metrics port."""
+    started once the mount is live; None without a metrics port (prometheus-client is then
+    not even imported: the daemon's own memory, docs/performance.md)."""
     if not cfg.metrics_port:
         return None
+    from zswapfs.service.metrics import MetricsError, MetricsServer
+
     try:
         return MetricsServer(source, cfg.metrics_address, cfg.metrics_port)
     except MetricsError as exc:
         raise MountError(str(exc)) from None
-
-
-class Pyfuse3Frontend:
-    """The reference frontend (fs.py: pyfuse3 + trio) with the native one's life cycle."""
-
-    name = "pyfuse3"
-
-    def __init__(self, ops: ZswapOperations) -> None:
-        self.ops = ops
-
-    def mount(self, mountpoint: str, options: set[str]) -> None:
-        try:
-            pyfuse3.init(self.ops, mountpoint, set(pyfuse3.default_options) | options)
-        except RuntimeError as exc:
-            raise OSError(str(exc)) from None
-
-    def serve(self) -> str | None:
-        stopped_by: list[str] = []
-
-        async def main() -> None:
-            async with trio.open_nursery() as nursery:
-
-                async def stop_on_signal() -> None:
-                    with trio.open_signal_receiver(*EXIT_SIGNALS) as sigs:
-                        async for signum in sigs:
-                            stopped_by.append(signal.Signals(signum).name)
-                            pyfuse3.terminate()
-                            return
-
-                nursery.start_soon(stop_on_signal)
-                await pyfuse3.main(max_tasks=MAX_TASKS)
-                nursery.cancel_scope.cancel()
-
-        trio.run(main)
-        return stopped_by[0] if stopped_by else None
-
-    def unmount(self) -> None:
-        pyfuse3.close(unmount=True)
-
-    def close(self) -> None:
-        return None
-
-    def stats(self) -> dict[str, Any]:
-        return {"frontend": self.name}
 
 
 def choose_frontend(cfg: MountConfig, store: PageStore, files: ImageFiles) -> Any:
@@ -180,6 +132,9 @@ def choose_frontend(cfg: MountConfig, store: PageStore, files: ImageFiles) -> An
         if why is None:
             return nativefs.NativeFrontend(files, threads=cfg.threads, clone_fd=cfg.clone_fd)
         log.warning("native frontend unavailable (%s): serving with pyfuse3", why)
+    # imported only here: pyfuse3 and trio cost the native daemon memory it never uses
+    from zswapfs.fs import Pyfuse3Frontend, ZswapOperations
+
     ops = ZswapOperations(store, files.image_name.decode(), files.stats_source,
                           files.direct_io, files.control)  # fmt: skip
     ops.files = files
@@ -245,7 +200,7 @@ def run(mountpoint: str, cfg: MountConfig, ready_fd: int | None = None) -> None:
         store.codec.name,
         cfg.pool,
         store.engine,
-        frontend.name,
+        frontend.describe(),
     )
     maintenance.start()
     if metrics is not None:

@@ -9,6 +9,11 @@ memory that only swapping could free, can deadlock the machine. So a swap daemon
   * marks itself an IO flusher: prctl(PR_SET_IO_FLUSHER), so its own allocations never recurse
     into I/O (reclaim that would swap into this very daemon).
   * is never chosen by the OOM killer: oom_score_adj -1000.
+  * keeps its own memory small (bound_heap): locked memory cannot be handed back with
+    MADV_DONTNEED either, so what glibc's allocator keeps after a burst (a dictionary trained,
+    a big request) would stay resident for good. Allocations from 128 KiB up are mapped and
+    unmapped on free (a fixed M_MMAP_THRESHOLD: glibc otherwise raises it after each such free
+    and serves the next from a heap it never shrinks), and threads share two arenas.
 Each step needs privileges (root, or CAP_IPC_LOCK / CAP_SYS_RESOURCE); a step that fails gives a
 warning naming what is missing and the daemon goes on.
 """
@@ -23,6 +28,11 @@ import socket
 log = logging.getLogger(__name__)
 
 MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # glibc's mallopt parameters
+#: allocations this large or larger are mapped on their own and unmapped when freed
+MMAP_THRESHOLD = 128 << 10
+#: malloc arenas the daemon's threads share (glibc's default: 8 a core)
+ARENA_MAX = 2
 PR_SET_IO_FLUSHER = 57
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -32,8 +42,18 @@ def _errno_text() -> str:
     return os.strerror(ctypes.get_errno())
 
 
+def bound_heap() -> None:
+    """glibc's allocator set to give big freed blocks back at once (see the module doc); a libc
+    without mallopt (musl) is left as it is."""
+    mallopt = getattr(_libc, "mallopt", None)
+    if mallopt is not None:
+        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        mallopt(M_ARENA_MAX, ARENA_MAX)
+
+
 def harden(lock_memory: bool = True) -> list[str]:
     """Apply the swap-duty measures; returns a warning for each that could not be applied."""
+    bound_heap()
     warnings = []
     if lock_memory:
         if _libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0:

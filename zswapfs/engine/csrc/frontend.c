@@ -13,6 +13,8 @@
 /* room for the kernel's FUSE_INIT when mount() reads it itself (the kernel asks for at least
  * FUSE_MIN_READ_BUFFER, 8 KiB) */
 #define INIT_BUFFER (64 * 1024)
+/* FRONTEND_MAX_IO (frontend.h) in use: the largest write the kernel sends (asked in init) and
+ * the largest read (the max_read mount option, which init must repeat) */
 
 static PyObject *FsErrorType; /* files.FsError, handed to the constructor */
 
@@ -181,6 +183,9 @@ static void fe_init(void *userdata, struct fuse_conn_info *conn)
     conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
     if (conn->capable & FUSE_CAP_EXPORT_SUPPORT)
         conn->want |= FUSE_CAP_EXPORT_SUPPORT;
+    if (conn->max_write > FRONTEND_MAX_IO)
+        conn->max_write = FRONTEND_MAX_IO;
+    conn->max_read = FRONTEND_MAX_IO; /* nativefs mounts with max_read=FRONTEND_MAX_IO */
 }
 
 static void fe_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)

@@ -21,6 +21,13 @@
 
 #include "store.h"
 
+/* the largest write and read the kernel sends the native frontend: each worker holds a buffer of
+ * each (libfuse's request buffer, the reply buffer), resident once touched in the mlocked
+ * daemon, so 1 MiB (libfuse's default) would cost 2 MiB a worker; at 256 KiB a 1 MiB write is
+ * four requests, which the page workers and the kernel's queue keep as fast
+ * (docs/performance.md) */
+#define FRONTEND_MAX_IO (256 * 1024)
+
 typedef struct {
     PyObject_HEAD
     StoreObject *store; /* the engine the image requests go to (a reference held) */

@@ -116,6 +116,7 @@ PyMODINIT_FUNC PyInit__native(void)
         PyModule_AddObjectRef(m, "Store", (PyObject *)&StoreType) < 0 ||
         PyModule_AddObjectRef(m, "Frontend", (PyObject *)&FrontendType) < 0 ||
         PyModule_AddIntConstant(m, "FUSE_VERSION", fuse_version()) < 0 ||
+        PyModule_AddIntConstant(m, "FRONTEND_MAX_IO", FRONTEND_MAX_IO) < 0 ||
         PyModule_AddIntConstant(m, "LZ4_VERSION", LZ4_versionNumber()) < 0 ||
         PyModule_AddIntConstant(m, "ZSTD_VERSION", (long)ZSTD_versionNumber()) < 0) {
         Py_DECREF(m);

@@ -168,6 +168,7 @@ PyObject *py_workers_stats(PyObject *mod, PyObject *unused)
     helped = batch_pages_helped;
     pthread_mutex_unlock(&workers_mu);
     Py_END_ALLOW_THREADS
-    return Py_BuildValue("{sLsLsLsLsL}", "workers", wanted, "running", running, "min_pages",
-                         min_pages, "batches", parallel, "pages_by_workers", helped);
+    return Py_BuildValue("{sLsLsLsLsLsi}", "workers", wanted, "running", running, "min_pages",
+                         min_pages, "batches", parallel, "pages_by_workers", helped, "batch_max",
+                         BATCH_MAX);
 }

@@ -14,7 +14,8 @@
 
 enum { PREP_SAME = -2, PREP_FAILED = -1 };
 #define PREP_CHUNK 2 /* pages a worker takes at a time */
-#define BATCH_MAX 256 /* most pages in one batch: a 1 MiB request */
+#define BATCH_MAX 64 /* most pages in one batch: a 256 KiB request (frontend.c's MAX_WRITE), a
+                      * bigger one is prepared in several; each thread's Scratch is its size */
 
 typedef struct {
     const uint8_t *src;   /* the request's whole pages, back to back */
