@@ -75,7 +75,7 @@ def main() -> int:
     p.add_argument("--no-zram", action="store_true")
     p.add_argument("--json")
     args = p.parse_args()
-    with tempfile.TemporaryDirectory(prefix="zswapfs-frontends-") as d, contextlib.ExitStack() as st:
+    with tempfile.TemporaryDirectory(prefix="zswapfs-fuse-") as d, contextlib.ExitStack() as st:
         tmp = Path(d)
         images = {
             "c-ram": st.enter_context(ramfs_mounted(tmp / "mnt-c", SIZE, tmp / "c.log")),
@@ -115,9 +115,9 @@ def main() -> int:
                   + "".join(f"{mean[k] / mean['c-ram']:9.2f}" for k in kinds if k != "c-ram"),
                   flush=True)  # fmt: skip
     if args.json:
+        ratios = {j: {k: v / m["c-ram"] for k, v in m.items()} for j, m in result.items()}
         doc = {"bench": "engine_fuse", "pool": args.pool, "rounds": args.rounds,
-               "runtime_s": args.runtime, "iops": result,
-               "vs_c_ram": {j: {k: v / m["c-ram"] for k, v in m.items()} for j, m in result.items()},
+               "runtime_s": args.runtime, "iops": result, "vs_c_ram": ratios,
                "machine": {"kernel": platform.release(), "cpus": os.cpu_count(),
                            "loadavg_end": list(os.getloadavg())}}  # fmt: skip
         Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
