@@ -77,6 +77,7 @@ def main() -> int:
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="zswapfs-fuse-") as d, contextlib.ExitStack() as st:
         tmp = Path(d)
+        (tmp / "mnt-null").mkdir()
         images = {
             "c-ram": st.enter_context(ramfs_mounted(tmp / "mnt-c", SIZE, tmp / "c.log")),
             "c-ram-1": st.enter_context(
