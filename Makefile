@@ -52,7 +52,8 @@ bench: setup
 # are left out (nothing compiled runs in them)
 SAN := build-sanitize
 SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -DZS_DEBUG
-SAN_TESTS := tests/test_engine_diff.py tests/test_store.py tests/test_fs.py tests/test_frontends.py
+SAN_TESTS := tests/test_engine_diff.py tests/test_store.py tests/test_fs.py tests/test_frontends.py \
+	tests/test_takeover.py
 TSAN := build-tsan
 TSAN_FLAGS := -fsanitize=thread -g -O1 -DZS_DEBUG
 sanitize: setup

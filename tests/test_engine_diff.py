@@ -441,7 +441,7 @@ def test_zstd_round_trip_both_ways() -> None:
     for pn, payload in payloads.items():  # the Python engine's payload, read by the C loop
         handle = nat.pool.store(payload)
         with nat.lock:
-            nat._swap(pn, handle, len(payload))
+            nat._swap(pn, handle, len(payload), nat.meta.item(pn))
     assert nat.read(0, len(pages) * PAGE_SIZE) == b"".join(pages)
     assert nat._inflight_count == 0
     for s in stores:

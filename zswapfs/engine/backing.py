@@ -99,6 +99,42 @@ class BackingFile:
                 raise BackingError(f"backing file {path}: {exc.strerror}", exc.errno or 0) from None
             raise
 
+    @classmethod
+    def adopt(cls, fd: int, path: str, npages: int, persistent: bool) -> BackingFile:
+        """The backing file of a store being taken over (docs/restart.md): *fd* is the open
+        file the previous process used (a supervisor kept it: the same open file, so the same
+        flock), taken as it is, never emptied. Refused (the descriptor closed) unless it is a
+        regular file of ours with the mark of this mode and size."""
+        self = cls.__new__(cls)
+        self.path = path
+        self.size = npages * PAGE_SIZE
+        self.persistent = persistent
+        self.mode = "image" if persistent else "swap"
+        self.created = False
+        self.fd = fd
+        try:
+            st = os.fstat(fd)
+            self._check_existing(st)
+            mark = read_mark(fd)
+            if mark != (self.mode, self.size) or st.st_size != self.size:
+                raise self._refuse(
+                    f"handed over is not a {self.mode}-mode file of {self.size} bytes "
+                    f"(its mark: {mark}, {st.st_size} bytes)",
+                    "the state handed over is not this mount's",
+                )
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # already ours: the same open file
+        except BaseException as exc:
+            os.close(fd)
+            if isinstance(exc, BlockingIOError):
+                raise BackingRefused(
+                    f"backing file {path} handed over is locked by another open file",
+                    errno.EBUSY,
+                ) from None
+            if isinstance(exc, OSError):
+                raise BackingError(f"backing file {path}: {exc.strerror}", exc.errno or 0) from None
+            raise
+        return self
+
     def _refuse(self, what: str, hint: str) -> BackingRefused:
         return BackingRefused(f"backing file {self.path} {what}; {hint}", errno.EEXIST)
 

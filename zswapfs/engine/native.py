@@ -44,12 +44,24 @@ them in order; see csrc/workers.h.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from zswapfs.engine.backing import BackingFile
-from zswapfs.engine.codec import PAGE_SIZE, Codec, DictZstdCodec, Lz4Codec, NoneCodec, ZstdCodec
+from zswapfs.engine.codec import (
+    PAGE_SIZE,
+    Codec,
+    DictZstdCodec,
+    Lz4Codec,
+    NoneCodec,
+    ZstdCodec,
+    make_codec,
+)
 from zswapfs.engine.pools import POOL_NAMES, Pool, PoolFull, make_pool
 from zswapfs.engine.pools.buddy import BuddyPool
 from zswapfs.engine.pools.zsmalloc import DEFAULT_CHAIN, ZsPool
@@ -101,6 +113,30 @@ def workers() -> dict[str, int]:
 
 def available() -> bool:
     return _native is not None
+
+
+@dataclass(frozen=True)
+class StateFds:
+    """The memfds that hold a compiled store's state (docs/restart.md): the store's region (page
+    words, fill words, slot codecs, counters), the pool's region (handle table, zspage chains)
+    and the pool's arena (the pages). A supervisor keeps copies; a new process takes the store
+    over from them (make_store's *takeover*)."""
+
+    store: int
+    pool: int
+    arena: int
+
+    def close(self) -> None:
+        for fd in (self.store, self.pool, self.arena):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class TakeoverRefused(StoreError):
+    """A store's state that this build will not take over (another format, another geometry,
+    descriptors of another store): one line saying what differs."""
 
 
 def _codec_args(codec: Codec) -> tuple[str, int] | None:
@@ -166,9 +202,17 @@ if _native is not None:
     class _NativePool(_native.Pool, Pool):  # type: ignore[misc]
         """The C pool; the interface of pools/__init__.py's Pool."""
 
-        def __init__(self, max_pages: int, max_chain: int = DEFAULT_CHAIN) -> None:
+        def __init__(
+            self,
+            max_pages: int,
+            max_chain: int = DEFAULT_CHAIN,
+            state_fd: int = -1,
+            arena_fd: int = -1,
+        ) -> None:
+            """A new pool over new memfds, or (both descriptors given, and owned by the pool
+            from here on) the pool they hold, rebuilt when its store is taken over."""
             # Pool.__init__ is not called: the arena, handle table and lock are in C
-            self._setup(max_pages, max_chain, self.name)
+            self._setup(max_pages, max_chain, self.name, state_fd, arena_fd)
             self.arena = NativeArena(self)  # type: ignore[assignment]
 
         @staticmethod
@@ -248,9 +292,15 @@ if _native is not None:
             mem_limit: int = 0,
             huge_to_backing: bool = False,
             low_watermark: int = 90,
+            region_fd: int = -1,
         ) -> None:
+            """A new store over a new region memfd; with *region_fd* (owned by the store from
+            here on), the store that region holds, checked (TakeoverRefused) and waiting for
+            take_over() to make it whole."""
             kind = _codec_args(codec)
             if not isinstance(pool, _NativePool) or kind is None:
+                if region_fd >= 0:
+                    os.close(region_fd)
                 raise ValueError("the native engine needs a native pool and lz4, zstd or none")
             PageStore.__init__(
                 self, npages, codec, pool, backing, mem_limit, huge_to_backing, low_watermark
@@ -260,20 +310,102 @@ if _native is not None:
             # the same-filled words and the pages in flight live in C
             del self._inflight
             self.fill = _FillWords(self)  # type: ignore[assignment]
-            self._setup(
-                self.table,
-                self.meta,
-                pool,
-                kind[0],
-                kind[1],
-                mem_limit,
-                self.low_water,
-                huge_to_backing,
-                self.persistent,
-                backing.fd if backing is not None else -1,
-                self._t0,
-                self.slot_pages,
-            )
+            adopt = region_fd >= 0
+            nbytes, off_entries, off_fill = _native._store_layout(npages)
+            try:
+                if not adopt:
+                    region_fd = os.memfd_create("zswapfs-store", os.MFD_CLOEXEC)
+                    os.ftruncate(region_fd, nbytes)
+                elif os.fstat(region_fd).st_size != nbytes:
+                    raise TakeoverRefused(
+                        f"the store's state descriptor is {os.fstat(region_fd).st_size} bytes, "
+                        f"not the {nbytes} of an image of {npages} pages"
+                    )
+                self._region = mmap.mmap(region_fd, nbytes)
+            except BaseException:
+                if region_fd >= 0:
+                    os.close(region_fd)
+                raise
+            self._region_fd = region_fd
+            # each page's word: entry (table) in the low half, meta in the high (csrc/store.h)
+            words = np.frombuffer(self._region, np.uint32, 2 * npages, off_entries)
+            self.table = words[0::2]
+            self.meta = words[1::2]
+            try:
+                self._setup(
+                    self._region,
+                    npages,
+                    pool,
+                    kind[0],
+                    kind[1],
+                    mem_limit,
+                    self.low_water,
+                    huge_to_backing,
+                    self.persistent,
+                    backing.fd if backing is not None else -1,
+                    self._t0,
+                    self.slot_pages,
+                    adopt,
+                )
+            except ValueError as exc:
+                os.close(region_fd)
+                self._region_fd = -1
+                if adopt:
+                    raise TakeoverRefused(str(exc)) from None
+                raise
+            if adopt:
+                self._t0 = self._region_t0
+
+        def state_fds(self) -> StateFds:
+            """The descriptors of the memfds that hold this store's state (the store keeps
+            them; a caller that hands them on dups them)."""
+            pool_fd, arena_fd = self.pool._descriptors()  # type: ignore[attr-defined]
+            return StateFds(self._region_fd, pool_fd, arena_fd)
+
+        def take_over(self) -> None:
+            """Make a store set up over another process's state whole (csrc/store.c's _adopt:
+            counters recomputed, the pool rebuilt), then rebuild what lives in Python: the
+            slots' codecs from their records, the slots' page counts, dedup's references.
+            TakeoverRefused when the state contradicts itself."""
+            try:
+                self._adopt()
+            except ValueError as exc:
+                raise TakeoverRefused(str(exc)) from None
+            for slot in range(1, SLOTS):
+                record = self._slot_record(slot)
+                if record is None:
+                    continue
+                name, level, dictionary = record
+                try:
+                    codec = (
+                        DictZstdCodec(level, dictionary)
+                        if name.endswith("+dict")
+                        else make_codec(name)
+                    )
+                except Exception as exc:
+                    raise TakeoverRefused(f"codec slot {slot} ({name}): {exc}") from None
+                self.codecs[slot] = codec
+                self.slot_bytes[slot] = len(dictionary)
+                if isinstance(codec, DictZstdCodec):
+                    self._set_slot(slot, name, level, dictionary, True)
+            held = self.table >= FIRST_HANDLE
+            slots = (self.meta[held] & SLOT_MASK) >> SLOT_SHIFT
+            self.slot_pages[:] = np.bincount(slots, minlength=SLOTS)[:SLOTS]
+            self.slot_pages[0] = 0
+            handles, counts = np.unique(self.table[held], return_counts=True)
+            self.shared = {
+                int(h): int(c) - 1 for h, c in zip(handles, counts, strict=True) if c > 1
+            }
+            with self.lock:
+                for slot in range(1, SLOTS):  # a slot left with no page by a dead process
+                    if (
+                        self.codecs[slot] is not None
+                        and not self.slot_pages[slot]
+                        and slot != self.current_slot
+                    ):
+                        self.codecs[slot] = None
+                        self.slot_bytes[slot] = 0
+                        self._drop_slot(slot)
 
         # -- one call a request: write(offset, data) and read(offset, size) are the C
         # methods themselves (a failure that is not a StoreError is counted and raised as
@@ -308,40 +440,49 @@ if _native is not None:
             PageStore's discard_page, whose _swap keeps those counts."""
             PageStore.discard_page(self, index, stamp)
 
-        def _swap(self, index: int, entry: int, size: int) -> None:
+        def _swap(self, index: int, entry: int, size: int, meta: int, word: int = 0) -> None:
             """PageStore._swap's slot and dedup bookkeeping in Python, the rest in C (store
-            lock held): a recompressed page leaves its slot; a shared object loses a
-            reference instead of being freed."""
+            lock held): the page's word committed first (a shared object kept), then a
+            recompressed page leaves its slot (which may drop the slot's record: no page
+            names it any more) and a shared object loses a reference."""
             old = self.table.item(index)
-            keep = False
+            slot = 0
+            refs = 0
             if old >= FIRST_HANDLE:
                 slot = (self.meta.item(index) & SLOT_MASK) >> SLOT_SHIFT
-                if slot:
-                    self._leave_slot(slot)
-                    self.rewarm.discard(index)
-                refs = self.shared.get(old)
-                if refs:
-                    keep = True
-                    if refs == 1:
-                        del self.shared[old]
-                    else:
-                        self.shared[old] = refs - 1
-            self._swap_entry(index, entry, size, keep)
+                refs = self.shared.get(old, 0)
+            self._swap_entry(index, entry, size, meta, word, refs > 0)
+            if slot:
+                self._leave_slot(slot)
+                self.rewarm.discard(index)
+            if refs == 1:
+                del self.shared[old]
+            elif refs:
+                self.shared[old] = refs - 1
+
+        def _crash(self, name: str) -> None:
+            _native._crash_point(name)
 
         # -- recompression: pages of the write codec into a dictionary slot, in C
         def add_slot(self, codec: Codec, nbytes: int) -> int:
             """PageStore's, with the dictionary digested for C before the slot is current
             and with no lock held (a batch that finds no dictionary leaves its pages to
             Python, so this only keeps them in C)."""
-            ready = 0
-            if isinstance(codec, DictZstdCodec):  # other codecs: recompressed in Python
-                with self.lock:
-                    ready = self._free_slot()
-                self._set_slot(ready, codec.level, codec.dictionary)
+            # recorded in the region first (a new process rebuilds the codec from the record);
+            # a dictionary codec digested for C too (others: recompressed in Python)
+            digest = isinstance(codec, DictZstdCodec)
+            record = (
+                codec.name,
+                getattr(codec, "level", 0),
+                codec.dictionary if isinstance(codec, DictZstdCodec) else b"",
+                digest,
+            )
+            with self.lock:
+                ready = self._free_slot()
+            self._set_slot(ready, *record)
             slot = PageStore.add_slot(self, codec, nbytes)
-            if ready and slot != ready:  # a slot freed meanwhile came first
-                assert isinstance(codec, DictZstdCodec)
-                self._set_slot(slot, codec.level, codec.dictionary)
+            if slot != ready:  # a slot freed meanwhile came first
+                self._set_slot(slot, *record)
             with self.lock:
                 for other in range(1, SLOTS):
                     if self.codecs[other] is None:
@@ -407,9 +548,13 @@ if _native is not None:
 
         def close(self) -> None:
             """C lets the backing file's descriptor go first (under the file lock, so no read
-            or write of it is in progress), then PageStore.close."""
+            or write of it is in progress), then PageStore.close. The region stays mapped
+            (the index views point into it) until the store goes; its descriptor is closed."""
             self._detach_backing()
             PageStore.close(self)
+            if self._region_fd >= 0:
+                os.close(self._region_fd)
+                self._region_fd = -1
 
         def stats(self) -> dict[str, Any]:
             st = PageStore.stats(self)
@@ -427,9 +572,22 @@ def make_store(
     mem_limit: int = 0,
     huge_to_backing: bool = False,
     low_watermark: int = 90,
+    takeover: StateFds | None = None,
+    check_only: bool = False,
 ) -> PageStore:
     """A store and its pool on the engine asked for: "native" falls back to the Python engine,
-    with a log line, when the extension is not built or has no such pool or codec."""
+    with a log line, when the extension is not built or has no such pool or codec.
+
+    With *takeover*, the compiled store whose state those memfds hold (the store owns them
+    from here on), taken over and made whole; with *check_only* too, only checked (the
+    region's formats, geometry and descriptors) and not changed at all, for `zswapfs restart`
+    to ask a new version whether it can take over before the old one stops. TakeoverRefused
+    says why not."""
+    if takeover is not None:
+        return _take_over(
+            takeover, npages, codec, pool_name, max_chain, backing, mem_limit,
+            huge_to_backing, low_watermark, check_only,
+        )  # fmt: skip
     if engine not in ENGINE_NAMES:
         raise ValueError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINE_NAMES)}")
     if pool_name not in POOL_NAMES:
@@ -450,3 +608,39 @@ def make_store(
         log.log(level, "native engine unavailable (%s): using the python engine", why)
     pool = make_pool(pool_name, npages, max_chain=max_chain or DEFAULT_CHAIN)
     return PageStore(npages, codec, pool, backing, mem_limit, huge_to_backing, low_watermark)
+
+
+def _take_over(
+    fds: StateFds,
+    npages: int,
+    codec: Codec,
+    pool_name: str,
+    max_chain: int | None,
+    backing: BackingFile | None,
+    mem_limit: int,
+    huge_to_backing: bool,
+    low_watermark: int,
+    check_only: bool,
+) -> NativeStore:
+    why = UNAVAILABLE or (
+        f"codec {codec.name} is Python only" if _codec_args(codec) is None else None
+    )
+    if why is not None or pool_name not in NATIVE_POOLS:
+        fds.close()
+        raise TakeoverRefused(f"only the compiled engine takes a store over ({why or pool_name})")
+    chain = max_chain or DEFAULT_CHAIN
+    kind = NATIVE_POOLS[pool_name]
+    try:
+        pool = kind(npages + kind.headroom(chain), chain, fds.pool, fds.arena)
+    except ValueError as exc:  # the pool closed both of its descriptors
+        os.close(fds.store)
+        raise TakeoverRefused(str(exc)) from None
+    except BaseException:
+        os.close(fds.store)
+        raise
+    store = NativeStore(
+        npages, codec, pool, backing, mem_limit, huge_to_backing, low_watermark, fds.store
+    )
+    if not check_only:
+        store.take_over()
+    return store

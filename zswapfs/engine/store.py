@@ -172,6 +172,9 @@ class PageStore:
         self.discards = 0
         #: requests served (write and read calls): the background loop's sign of load
         self.requests = 0
+        #: times a new process took this store's state over (the compiled engine's, under a
+        #: supervisor: docs/restart.md); this engine's state dies with its process
+        self.takeovers = 0
 
     def now(self) -> int:
         """Seconds since the store started, plus one (0 means never touched)."""
@@ -248,10 +251,7 @@ class PageStore:
         word = same_filled_value(page)
         if word is not None:
             with self.lock:
-                self._swap(index, SAME, 0)
-                if word:
-                    self.fill[index] = word
-                self.meta[index] = stamp
+                self._swap(index, SAME, 0, stamp, word)
             return
         payload, reject = self._encode(index, page)
         if payload is not None:
@@ -265,8 +265,7 @@ class PageStore:
                 raise StorageFailure(f"placing page {index}: {exc!r}") from exc
             else:
                 with self.lock:
-                    self._swap(index, handle, len(payload))
-                    self.meta[index] = stamp
+                    self._swap(index, handle, len(payload), stamp)
                 return
         self._reject(index, page, payload, reject, stamp)
 
@@ -317,8 +316,7 @@ class PageStore:
             else:
                 with self.lock:
                     self.bd_writes += 1
-                    self._swap(index, BACKED, 0)
-                    self.meta[index] = stamp & AGE_MASK  # the file holds it: clean
+                    self._swap(index, BACKED, 0, stamp & AGE_MASK)  # the file holds it: clean
                 return
         if payload is None:
             try:
@@ -336,11 +334,13 @@ class PageStore:
                 f"page {index}: no room in the pool, and the backing file failed"
             ) from exc
         with self.lock:
-            self._swap(index, handle, len(payload))
-            self.meta[index] = stamp
+            self._swap(index, handle, len(payload), stamp)
 
-    def _swap(self, index: int, entry: int, size: int) -> None:
-        """Point page *index* at a new entry and release the old one (store lock held)."""
+    def _swap(self, index: int, entry: int, size: int, meta: int, word: int = 0) -> None:
+        """Point page *index* at a new entry with its *meta* (and a same-filled page's fill
+        *word*), and release the old one (store lock held). The compiled engine commits entry
+        and meta in one store, before the old is let go (csrc/store.h: S1, S2); here the order
+        is free, as nothing outlives the process."""
         if self._inflight and index in self._inflight:
             self._inflight[index][1] = 1
         old = self.table.item(index)
@@ -368,6 +368,9 @@ class PageStore:
                 if old_size == PAGE_SIZE:
                     self.huge_pages -= 1
         self.table[index] = entry
+        self.meta[index] = meta
+        if entry == SAME and word:
+            self.fill[index] = word
         if entry == BACKED:
             self.bd_count += 1
             return
@@ -380,6 +383,14 @@ class PageStore:
             self.compr_data_size += size
             if size == PAGE_SIZE:
                 self.huge_pages += 1
+
+    def _commit(self, index: int, entry: int, meta: int) -> None:
+        """Page *index*'s entry and meta set as they are, nothing let go (store lock held)."""
+        self.table[index] = entry
+        self.meta[index] = meta
+
+    def _crash(self, name: str) -> None:
+        """A crash point (csrc/common.h): the compiled engine's tests kill the process here."""
 
     def _leave_slot(self, slot: int) -> None:
         """A page leaves recompression slot *slot* (store lock held); an old slot's codec and
@@ -424,8 +435,10 @@ class PageStore:
         """Free page *index*: empty (zeros), or in image mode a zero page stamped *stamp*
         (which carries DIRTY: the file's copy is older)."""
         with self.lock:
-            self._swap(index, SAME if self.persistent else EMPTY, 0)
-            self.meta[index] = stamp if self.persistent else 0
+            if self.persistent:
+                self._swap(index, SAME, 0, stamp)
+            else:
+                self._swap(index, EMPTY, 0, 0)
             self.notify_free += 1
 
     # -- reading -------------------------------------------------------------------------------
@@ -595,8 +608,8 @@ class PageStore:
         with self.lock:
             if self._rewritten(index) or entry < FIRST_HANDLE or page is None:
                 return False  # rewritten while we wrote (the pool copy is newer), or failed
-            self._swap(index, BACKED, 0)
-            self.meta[index] = self.meta.item(index) & AGE_MASK  # clean, no codec
+            self._crash("writeback.written")
+            self._swap(index, BACKED, 0, self.meta.item(index) & AGE_MASK)  # clean, no codec
             self.written_back_pages += 1
             if not clean:
                 self.bd_writes += 1
@@ -748,8 +761,9 @@ class PageStore:
                 self.meta[index] = meta | MARK
                 self.recompress_not_worth += 1
                 return "skip"
-            self._swap(index, new_handle, len(new))
-            self.meta[index] = (meta & (AGE_MASK | DIRTY)) | to_slot << SLOT_SHIFT  # not SHARED
+            self._crash("recode.placed")
+            new_meta = (meta & (AGE_MASK | DIRTY)) | to_slot << SLOT_SHIFT  # not SHARED
+            self._swap(index, new_handle, len(new), new_meta)
             if to_slot:
                 self.slot_pages[to_slot] += 1
                 self.recompressions += 1
@@ -807,12 +821,14 @@ class PageStore:
                     or self.pool.read(handle) != payload
                 ):
                     continue
-                # a page in flight elsewhere (flush) keeps the same bytes: no rewrite to mark
+                # a page in flight elsewhere (flush) keeps the same bytes: no rewrite to mark.
+                # Both pages marked shared, then the page switched to the other's object in
+                # one commit, then its own let go (csrc/store.h: S1, S2)
+                self.meta[other_pn] = self.meta.item(other_pn) | SHARED
+                self._commit(index, other, self.meta.item(index) | SHARED)
+                self._crash("dedup.commit")
                 size = self.pool.free(handle)
                 self.compr_data_size -= size
-                self.table[index] = other
-                self.meta[index] = self.meta.item(index) | SHARED
-                self.meta[other_pn] = self.meta.item(other_pn) | SHARED
                 self.shared[other] = self.shared.get(other, 0) + 1
                 self.dedup_merges += 1
                 merged += 1
@@ -909,6 +925,7 @@ class PageStore:
                 "pages_deduped": sum(self.shared.values()),
                 "dedup_saved_bytes": sum(pool.size(h) * refs for h, refs in self.shared.items()),
                 "dedup_merges": self.dedup_merges,
+                "takeovers": self.takeovers,
                 "engine": self.engine,
                 "codec": self.codec.name,
                 "pool": pool.name,

@@ -1,46 +1,79 @@
 /* Arena: see arena.h. */
 #include "arena.h"
 
-int arena_init(Arena *a, uint32_t max_pages)
+#include <sys/stat.h>
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
+#endif
+
+int arena_init(Arena *a, uint32_t max_pages, int fd)
 {
     memset(a, 0, sizeof(*a));
+    a->fd = -1;
     a->max_pages = max_pages;
     a->nseg = (max_pages + SEG_PAGES - 1) >> SEG_SHIFT;
-    a->seg_addr = calloc(a->nseg, sizeof(*a->seg_addr));
-    a->seg_fd = malloc(a->nseg * sizeof(*a->seg_fd));
+    size_t bytes = (size_t)a->nseg * SEG_BYTES;
+    a->seg_live = calloc(a->nseg, 1);
     a->seg_used = calloc(a->nseg, sizeof(*a->seg_used));
     a->free_map = calloc(max_pages, 1);
     a->warm_map = calloc(max_pages, 1);
-    if (!a->seg_addr || !a->seg_fd || !a->seg_used || !a->free_map || !a->warm_map)
+    if (!a->seg_live || !a->seg_used || !a->free_map || !a->warm_map) {
+        if (fd >= 0)
+            close(fd);
+        errno = ENOMEM;
         return -1;
-    for (uint32_t i = 0; i < a->nseg; i++)
-        a->seg_fd[i] = -1;
+    }
+    if (fd < 0) {
+        fd = memfd_create("zswapfs-arena", MFD_CLOEXEC);
+        if (fd < 0 || ftruncate(fd, (off_t)bytes) != 0) {
+            int err = errno;
+            if (fd >= 0)
+                close(fd);
+            errno = err;
+            return -1;
+        }
+    } else {
+        struct stat st;
+        if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (size_t)st.st_size != bytes) {
+            close(fd);
+            errno = EINVAL;
+            return -1;
+        }
+    }
+    void *base = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+    if (base == MAP_FAILED) {
+        int err = errno;
+        close(fd);
+        errno = err;
+        return -1;
+    }
+    a->fd = fd;
+    a->base = base;
     return 0;
 }
 
 void arena_close(Arena *a)
 {
-    if (a->seg_addr) {
-        for (uint32_t s = 0; s < a->nseg; s++) {
-            if (a->seg_addr[s]) {
-                munmap(a->seg_addr[s], SEG_BYTES);
-                close(a->seg_fd[s]);
-                a->seg_addr[s] = NULL;
-                a->seg_fd[s] = -1;
-            }
-        }
+    if (a->base) {
+        munmap(a->base, (size_t)a->nseg * SEG_BYTES);
+        a->base = NULL;
+    }
+    if (a->fd >= 0) {
+        close(a->fd);
+        a->fd = -1;
     }
 }
 
 void arena_free_tables(Arena *a)
 {
     arena_close(a);
-    free(a->seg_addr);
-    free(a->seg_fd);
+    free(a->seg_live);
     free(a->seg_used);
     free(a->free_map);
     free(a->warm_map);
     memset(a, 0, sizeof(*a));
+    a->fd = -1;
 }
 
 static int64_t arena_lowest_free(const Arena *a, uint32_t below)
@@ -52,29 +85,20 @@ static int64_t arena_lowest_free(const Arena *a, uint32_t below)
     return p ? (int64_t)(p - a->free_map) : -1;
 }
 
-static int arena_map(Arena *a, uint32_t seg)
+/* populated at once, as the daemon's mlockall(MCL_FUTURE) would fault it in anyway: one
+ * batched fault for the segment instead of one a page on the write path (holes punched later
+ * stay free); a kernel without MADV_POPULATE_WRITE faults the pages in as they are touched */
+static int arena_populate(Arena *a, uint32_t seg)
 {
-    int fd = memfd_create("zswapfs-seg", MFD_CLOEXEC);
-    if (fd < 0)
+    if (!a->base)
         return -1;
-    if (ftruncate(fd, SEG_BYTES) != 0) {
-        close(fd);
-        return -1;
-    }
-    /* populated at once, as the daemon's mlockall(MCL_FUTURE) does anyway: one batched fault
-     * for the segment instead of one a page on the write path (holes punched later stay free) */
-    void *addr = mmap(NULL, SEG_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
-    if (addr == MAP_FAILED) {
-        close(fd);
-        return -1;
-    }
-    a->seg_addr[seg] = addr;
-    a->seg_fd[seg] = fd;
+    madvise(a->base + (size_t)seg * SEG_BYTES, SEG_BYTES, MADV_POPULATE_WRITE);
+    a->seg_live[seg] = 1;
     return 0;
 }
 
 /* The lowest free page; with has_below, only one numbered below *below* (-1 when none).
- * -2: the arena is full or a segment could not be mapped (ArenaFull). */
+ * -2: the arena is full or a segment could not be populated (ArenaFull). */
 int64_t arena_alloc_page(Arena *a, int has_below, uint32_t below)
 {
     int64_t pn = arena_lowest_free(a, has_below ? below : a->high_water);
@@ -88,7 +112,7 @@ int64_t arena_alloc_page(Arena *a, int has_below, uint32_t below)
         fresh = 1;
     }
     uint32_t seg = (uint32_t)pn >> SEG_SHIFT;
-    if (!a->seg_addr[seg] && arena_map(a, seg) != 0)
+    if (!a->seg_live[seg] && arena_populate(a, seg) != 0)
         return -2; /* nothing was taken yet */
     if (a->warm_map[pn]) {
         a->warm_map[pn] = 0;
@@ -103,15 +127,18 @@ int64_t arena_alloc_page(Arena *a, int has_below, uint32_t below)
     }
     a->seg_used[seg]++;
     uint32_t used = arena_pages_used(a);
-    if (used > a->pages_max)
+    if (used > a->pages_max) {
         a->pages_max = used;
+        if (a->keep_pages_max)
+            *a->keep_pages_max = used;
+    }
     return pn;
 }
 
-static void arena_punch(Arena *a, uint32_t pn)
+static void arena_punch_range(Arena *a, uint32_t pn, uint32_t count)
 {
-    if (fallocate(a->seg_fd[pn >> SEG_SHIFT], FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                  (off_t)(pn & SEG_MASK) * PAGE_SIZE, PAGE_SIZE) != 0)
+    if (fallocate(a->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)pn * PAGE_SIZE,
+                  (off_t)count * PAGE_SIZE) != 0)
         a->punch_errors++;
 }
 
@@ -122,7 +149,7 @@ void arena_free_page(Arena *a, uint32_t pn)
         a->warm_map[pn] = 1;
         a->warm++;
     } else {
-        arena_punch(a, pn);
+        arena_punch_range(a, pn, 1);
     }
     a->seg_used[seg]--;
     if (pn == a->high_water - 1) {
@@ -148,18 +175,63 @@ long arena_release_empty_segments(Arena *a)
          w++) {
         *w = 0;
         a->warm--;
-        arena_punch(a, (uint32_t)(w - a->warm_map));
+        arena_punch_range(a, (uint32_t)(w - a->warm_map), 1);
     }
     long released = 0;
     for (uint32_t s = 0; s < a->nseg; s++) {
-        if (a->seg_addr[s] && a->seg_used[s] == 0) {
-            munmap(a->seg_addr[s], SEG_BYTES);
-            close(a->seg_fd[s]);
-            a->seg_addr[s] = NULL;
-            a->seg_fd[s] = -1;
+        if (a->seg_live[s] && a->seg_used[s] == 0) {
+            arena_punch_range(a, s << SEG_SHIFT, SEG_PAGES);
+            a->seg_live[s] = 0;
             released++;
         }
     }
     a->segments_released += released;
+    if (a->keep_segments_released)
+        *a->keep_segments_released = a->segments_released;
     return released;
+}
+
+void arena_rebuild(Arena *a, const uint8_t *used)
+{
+    memset(a->free_map, 0, a->max_pages);
+    memset(a->warm_map, 0, a->max_pages);
+    memset(a->seg_used, 0, a->nseg * sizeof(*a->seg_used));
+    memset(a->seg_live, 0, a->nseg);
+    a->warm = a->nfree = a->hint = a->high_water = 0;
+    for (uint32_t pn = 0; pn < a->max_pages; pn++) {
+        if (used[pn]) {
+            a->high_water = pn + 1;
+            a->seg_used[pn >> SEG_SHIFT]++;
+            a->seg_live[pn >> SEG_SHIFT] = 1;
+        }
+    }
+    for (uint32_t pn = 0; pn < a->high_water; pn++) {
+        if (!used[pn]) {
+            a->free_map[pn] = 1;
+            a->nfree++;
+        }
+    }
+    /* every page not in use punched, in runs (one call a run) */
+    for (uint32_t pn = 0; pn < a->max_pages;) {
+        if (used[pn]) {
+            pn++;
+            continue;
+        }
+        uint32_t end = pn;
+        while (end < a->max_pages && !used[end])
+            end++;
+        arena_punch_range(a, pn, end - pn);
+        pn = end;
+    }
+    uint32_t in_use = arena_pages_used(a);
+    if (in_use > a->pages_max)
+        a->pages_max = in_use;
+}
+
+uint32_t arena_segments_live(const Arena *a)
+{
+    uint32_t n = 0;
+    for (uint32_t s = 0; s < a->nseg; s++)
+        n += a->seg_live[s];
+    return n;
 }

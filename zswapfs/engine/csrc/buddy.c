@@ -13,8 +13,7 @@ int bd_track_pages(PoolObject *p)
         if (resize_zeroed((void **)&p->bd_chunks[b], old, n, 1) ||
             resize_zeroed((void **)&p->bd_handle[b], old, n, 4))
             return -1;
-    if (resize_zeroed((void **)&p->bd_mid, old, n, 1) ||
-        resize_zeroed((void **)&p->bd_free_at, old, n, 1) ||
+    if (resize_zeroed((void **)&p->bd_free_at, old, n, 1) ||
         resize_zeroed((void **)&p->bd_prev, old, n, 4) ||
         resize_zeroed((void **)&p->bd_next, old, n, 4))
         return -1;
@@ -169,22 +168,35 @@ uint64_t bd_store_locked(PoolObject *p, const uint8_t *data, size_t len)
     return h;
 }
 
-/* z3fold's in-page compaction: the middle object moves to chunk *start* as buddy *to* */
+/* z3fold's in-page compaction: the middle object moves to chunk *start* as buddy *to*. The
+ * old and new places may overlap, so the object is saved in the region's journal first (I4):
+ * a takeover that finds the journal valid puts it back where the old location word says. */
 static void bd_move_middle(PoolObject *p, uint32_t pn, int start, int to)
 {
     int n = p->bd_chunks[BUD_MIDDLE][pn];
     uint32_t h = p->bd_handle[BUD_MIDDLE][pn];
     uint64_t len = p->table[h] & LEN_MASK;
     const uint8_t *src = page_addr(&p->arena, pn) + p->bd_mid[pn] * CHUNK;
+    MoveJournal *j = &p->hdr->move;
+    j->handle = h;
+    j->old_loc = p->table[h];
+    j->pn = pn;
+    j->old_mid = p->bd_mid[pn];
+    j->len = (uint32_t)len;
+    memcpy(j->bytes, src, len);
+    __atomic_store_n(&j->valid, 1, __ATOMIC_RELEASE);
     p->bd_chunks[BUD_MIDDLE][pn] = 0;
     p->bd_chunks[to][pn] = (uint8_t)n;
     p->bd_handle[to][pn] = h;
     if (to == BUD_MIDDLE)
         p->bd_mid[pn] = (uint8_t)start;
     uint64_t loc = (uint64_t)pn << 15 | (uint64_t)to << 13 | len;
+    crash_point("z3fold.journaled");
     memmove(bd_addr(p, loc), src, len); /* within one page: the ranges may overlap */
-    p->table[h] = loc;
-    p->objects_moved++;
+    crash_point("z3fold.moved");
+    loc_commit(&p->table[h], loc);
+    __atomic_store_n(&j->valid, 0, __ATOMIC_RELEASE);
+    p->hdr->objects_moved++;
 }
 
 static void bd_compact_page(PoolObject *p, uint32_t pn)
@@ -268,13 +280,14 @@ int bd_compact_step_locked(PoolObject *p)
         const uint8_t *from = bd_addr(p, (uint64_t)src << 15 | (uint64_t)b << 13);
         uint64_t loc = bd_put(p, (uint32_t)dst[i], h, len);
         memcpy(bd_addr(p, loc), from, len);
-        p->table[h] = loc;
+        crash_point("bd.compact.copied");
+        loc_commit(&p->table[h], loc); /* I2: after the copy; the old page let go after */
         p->bd_chunks[b][src] = 0;
-        p->objects_moved++;
+        p->hdr->objects_moved++;
     }
     bd_list_del(p, (uint32_t)src);
     arena_free_page(&p->arena, (uint32_t)src);
-    p->pages_compacted++;
+    p->hdr->pages_compacted++;
     return 1;
 }
 
@@ -284,22 +297,27 @@ int bd_migrate_page_locked(PoolObject *p, uint32_t pn)
     int64_t nw = migrate_copy(p, pn);
     if (nw < 0)
         return 0;
+    /* I2: the copy's middle start is in place before any location word names the copy; each
+     * word then switches on its own, the old page keeping a copy until it is let go */
+    p->bd_mid[nw] = p->bd_mid[pn];
     for (int b = BUD_FIRST; b <= BUD_LAST; b++) {
         p->bd_chunks[b][nw] = p->bd_chunks[b][pn];
         p->bd_handle[b][nw] = p->bd_handle[b][pn];
         if (p->bd_chunks[b][pn]) {
             uint32_t h = p->bd_handle[b][pn];
-            p->table[h] = (uint64_t)nw << 15 | (uint64_t)b << 13 | (p->table[h] & LEN_MASK);
+            loc_commit(&p->table[h],
+                       (uint64_t)nw << 15 | (uint64_t)b << 13 | (p->table[h] & LEN_MASK));
+            crash_point("bd.migrate.one");
         }
     }
-    p->bd_mid[nw] = p->bd_mid[pn];
     p->bd_free_at[nw] = NONE;
     bd_list_del(p, pn);
     bd_list_add(p, (uint32_t)nw);
     for (int b = BUD_FIRST; b <= BUD_LAST; b++)
         p->bd_chunks[b][pn] = 0;
+    crash_point("bd.migrate.switched");
     arena_free_page(a, pn);
-    p->migrated_pages++;
+    p->hdr->migrated_pages++;
     return 1;
 }
 
@@ -308,4 +326,53 @@ long long bd_freeable_pages(const PoolObject *p)
 {
     long long n = p->bd_listed_pages - (p->bd_listed_chunks + NCHUNKS - 1) / NCHUNKS - 1;
     return n > 0 ? n : 0;
+}
+
+/* rebuild after a takeover ----------------------------------------------------------------- */
+
+/* the buddy records of every page from the live handles (pool_rebuild has freed the others):
+ * each names its page, buddy and length, the middle's start is the region's bd_mid; then every
+ * page in use is filed on its unbuddied list. Pages in use are marked in *used*. */
+int bd_rebuild(PoolObject *p, uint8_t *used)
+{
+    uint32_t max_pn = 0;
+    for (uint64_t h = 3; h < p->tlen; h++) {
+        uint64_t loc = p->table[h];
+        if (loc & FREE_TAG)
+            continue;
+        uint64_t pn = loc >> 15;
+        if (pn >= p->arena.max_pages)
+            return -1;
+        max_pn = (uint32_t)pn > max_pn ? (uint32_t)pn : max_pn;
+    }
+    p->arena.high_water = max_pn + 1;
+    if (bd_track_pages(p) != 0)
+        return -1;
+    for (size_t pn = 0; pn < p->bd_len; pn++) {
+        for (int b = 0; b < 3; b++) {
+            p->bd_chunks[b][pn] = 0;
+            p->bd_handle[b][pn] = 0;
+        }
+        p->bd_free_at[pn] = NONE;
+        p->bd_prev[pn] = p->bd_next[pn] = NONE;
+    }
+    for (int k = 0; k <= NCHUNKS; k++)
+        p->bd_heads[k] = NONE;
+    p->bd_listed_pages = p->bd_listed_chunks = 0;
+    for (uint64_t h = 3; h < p->tlen; h++) {
+        uint64_t loc = p->table[h];
+        if (loc & FREE_TAG)
+            continue;
+        uint32_t pn = (uint32_t)(loc >> 15);
+        int bud = (int)(loc >> 13) & 3;
+        if (bud > BUD_LAST || p->bd_chunks[bud][pn])
+            return -1; /* two objects in one buddy */
+        p->bd_chunks[bud][pn] = (uint8_t)chunks_for(loc & LEN_MASK);
+        p->bd_handle[bud][pn] = (uint32_t)h;
+        used[pn] = 1;
+    }
+    for (uint32_t pn = 0; pn <= max_pn; pn++)
+        if (used[pn])
+            bd_list_add(p, pn);
+    return 0;
 }

@@ -70,6 +70,19 @@
 
 enum { CODEC_NONE = 0, CODEC_LZ4 = 1, CODEC_ZSTD = 2 };
 
+/* Crash points (tests, docs/restart.md): the instants between the steps of the invariants in
+ * pool.h and store.h. With ZSWAPFS_CRASH_AT="name:N" in the environment at import, the Nth
+ * pass through crash_point("name") kills the process (SIGKILL, as kill -9 does), so a test
+ * can take the state over from exactly there. Unarmed, a crash point is one predictable
+ * branch. */
+extern int crash_armed;
+void crash_hit(const char *name);
+static inline void crash_point(const char *name)
+{
+    if (__builtin_expect(crash_armed, 0))
+        crash_hit(name);
+}
+
 /* the exception classes Python hands in (_set_errors; module.c owns them) */
 extern PyObject *PoolFullError;       /* pools.PoolFull */
 extern PyObject *StorageFailureError; /* store.StorageFailure */

@@ -126,7 +126,7 @@ static int store_errno(FrontendObject *fe, const char *what, uint64_t off, size_
 static void note_invalid_io(StoreObject *s)
 {
     lock_take(s->lock);
-    s->invalid_io++;
+    s->c->invalid_io++;
     lock_give(s->lock);
 }
 
@@ -817,6 +817,86 @@ static PyObject *Frontend_mount(FrontendObject *fe, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* The kernel's notice to send again the requests a server read and never answered (Linux 6.9;
+ * Debian's headers are older): they go back to the queue, marked with FUSE_UNIQUE_RESEND */
+#ifndef FUSE_NOTIFY_RESEND
+#define FUSE_NOTIFY_RESEND 7
+#endif
+/* the unique of the INIT a takeover replays: no request of the kernel's ever has it (they count
+ * up from 2 in steps of 2), so the kernel drops the reply (ENOENT, which libfuse ignores) */
+#define REPLAY_UNIQUE (1ull << 62)
+
+/* adopt(fd, options, init_request): the session of a mount another process made and served,
+ * taken over (docs/restart.md): *fd* is its /dev/fuse descriptor (a supervisor kept it open, so
+ * the mount stayed, its requests waiting), the session made over it (libfuse's "/dev/fd/N"
+ * mount), the kernel's FUSE_INIT as it was first read replayed into libfuse (so it negotiates
+ * what it did then; its answer goes nowhere), and the kernel told to send again the requests
+ * the dead process had read but not answered (FUSE_NOTIFY_RESEND): serve() answers them. The
+ * frontend owns *fd* from here on (closed on failure too); unmount() does nothing for it. */
+static PyObject *Frontend_adopt(FrontendObject *fe, PyObject *args)
+{
+    int fd;
+    const char *options;
+    Py_buffer init;
+    if (!PyArg_ParseTuple(args, "isy*", &fd, &options, &init))
+        return NULL;
+    const char *why = NULL;
+    if (!fe->store || fe->se)
+        why = fe->se ? "already mounted" : "not set up";
+    else if ((size_t)init.len < sizeof(struct fuse_in_header) + sizeof(struct fuse_init_in) ||
+             (size_t)init.len > INIT_BUFFER ||
+             ((const struct fuse_in_header *)init.buf)->opcode != FUSE_INIT ||
+             ((const struct fuse_in_header *)init.buf)->len != (uint32_t)init.len)
+        why = "the INIT handed over is not a FUSE_INIT request";
+    if (why) {
+        PyBuffer_Release(&init);
+        close(fd);
+        PyErr_SetString(fe->store && !fe->se ? PyExc_ValueError : PyExc_RuntimeError, why);
+        return NULL;
+    }
+    char *argv[] = {"zswapfs", "-o", (char *)options, NULL};
+    struct fuse_args fargs = FUSE_ARGS_INIT(3, argv);
+    fuse_set_log_func(fe_log);
+    fe->se = fuse_session_new(&fargs, &fe_ops, sizeof(fe_ops), fe);
+    char path[32];
+    snprintf(path, sizeof(path), "/dev/fd/%d", fd);
+    if (!fe->se || fuse_session_mount(fe->se, path) != 0) {
+        PyBuffer_Release(&init);
+        if (fe->se)
+            fuse_session_destroy(fe->se);
+        fe->se = NULL;
+        close(fd);
+        return PyErr_Format(PyExc_OSError, "cannot take the session of descriptor %d over", fd);
+    }
+    uint8_t *buf = malloc(INIT_BUFFER);
+    if (!buf) {
+        PyBuffer_Release(&init);
+        return PyErr_NoMemory();
+    }
+    memcpy(buf, init.buf, (size_t)init.len);
+    ((struct fuse_in_header *)buf)->unique = REPLAY_UNIQUE;
+    struct fuse_buf fbuf = {.mem = buf, .size = (size_t)init.len};
+    Py_XSETREF(fe->init_request, PyBytes_FromStringAndSize(init.buf, init.len));
+    PyBuffer_Release(&init);
+    struct fuse_out_header resend = {.len = sizeof(resend), .error = FUSE_NOTIFY_RESEND};
+    ssize_t n;
+    int err;
+    Py_BEGIN_ALLOW_THREADS
+    fuse_session_process_buf(fe->se, &fbuf);
+    n = write(fuse_session_fd(fe->se), &resend, sizeof(resend));
+    err = errno;
+    Py_END_ALLOW_THREADS
+    free(buf);
+    if (!fe->init_request)
+        return NULL;
+    if (n != (ssize_t)sizeof(resend))
+        /* ENODEV: the connection is gone (a stale descriptor); EINVAL: a kernel before 6.9,
+         * which cannot send them again */
+        return PyErr_Format(PyExc_OSError, "the kernel did not take FUSE_NOTIFY_RESEND: %s",
+                            strerror(err));
+    Py_RETURN_NONE;
+}
+
 /* serve() -> signal: the loop, the GIL let go, until a signal (its number), stop() or an
  * unmount (0) ends it */
 static PyObject *Frontend_serve(FrontendObject *fe, PyObject *unused)
@@ -884,6 +964,15 @@ static PyObject *Frontend_unmount(FrontendObject *fe, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* disown(): the mount is no longer this process's to undo (a supervisor keeps its session and
+ * unmounts it: docs/restart.md); unmount(), close() and the end of the object leave it be */
+static PyObject *Frontend_disown(FrontendObject *fe, PyObject *unused)
+{
+    free(fe->mountpoint);
+    fe->mountpoint = NULL;
+    Py_RETURN_NONE;
+}
+
 /* close(): the session let go (its /dev/fuse descriptor closed) */
 static PyObject *Frontend_close(FrontendObject *fe, PyObject *unused)
 {
@@ -927,9 +1016,13 @@ static PyGetSetDef Frontend_getset[] = {
 
 static PyMethodDef Frontend_methods[] = {
     {"mount", (PyCFunction)Frontend_mount, METH_VARARGS, "mount(mountpoint, options)"},
+    {"adopt", (PyCFunction)Frontend_adopt, METH_VARARGS,
+     "adopt(fd, options, init_request): a mount's session taken over"},
     {"serve", (PyCFunction)Frontend_serve, METH_NOARGS, "serve() -> the signal that ended it"},
     {"stop", (PyCFunction)Frontend_stop, METH_NOARGS, "stop(): end serve()"},
     {"unmount", (PyCFunction)Frontend_unmount, METH_NOARGS, NULL},
+    {"disown", (PyCFunction)Frontend_disown, METH_NOARGS,
+     "disown(): the mount is undone by another process, never by this one"},
     {"close", (PyCFunction)Frontend_close, METH_NOARGS, NULL},
     {NULL},
 };

@@ -42,6 +42,42 @@ PyObject *PoolFullError;       /* pools.PoolFull */
 PyObject *StorageFailureError; /* store.StorageFailure */
 PyObject *StoreErrorBase;      /* store.StoreError */
 
+int crash_armed;
+static char crash_name[64];
+static long crash_left;
+
+void crash_hit(const char *name)
+{
+    if (strcmp(name, crash_name) == 0 && __atomic_sub_fetch(&crash_left, 1, __ATOMIC_ACQ_REL) == 0)
+        kill(getpid(), SIGKILL);
+}
+
+/* ZSWAPFS_CRASH_AT="name:N" (N >= 1) arms crash_point(name) for its Nth pass */
+static void crash_arm(void)
+{
+    const char *spec = getenv("ZSWAPFS_CRASH_AT");
+    const char *colon = spec ? strrchr(spec, ':') : NULL;
+    if (!colon || colon == spec || (size_t)(colon - spec) >= sizeof(crash_name))
+        return;
+    long n = strtol(colon + 1, NULL, 10);
+    if (n < 1)
+        return;
+    memcpy(crash_name, spec, (size_t)(colon - spec));
+    crash_name[colon - spec] = 0;
+    crash_left = n;
+    crash_armed = 1;
+}
+
+/* _crash_point(name): a crash point the Python code passes (store.py's dedup) */
+static PyObject *py_crash_point(PyObject *mod, PyObject *arg)
+{
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name)
+        return NULL;
+    crash_point(name);
+    Py_RETURN_NONE;
+}
+
 static PyObject *set_errors(PyObject *mod, PyObject *args)
 {
     PyObject *pool_full, *storage_failure_cls, *store_error;
@@ -85,6 +121,9 @@ static PyMethodDef module_methods[] = {
     {"_dict_compress", dict_compress, METH_VARARGS, "_dict_compress(dictionary, level, page)"},
     {"_set_workers", py_set_workers, METH_VARARGS, "_set_workers(n, min_pages)"},
     {"_workers", py_workers_stats, METH_NOARGS, "_workers() -> dict"},
+    {"_store_layout", py_store_layout, METH_O,
+     "_store_layout(npages) -> (bytes, off_entries, off_fill): the store's persistent region"},
+    {"_crash_point", py_crash_point, METH_O, "_crash_point(name): see common.h"},
     {"_set_errors", set_errors, METH_VARARGS, "_set_errors(PoolFull, StorageFailure, StoreError)"},
     {NULL},
 };
@@ -102,6 +141,7 @@ PyMODINIT_FUNC PyInit__native(void)
     if (pthread_key_create(&zstd_key, zstd_local_free) != 0 ||
         pthread_key_create(&scratch_key, scratch_free) != 0 || frontend_init() != 0)
         return PyErr_NoMemory();
+    crash_arm();
     PoolFullError = Py_NewRef(PyExc_MemoryError);
     StorageFailureError = Py_NewRef(PyExc_OSError);
     StoreErrorBase = Py_NewRef(PyExc_OSError);
@@ -117,6 +157,8 @@ PyMODINIT_FUNC PyInit__native(void)
         PyModule_AddObjectRef(m, "Frontend", (PyObject *)&FrontendType) < 0 ||
         PyModule_AddIntConstant(m, "FUSE_VERSION", fuse_version()) < 0 ||
         PyModule_AddIntConstant(m, "FRONTEND_MAX_IO", FRONTEND_MAX_IO) < 0 ||
+        PyModule_AddIntConstant(m, "STORE_FORMAT", STORE_FORMAT) < 0 ||
+        PyModule_AddIntConstant(m, "POOL_FORMAT", POOL_FORMAT) < 0 ||
         PyModule_AddIntConstant(m, "LZ4_VERSION", LZ4_versionNumber()) < 0 ||
         PyModule_AddIntConstant(m, "ZSTD_VERSION", (long)ZSTD_versionNumber()) < 0) {
         Py_DECREF(m);

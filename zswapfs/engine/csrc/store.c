@@ -1,6 +1,8 @@
 /* Store: see store.h. */
 #include "store.h"
 
+#include <sys/stat.h>
+
 static SlotDict *slot_dict_new(ZSTD_CDict *c, ZSTD_DDict *d)
 {
     SlotDict *sd = malloc(sizeof(*sd));
@@ -41,96 +43,22 @@ static void slot_dict_set(StoreObject *s, int slot, SlotDict *sd)
     slot_dict_unpin(old);
 }
 
-/* same-filled words ----------------------------------------------------------------------- */
+/* same-filled words: the region's sparse array, one word a page, meaningful while the page's
+ * entry is SAME (written before the commit that makes it so: S1) ------------------------ */
 
-static inline size_t fill_slot(uint64_t key, size_t cap)
-{
-    return (size_t)((key * 0x9E3779B97F4A7C15ull) >> 17) & (cap - 1);
-}
-
-/* room for one more fill word (store lock held); -1 when out of memory, nothing changed */
-static int fill_reserve(StoreObject *s)
+static inline uint64_t fill_get(const StoreObject *s, uint64_t pn)
 {
     ASSERT_HELD(s->lock);
-    if ((s->fill_count + 1) * 2 > s->fill_cap) {
-        size_t ncap = s->fill_cap ? s->fill_cap * 2 : 64;
-        uint64_t *k = calloc(ncap, 8), *v = calloc(ncap, 8);
-        if (!k || !v) {
-            free(k);
-            free(v);
-            return -1;
-        }
-        for (size_t i = 0; i < s->fill_cap; i++) {
-            if (!s->fill_keys[i])
-                continue;
-            size_t j = fill_slot(s->fill_keys[i], ncap);
-            while (k[j])
-                j = (j + 1) & (ncap - 1);
-            k[j] = s->fill_keys[i];
-            v[j] = s->fill_vals[i];
-        }
-        free(s->fill_keys);
-        free(s->fill_vals);
-        s->fill_keys = k;
-        s->fill_vals = v;
-        s->fill_cap = ncap;
-    }
-    return 0;
+    return s->fillw[pn];
 }
 
-static int fill_set(StoreObject *s, uint64_t pn, uint64_t word)
-{
-    if (fill_reserve(s) != 0)
-        return -1;
-    uint64_t key = pn + 1;
-    size_t j = fill_slot(key, s->fill_cap);
-    while (s->fill_keys[j] && s->fill_keys[j] != key)
-        j = (j + 1) & (s->fill_cap - 1);
-    if (!s->fill_keys[j])
-        s->fill_count++;
-    s->fill_keys[j] = key;
-    s->fill_vals[j] = word;
-    return 0;
-}
-
-static uint64_t fill_get(const StoreObject *s, uint64_t pn)
+/* a word of 0 is written only over a non-zero one: a page of the array never touched stays a
+ * hole */
+static inline void fill_put(StoreObject *s, uint64_t pn, uint64_t word)
 {
     ASSERT_HELD(s->lock);
-    if (!s->fill_count)
-        return 0;
-    uint64_t key = pn + 1;
-    size_t j = fill_slot(key, s->fill_cap);
-    while (s->fill_keys[j]) {
-        if (s->fill_keys[j] == key)
-            return s->fill_vals[j];
-        j = (j + 1) & (s->fill_cap - 1);
-    }
-    return 0;
-}
-
-static void fill_del(StoreObject *s, uint64_t pn)
-{
-    ASSERT_HELD(s->lock);
-    if (!s->fill_count)
-        return;
-    uint64_t key = pn + 1;
-    size_t mask = s->fill_cap - 1, j = fill_slot(key, s->fill_cap);
-    while (s->fill_keys[j] && s->fill_keys[j] != key)
-        j = (j + 1) & mask;
-    if (!s->fill_keys[j])
-        return;
-    /* backward-shift deletion keeps every probe chain unbroken without tombstones */
-    size_t hole = j;
-    for (size_t i = (j + 1) & mask; s->fill_keys[i]; i = (i + 1) & mask) {
-        size_t home = fill_slot(s->fill_keys[i], s->fill_cap);
-        if (((i - home) & mask) >= ((i - hole) & mask)) {
-            s->fill_keys[hole] = s->fill_keys[i];
-            s->fill_vals[hole] = s->fill_vals[i];
-            hole = i;
-        }
-    }
-    s->fill_keys[hole] = 0;
-    s->fill_count--;
+    if (word || s->fillw[pn])
+        __atomic_store_n(&s->fillw[pn], word, __ATOMIC_RELEASE);
 }
 
 /* pages in flight (writeback, flush): a handful at a time --------------------------------- */
@@ -188,10 +116,13 @@ static inline uint32_t store_now(const StoreObject *s)
     return n > AGE_MASK ? AGE_MASK : (uint32_t)n;
 }
 
-/* store.py's _swap (store lock held; takes the pool lock unless pool_locked). -1 when the
- * old entry's handle is not live in the pool (nothing changed then). */
-static int store_swap(StoreObject *s, uint32_t pn, uint32_t entry, int size, int pool_locked,
-                      int keep_old)
+/* store.py's _swap (store lock held; takes the pool lock unless pool_locked): page pn's word
+ * becomes (entry, meta), committed in one store (S1; *word* is a SAME page's fill word, put
+ * first), then what the old word named is let go (S2) and the counters follow. keep_old: the
+ * old object is shared (dedup), so another page still uses it. -1 when the old entry's handle
+ * is not live in the pool (nothing changed then). */
+static int store_swap(StoreObject *s, uint32_t pn, uint32_t entry, uint32_t meta, uint64_t word,
+                      int size, int pool_locked, int keep_old)
 {
     ASSERT_HELD(s->lock);
     if (s->inflight_n) {
@@ -199,42 +130,57 @@ static int store_swap(StoreObject *s, uint32_t pn, uint32_t entry, int size, int
         if (f)
             f->rewritten = 1;
     }
-    uint32_t old = s->index[pn];
-    if (old == SAME) {
-        s->same_pages--;
-        s->stored_pages--;
-        fill_del(s, pn);
-    } else if (old == BACKED) {
-        s->bd_count--;
-    } else if (old >= FIRST_HANDLE && keep_old) { /* another page still uses the object */
-        s->stored_pages--;
-    } else if (old >= FIRST_HANDLE) {
+    uint32_t old = IDX(s, pn);
+    int free_old = old >= FIRST_HANDLE && !keep_old;
+    if (free_old && !pool_locked)
+        lock_take(s->pool->lock);
+    uint64_t loc;
+    if (free_old && handle_get(s->pool, old, &loc) != 0) {
         if (!pool_locked)
-            lock_take(s->pool->lock);
+            lock_give(s->pool->lock);
+        return -1;
+    }
+    if (entry == SAME) {
+        fill_put(s, pn, word);
+        if (old == SAME || word)
+            crash_point("store.fill");
+    }
+    store_commit(s, pn, entry, meta);
+    if (free_old || old == SAME)
+        crash_point("store.commit"); /* something to let go */
+    if (free_old) {
         int old_size = pool_free_locked(s->pool, old);
         if (!pool_locked)
             lock_give(s->pool->lock);
-        if (old_size < 0)
-            return -1;
-        s->compr_data_size -= old_size;
-        s->stored_pages--;
-        if (old_size == PAGE_SIZE)
-            s->huge_pages--;
+        if (old_size > 0) {
+            s->c->compr_data_size -= old_size;
+            if (old_size == PAGE_SIZE)
+                s->c->huge_pages--;
+        }
     }
-    s->index[pn] = entry;
+    if (old == SAME) {
+        s->c->same_pages--;
+        s->c->stored_pages--;
+        if (entry != SAME)
+            fill_put(s, pn, 0);
+    } else if (old == BACKED) {
+        s->c->bd_count--;
+    } else if (old >= FIRST_HANDLE) {
+        s->c->stored_pages--;
+    }
     if (entry == BACKED) {
-        s->bd_count++;
+        s->c->bd_count++;
         return 0;
     }
     if (entry == EMPTY) /* discarded: nothing held */
         return 0;
-    s->stored_pages++;
+    s->c->stored_pages++;
     if (entry == SAME) {
-        s->same_pages++;
+        s->c->same_pages++;
     } else {
-        s->compr_data_size += size;
+        s->c->compr_data_size += size;
         if (size == PAGE_SIZE)
-            s->huge_pages++;
+            s->c->huge_pages++;
     }
     return 0;
 }
@@ -264,7 +210,7 @@ static inline long long pool_bytes(StoreObject *s)
 static inline int python_owned(const StoreObject *s, uint32_t pn)
 {
     ASSERT_HELD(s->lock);
-    return s->index[pn] >= FIRST_HANDLE && (s->meta[pn] & (SLOT_MASK | SHARED));
+    return IDX(s, pn) >= FIRST_HANDLE && (META(s, pn) & (SLOT_MASK | SHARED));
 }
 
 /* outcomes of one page in the request loop */
@@ -289,10 +235,11 @@ static int store_to_file(StoreObject *s, uint32_t pn, const uint8_t *page, uint3
     if (!owned && s->backing_fd >= 0 &&
         pwrite(s->backing_fd, page, PAGE_SIZE, (off_t)pn * PAGE_SIZE) == PAGE_SIZE) {
         lock_take(s->lock);
-        if (!python_owned(s, pn) && store_swap(s, pn, BACKED, 0, 0, 0) == 0) {
-            s->pool_limit_hit++;
-            s->bd_writes++;
-            s->meta[pn] = stamp & AGE_MASK; /* the file holds it: clean */
+        crash_point("store.to_file");
+        /* the file holds it: clean */
+        if (!python_owned(s, pn) && store_swap(s, pn, BACKED, stamp & AGE_MASK, 0, 0, 0, 0) == 0) {
+            s->c->pool_limit_hit++;
+            s->c->bd_writes++;
             rc = PAGE_TO_FILE;
         }
         lock_give(s->lock);
@@ -313,14 +260,8 @@ static int store_prepared(StoreObject *s, uint32_t pn, const uint8_t *page, uint
         lock_take(s->lock);
         if (python_owned(s, pn))
             rc = PAGE_PYTHON;
-        else if (word && fill_reserve(s) != 0) /* before the swap frees the old contents */
-            rc = PAGE_NOMEM;
-        else if (store_swap(s, pn, SAME, 0, 0, 0) != 0)
+        else if (store_swap(s, pn, SAME, stamp, word, 0, 0, 0) != 0)
             rc = PAGE_NOT_LIVE;
-        else if (word)
-            fill_set(s, pn, word); /* cannot fail: room was reserved */
-        if (rc == PAGE_DONE)
-            s->meta[pn] = stamp;
         lock_give(s->lock);
         return rc;
     }
@@ -341,11 +282,12 @@ static int store_prepared(StoreObject *s, uint32_t pn, const uint8_t *page, uint
     uint64_t h = python_owned(s, pn) ? 0 : pool_store_locked(s->pool, payload, (size_t)len);
     if (!h) {
         rc = PAGE_PYTHON;
-    } else if (store_swap(s, pn, (uint32_t)h, len, 1, 0) != 0) {
-        pool_free_locked(s->pool, h);
-        rc = PAGE_NOT_LIVE;
     } else {
-        s->meta[pn] = stamp;
+        crash_point("store.placed");
+        if (store_swap(s, pn, (uint32_t)h, stamp, 0, len, 1, 0) != 0) {
+            pool_free_locked(s->pool, h);
+            rc = PAGE_NOT_LIVE;
+        }
     }
     lock_give(s->pool->lock);
     lock_give(s->lock);
@@ -382,12 +324,12 @@ static int load_recompressed(StoreObject *s, uint32_t pn, uint32_t entry, uint32
     }
     SlotDict *sd = slot_dict_pin(s, (int)((meta & SLOT_MASK) >> SLOT_SHIFT));
     uint8_t buf[PAGE_SIZE];
-    s->meta[pn] = (meta & ~AGE_MASK) | MARK | now;
+    META(s, pn) = (meta & ~AGE_MASK) | MARK | now;
     lock_take(s->pool->lock);
     int len = pool_read_locked(s->pool, entry, buf);
     lock_give(s->pool->lock);
     if (len < 0)
-        s->failed_reads++;
+        s->c->failed_reads++;
     lock_give(s->lock);
     /* decoded outside the store lock: the pin keeps the dictionary alive */
     int rc = PAGE_DONE;
@@ -400,7 +342,7 @@ static int load_recompressed(StoreObject *s, uint32_t pn, uint32_t entry, uint32
     slot_dict_unpin(sd);
     if (rc == PAGE_CORRUPT) {
         lock_take(s->lock);
-        s->failed_reads++;
+        s->c->failed_reads++;
         lock_give(s->lock);
     }
     return rc;
@@ -413,9 +355,9 @@ static int load_page(StoreObject *s, uint32_t pn, uint8_t *out, uint32_t now)
 {
     uint8_t buf[PAGE_SIZE];
     lock_take(s->lock);
-    uint32_t entry = s->index[pn];
+    uint32_t entry = IDX(s, pn);
     if (entry == SAME) {
-        s->meta[pn] = (s->meta[pn] & ~AGE_MASK) | now;
+        META(s, pn) = (META(s, pn) & ~AGE_MASK) | now;
         uint64_t word = fill_get(s, pn);
         lock_give(s->lock);
         fill_words(out, word);
@@ -440,19 +382,19 @@ static int load_page(StoreObject *s, uint32_t pn, uint8_t *out, uint32_t now)
         if (got != PAGE_SIZE)
             return PAGE_PYTHON;
         lock_take(s->lock);
-        s->bd_reads++;
+        s->c->bd_reads++;
         lock_give(s->lock);
         return PAGE_DONE;
     }
-    uint32_t meta = s->meta[pn];
+    uint32_t meta = META(s, pn);
     if (meta & SLOT_MASK)
         return load_recompressed(s, pn, entry, meta, out, now);
-    s->meta[pn] = (meta & ~AGE_MASK) | now;
+    META(s, pn) = (meta & ~AGE_MASK) | now;
     lock_take(s->pool->lock);
     int len = pool_read_locked(s->pool, entry, buf);
     lock_give(s->pool->lock);
     if (len < 0) {
-        s->failed_reads++;
+        s->c->failed_reads++;
         lock_give(s->lock);
         return PAGE_NOT_LIVE;
     }
@@ -463,7 +405,7 @@ static int load_page(StoreObject *s, uint32_t pn, uint8_t *out, uint32_t now)
     }
     if (decompress_page(s->codec, buf, len, out) != 0) {
         lock_take(s->lock);
-        s->failed_reads++;
+        s->c->failed_reads++;
         lock_give(s->lock);
         return PAGE_CORRUPT;
     }
@@ -474,8 +416,9 @@ static int load_page(StoreObject *s, uint32_t pn, uint8_t *out, uint32_t now)
 
 int store_check(StoreObject *s)
 {
-    if (!s->ready) {
-        PyErr_SetString(PyExc_RuntimeError, "store not set up");
+    if (!s->ready || s->needs_rebuild) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        s->ready ? "the store is taken over but not adopted" : "store not set up");
         return -1;
     }
     return pool_check(s->pool);
@@ -486,6 +429,7 @@ static PyObject *Store_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     StoreObject *s = (StoreObject *)new_with_lock(type, offsetof(StoreObject, lock));
     if (!s)
         return NULL;
+    s->c = &s->local;
     s->file_lock = (LockObject *)PyObject_CallNoArgs((PyObject *)&LockType);
     if (!s->file_lock) {
         Py_DECREF(s);
@@ -497,10 +441,8 @@ static PyObject *Store_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 static int Store_traverse(StoreObject *s, visitproc visit, void *arg)
 {
     Py_VISIT(s->pool);
-    if (s->index_buf.obj)
-        Py_VISIT(s->index_buf.obj);
-    if (s->meta_buf.obj)
-        Py_VISIT(s->meta_buf.obj);
+    if (s->region_buf.obj)
+        Py_VISIT(s->region_buf.obj);
     if (s->slot_pages_buf.obj)
         Py_VISIT(s->slot_pages_buf.obj);
     return 0;
@@ -508,13 +450,15 @@ static int Store_traverse(StoreObject *s, visitproc visit, void *arg)
 
 static int Store_clear(StoreObject *s)
 {
-    if (s->index_buf.obj)
-        PyBuffer_Release(&s->index_buf);
-    if (s->meta_buf.obj)
-        PyBuffer_Release(&s->meta_buf);
+    if (s->region_buf.obj) {
+        s->local = *s->c; /* the region goes: the counters stay readable */
+        s->c = &s->local;
+        PyBuffer_Release(&s->region_buf);
+    }
     if (s->slot_pages_buf.obj)
         PyBuffer_Release(&s->slot_pages_buf);
-    s->index = s->meta = NULL;
+    s->hdr = NULL;
+    s->ent = s->fillw = NULL;
     s->slot_pages = NULL;
     s->ready = 0;
     Py_CLEAR(s->pool);
@@ -526,8 +470,6 @@ static void Store_dealloc(StoreObject *s)
     PyObject_GC_UnTrack(s);
     /* the Python subclass's instance dict is cleared by subtype_dealloc before this runs */
     Store_clear(s);
-    free(s->fill_keys);
-    free(s->fill_vals);
     free(s->inflight);
     for (int i = 0; i < SLOTS; i++) {
         slot_dict_unpin(s->dicts[i]);
@@ -538,34 +480,100 @@ static void Store_dealloc(StoreObject *s)
     Py_TYPE(s)->tp_free((PyObject *)s);
 }
 
-static int get_u32_buffer(PyObject *obj, Py_buffer *buf, uint64_t npages, const char *what)
+static uint64_t align_page(uint64_t v) { return (v + PAGE_SIZE - 1) & ~(uint64_t)(PAGE_SIZE - 1); }
+
+/* the region's layout for an image of *npages* pages, in a header's fields */
+static void store_layout(StoreHeader *h, uint64_t npages)
 {
-    if (PyObject_GetBuffer(obj, buf, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0)
-        return -1;
-    if (buf->itemsize != 4 || (uint64_t)buf->len != npages * 4 || !buf->format ||
-        (strcmp(buf->format, "I") != 0 && strcmp(buf->format, "=I") != 0 &&
-         strcmp(buf->format, "<I") != 0)) {
-        PyErr_Format(PyExc_ValueError, "%s: expected %llu uint32 items", what,
-                     (unsigned long long)npages);
-        PyBuffer_Release(buf);
-        return -1;
-    }
-    return 0;
+    memset(h, 0, sizeof(*h));
+    h->npages = npages;
+    h->off_entries = STORE_HEADER_BYTES;
+    h->off_fill = align_page(h->off_entries + npages * 8);
+    h->off_dicts = align_page(h->off_fill + npages * 8);
+    h->bytes = h->off_dicts + (uint64_t)SLOTS * DICT_MAX;
 }
 
+/* _store_layout(npages) -> (bytes, off_entries, off_fill): the region native.py maps */
+PyObject *py_store_layout(PyObject *mod, PyObject *arg)
+{
+    unsigned long long npages = PyLong_AsUnsignedLongLong(arg);
+    if (npages == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (!npages || npages > UINT32_MAX)
+        return PyErr_Format(PyExc_ValueError, "an image holds 1..%u pages", UINT32_MAX);
+    StoreHeader h;
+    store_layout(&h, npages);
+    return Py_BuildValue("(KKK)", (unsigned long long)h.bytes,
+                         (unsigned long long)h.off_entries, (unsigned long long)h.off_fill);
+}
+
+/* the device and inode of descriptor fd (0, 0 for none or one that fstat refuses) */
+static void fd_identity(int fd, uint64_t *dev, uint64_t *ino)
+{
+    struct stat st;
+    *dev = *ino = 0;
+    if (fd >= 0 && fstat(fd, &st) == 0) {
+        *dev = (uint64_t)st.st_dev;
+        *ino = (uint64_t)st.st_ino;
+    }
+}
+
+static const char *const CODEC_NAMES[] = {"none", "lz4", "zstd"};
+
+/* a region found at a takeover, checked against what this store is set up with: 0, or -1 with
+ * ValueError naming the first thing that differs (nothing written) */
+static int region_check(StoreObject *s, const StoreHeader *want)
+{
+    const StoreHeader *h = s->hdr;
+    uint64_t pool_dev, pool_ino, bdev, bino;
+    fd_identity(s->pool->state_fd, &pool_dev, &pool_ino);
+    fd_identity(s->backing_fd, &bdev, &bino);
+    if (memcmp(h->magic, STORE_MAGIC, 8) != 0)
+        PyErr_SetString(PyExc_ValueError, "the store's state descriptor holds no zswapfs store");
+    else if (h->format != STORE_FORMAT)
+        PyErr_Format(PyExc_ValueError, "the store's state is of format %u, this build reads "
+                     "format %u", h->format, STORE_FORMAT);
+    else if (h->npages != want->npages || h->bytes != want->bytes ||
+             h->off_entries != want->off_entries || h->off_fill != want->off_fill ||
+             h->off_dicts != want->off_dicts)
+        PyErr_Format(PyExc_ValueError, "the store's state is an image of %llu pages, not %llu",
+                     (unsigned long long)h->npages, (unsigned long long)want->npages);
+    else if (h->codec != (uint32_t)s->codec || h->level != s->level)
+        PyErr_Format(PyExc_ValueError, "the store's state was written with codec %s level %d",
+                     h->codec < 3 ? CODEC_NAMES[h->codec] : "?", h->level);
+    else if (h->persistent != (uint32_t)s->persistent)
+        PyErr_Format(PyExc_ValueError, "the store's state is of an image in %s mode",
+                     h->persistent ? "image" : "swap");
+    else if (h->pool_dev != pool_dev || h->pool_ino != pool_ino)
+        PyErr_SetString(PyExc_ValueError, "the pool's state descriptor is not this store's");
+    else if (h->backing_dev != bdev || h->backing_ino != bino)
+        PyErr_SetString(PyExc_ValueError,
+                        h->backing_ino ? "the backing file is not this store's"
+                                       : "the store's state has no backing file");
+    else
+        return 0;
+    return -1;
+}
+
+/* _setup(region, npages, pool, codec, level, mem_limit, low_water, huge_to_backing,
+ * persistent, backing_fd, t0, slot_pages, adopt=False): the store over *region* (a writable
+ * buffer of _store_layout's bytes: native.py's mmap of the memfd). A new region is written
+ * here (its magic last); with *adopt*, the region found there is checked (ValueError when it
+ * is not this store's, nothing written) and _adopt() must run before anything else. */
 static PyObject *Store_setup(StoreObject *s, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"index", "meta", "pool", "codec", "level", "mem_limit",
+    static char *kwlist[] = {"region", "npages", "pool", "codec", "level", "mem_limit",
                              "low_water", "huge_to_backing", "persistent", "backing_fd",
-                             "t0", "slot_pages", NULL};
-    PyObject *index, *meta, *pool, *slot_pages;
+                             "t0", "slot_pages", "adopt", NULL};
+    PyObject *region, *pool, *slot_pages;
+    unsigned long long npages;
     const char *codec;
-    int level, huge, persistent, backing_fd;
+    int level, huge, persistent, backing_fd, adopt = 0;
     long long mem_limit, low_water;
     double t0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO!siLLppidO", kwlist, &index, &meta,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OKO!siLLppidO|p", kwlist, &region, &npages,
                                      &PoolType, &pool, &codec, &level, &mem_limit, &low_water,
-                                     &huge, &persistent, &backing_fd, &t0, &slot_pages))
+                                     &huge, &persistent, &backing_fd, &t0, &slot_pages, &adopt))
         return NULL;
     if (s->ready) {
         PyErr_SetString(PyExc_RuntimeError, "store already set up");
@@ -581,17 +589,19 @@ static PyObject *Store_setup(StoreObject *s, PyObject *args, PyObject *kw)
         PyErr_Format(PyExc_ValueError, "the native engine has no codec %s", codec);
         return NULL;
     }
-    Py_ssize_t n = PyObject_Length(index);
-    if (n <= 0)
-        return n < 0 ? NULL : PyErr_Format(PyExc_ValueError, "a store needs at least one page");
-    if ((unsigned long long)n > UINT32_MAX)
-        return PyErr_Format(PyExc_ValueError, "an image holds at most %u pages", UINT32_MAX);
-    s->npages = (uint64_t)n;
-    if (get_u32_buffer(index, &s->index_buf, s->npages, "index") != 0)
+    if (!npages || npages > UINT32_MAX)
+        return PyErr_Format(PyExc_ValueError, "an image holds 1..%u pages", UINT32_MAX);
+    if (((PoolObject *)pool)->state_fd < 0)
+        return PyErr_Format(PyExc_ValueError, "the pool is not set up");
+    StoreHeader want;
+    store_layout(&want, npages);
+    if (PyObject_GetBuffer(region, &s->region_buf, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) != 0)
         return NULL;
-    if (get_u32_buffer(meta, &s->meta_buf, s->npages, "meta") != 0) {
-        PyBuffer_Release(&s->index_buf);
-        return NULL;
+    if ((uint64_t)s->region_buf.len != want.bytes) {
+        PyBuffer_Release(&s->region_buf);
+        return PyErr_Format(PyExc_ValueError, "the store's state is %zd bytes, not the %llu of "
+                            "an image of %llu pages", s->region_buf.len,
+                            (unsigned long long)want.bytes, npages);
     }
     if (PyObject_GetBuffer(slot_pages, &s->slot_pages_buf,
                            PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0 ||
@@ -600,26 +610,129 @@ static PyObject *Store_setup(StoreObject *s, PyObject *args, PyObject *kw)
             s->slot_pages_buf.format[0] == '<' || s->slot_pages_buf.format[0] == '=' ? 1 : 0])) {
         if (s->slot_pages_buf.obj)
             PyBuffer_Release(&s->slot_pages_buf);
-        PyBuffer_Release(&s->index_buf);
-        PyBuffer_Release(&s->meta_buf);
+        PyBuffer_Release(&s->region_buf);
         if (!PyErr_Occurred())
             PyErr_Format(PyExc_ValueError, "slot_pages: expected %d int64 items", SLOTS);
         return NULL;
     }
-    s->slot_pages = s->slot_pages_buf.buf;
-    s->index = s->index_buf.buf;
-    s->meta = s->meta_buf.buf;
-    Py_INCREF(pool);
-    s->pool = (PoolObject *)pool;
+    s->npages = npages;
+    s->hdr = s->region_buf.buf;
+    s->pool = (PoolObject *)Py_NewRef(pool);
     s->level = level;
-    s->mem_limit = mem_limit;
-    s->low_water = low_water;
-    s->huge_to_backing = huge;
     s->persistent = persistent;
     s->has_backing = backing_fd >= 0;
     s->backing_fd = backing_fd;
+    if (adopt && region_check(s, &want) != 0) {
+        PyBuffer_Release(&s->slot_pages_buf);
+        PyBuffer_Release(&s->region_buf);
+        s->hdr = NULL;
+        Py_CLEAR(s->pool);
+        s->backing_fd = -1;
+        return NULL;
+    }
+    StoreHeader *h = s->hdr;
+    if (!adopt) {
+        memcpy((char *)h + 8, (char *)&want + 8, sizeof(want) - 8);
+        h->format = STORE_FORMAT;
+        h->codec = (uint32_t)s->codec;
+        h->level = level;
+        h->persistent = (uint32_t)persistent;
+        fd_identity(s->pool->state_fd, &h->pool_dev, &h->pool_ino);
+        fd_identity(backing_fd, &h->backing_dev, &h->backing_ino);
+        h->t0 = t0;
+        h->counters = s->local;
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+        memcpy(h->magic, STORE_MAGIC, 8);
+    } else {
+        s->needs_rebuild = 1;
+        t0 = h->t0;
+    }
+    s->c = &h->counters;
+    s->ent = (uint64_t *)((char *)h + h->off_entries);
+    s->fillw = (uint64_t *)((char *)h + h->off_fill);
+    s->slot_pages = s->slot_pages_buf.buf;
+    s->mem_limit = mem_limit;
+    s->low_water = low_water;
+    s->huge_to_backing = huge;
     s->t0 = t0;
     s->ready = 1;
+    Py_RETURN_NONE;
+}
+
+/* _adopt(): the state of a store taken over made whole: the derived counters recomputed from
+ * the pages' words, the pool rebuilt from the handles they name (everything else a dead
+ * process left in the pool let go). ValueError when the region contradicts itself. */
+static PyObject *Store_adopt(StoreObject *s, PyObject *unused)
+{
+    if (!s->ready || !s->needs_rebuild)
+        return PyErr_Format(PyExc_RuntimeError, "only a store taken over is adopted");
+    PoolObject *p = s->pool;
+    uint64_t tlen = __atomic_load_n(&p->hdr->tlen, __ATOMIC_ACQUIRE);
+    if (tlen < 3 || tlen > p->hdr->max_handles)
+        return PyErr_Format(PyExc_ValueError, "the pool's state names %llu handles",
+                            (unsigned long long)tlen);
+    uint8_t *live = calloc(tlen, 1);
+    if (!live)
+        return PyErr_NoMemory();
+    if (lock_enter(s->lock)) {
+        free(live);
+        return NULL;
+    }
+    long long stored = 0, same = 0, backed = 0;
+    int bad = 0;
+    for (uint64_t pn = 0; pn < s->npages && !bad; pn++) {
+        uint32_t e = IDX(s, pn), m = META(s, pn);
+        uint32_t slot = (m & SLOT_MASK) >> SLOT_SHIFT;
+        if (e == SAME) {
+            stored++;
+            same++;
+        } else if (e == BACKED) {
+            backed++;
+            if (!s->has_backing) {
+                PyErr_Format(PyExc_ValueError, "page %llu lives in a backing file, and the "
+                             "store has none", (unsigned long long)pn);
+                bad = 1;
+            }
+        } else if (e >= FIRST_HANDLE) {
+            stored++;
+            if (e >= tlen) {
+                PyErr_Format(PyExc_ValueError, "page %llu names handle %u, past the pool's "
+                             "table", (unsigned long long)pn, e);
+                bad = 1;
+            } else if (slot && !s->hdr->slots[slot].name[0]) {
+                PyErr_Format(PyExc_ValueError, "page %llu names codec slot %u, which holds "
+                             "no codec", (unsigned long long)pn, slot);
+                bad = 1;
+            }
+            live[e < tlen ? e : 0] = 1;
+        }
+    }
+    if (!bad) {
+        lock_wait(p->lock);
+        bad = pool_rebuild(p, live) != 0;
+        long long bytes = 0, huge = 0;
+        for (uint64_t h = 3; h < tlen && !bad; h++) {
+            if (!live[h])
+                continue;
+            long long len = (long long)(p->table[h] & LEN_MASK);
+            bytes += len;
+            huge += len == PAGE_SIZE;
+        }
+        lock_give(p->lock);
+        if (!bad) {
+            s->c->stored_pages = stored;
+            s->c->same_pages = same;
+            s->c->bd_count = backed;
+            s->c->compr_data_size = bytes;
+            s->c->huge_pages = huge;
+            s->c->takeovers++;
+            s->needs_rebuild = 0;
+        }
+    }
+    lock_give(s->lock);
+    free(live);
+    if (bad)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -702,9 +815,9 @@ PyObject *store_wrap_failure(StoreObject *s, int writing, unsigned long long off
         PyException_SetTraceback(value, tb);
     lock_wait(s->lock);
     if (writing)
-        s->failed_writes++;
+        s->c->failed_writes++;
     else
-        s->failed_reads++;
+        s->c->failed_reads++;
     lock_give(s->lock);
     PyObject *msg = writing ? PyUnicode_FromFormat("writing at %llu: %R", offset, value)
                             : PyUnicode_FromFormat("reading %zd bytes at %llu: %R", size, offset,
@@ -782,7 +895,7 @@ static int read_one(StoreObject *s, uint32_t pn, uint8_t *out, uint32_t now)
 int store_write_req(StoreObject *s, uint64_t offset, const uint8_t *src, size_t left,
                     uint32_t stamp)
 {
-    __atomic_add_fetch(&s->requests, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&s->c->requests, 1, __ATOMIC_RELAXED);
     uint32_t pn = (uint32_t)(offset / PAGE_SIZE);
     size_t head = offset % PAGE_SIZE;
     uint8_t tmp[PAGE_SIZE];
@@ -846,7 +959,7 @@ int store_write_req(StoreObject *s, uint64_t offset, const uint8_t *src, size_t 
 
 int store_read_req(StoreObject *s, uint64_t offset, size_t left, uint8_t *dst)
 {
-    __atomic_add_fetch(&s->requests, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&s->c->requests, 1, __ATOMIC_RELAXED);
     uint32_t pn = (uint32_t)(offset / PAGE_SIZE);
     size_t head = offset % PAGE_SIZE;
     uint8_t tmp[PAGE_SIZE];
@@ -878,11 +991,9 @@ static int discard_page(StoreObject *s, uint32_t pn, uint32_t stamp)
         rc = PAGE_PYTHON;
     } else {
         uint32_t entry = s->persistent ? SAME : EMPTY;
-        if (store_swap(s, pn, entry, 0, 0, 0) != 0)
+        if (store_swap(s, pn, entry, s->persistent ? stamp : 0, 0, 0, 0, 0) != 0)
             rc = PAGE_NOT_LIVE;
-        else
-            s->meta[pn] = s->persistent ? stamp : 0;
-        s->notify_free++;
+        s->c->notify_free++;
     }
     lock_give(s->lock);
     return rc;
@@ -900,7 +1011,7 @@ int store_discard_req(StoreObject *s, uint64_t offset, uint64_t len)
     uint64_t end = offset + len; /* range_ok held: no wrap */
     uint64_t first = (offset + PAGE_SIZE - 1) / PAGE_SIZE, last = end / PAGE_SIZE;
     lock_take(s->lock);
-    s->discards++;
+    s->c->discards++;
     lock_give(s->lock);
     if (first >= last) /* no whole page: zeroed (at most two partial pages) */
         return zero_range(s, offset, end);
@@ -1043,20 +1154,22 @@ static Py_ssize_t parse_pns(StoreObject *s, PyObject *seq, uint32_t **out)
     return count;
 }
 
-/* _swap_entry(pn, entry, size, keep_old=False): store.py's _swap of the index entry and the
- * counters (the caller holds the store lock; native.py's _swap keeps the slot and dedup counts) */
+/* _swap_entry(pn, entry, size, meta, word=0, keep_old=False): store.py's _swap of the page's
+ * word (entry and meta committed together) and the counters (the caller holds the store lock;
+ * native.py's _swap keeps the slot and dedup counts) */
 static PyObject *Store_swap(StoreObject *s, PyObject *args)
 {
     PyObject *pnobj;
-    unsigned long entry;
+    unsigned long entry, meta;
+    unsigned long long word = 0;
     int size, keep_old = 0;
     uint32_t pn;
-    if (!PyArg_ParseTuple(args, "Oki|p", &pnobj, &entry, &size, &keep_old) || store_check(s) ||
-        require_held(s->lock, "_swap_entry") || parse_pn(s, pnobj, &pn))
+    if (!PyArg_ParseTuple(args, "Okik|Kp", &pnobj, &entry, &size, &meta, &word, &keep_old) ||
+        store_check(s) || require_held(s->lock, "_swap_entry") || parse_pn(s, pnobj, &pn))
         return NULL;
     if (lock_enter(s->pool->lock))
         return NULL;
-    int rc = store_swap(s, pn, (uint32_t)entry, size, 1, keep_old);
+    int rc = store_swap(s, pn, (uint32_t)entry, (uint32_t)meta, word, size, 1, keep_old);
     lock_give(s->pool->lock);
     if (rc)
         return storage_failure("page %u: its pool object is gone (handle not live)", pn);
@@ -1078,7 +1191,7 @@ static PyObject *Store_peek(StoreObject *s, PyObject *arg)
         lock_give(s->lock);
         return PyErr_NoMemory();
     }
-    uint32_t entry = s->index[pn];
+    uint32_t entry = IDX(s, pn);
     uint64_t word = 0;
     if (entry == SAME) {
         word = fill_get(s, pn);
@@ -1128,10 +1241,26 @@ static PyObject *Store_fill_set(StoreObject *s, PyObject *args)
     if (!PyArg_ParseTuple(args, "OK", &pnobj, &word) || store_check(s) ||
         require_held(s->lock, "_fill_set") || parse_pn(s, pnobj, &pn))
         return NULL;
-    if (word && fill_set(s, pn, word) != 0)
-        return PyErr_NoMemory();
-    if (!word)
-        fill_del(s, pn);
+    fill_put(s, pn, word);
+    Py_RETURN_NONE;
+}
+
+/* _commit(pn, entry, meta): page pn's word set as it is, nothing let go, no counter moved
+ * (store lock held): dedup's switch of a page to the object it now shares (S1) */
+static PyObject *Store_commit(StoreObject *s, PyObject *args)
+{
+    PyObject *pnobj;
+    unsigned long entry, meta;
+    uint32_t pn;
+    if (!PyArg_ParseTuple(args, "Okk", &pnobj, &entry, &meta) || store_check(s) ||
+        require_held(s->lock, "_commit") || parse_pn(s, pnobj, &pn))
+        return NULL;
+    if (s->inflight_n) {
+        Inflight *f = inflight_find(s, pn);
+        if (f)
+            f->rewritten = 1;
+    }
+    store_commit(s, pn, (uint32_t)entry, (uint32_t)meta);
     Py_RETURN_NONE;
 }
 
@@ -1159,51 +1288,91 @@ static int parse_slot(PyObject *obj, int *slot)
     return 0;
 }
 
-/* _set_slot(slot, level, dictionary): the digested dictionary the compiled recompression writes
- * slot *slot* with; digested with the GIL released and no lock held (it takes a while at high
+/* _set_slot(slot, name, level, dictionary, digest): slot *slot*'s codec recorded in the region
+ * (its name, level and dictionary: a new process rebuilds the codec from it), before any page
+ * can name the slot (S1); with *digest*, the dictionary the compiled recompression writes the
+ * slot with, digested with the GIL released and no lock held (it takes a while at high
  * levels), then swapped in under the store lock, which the caller must not hold */
 static PyObject *Store_set_slot(StoreObject *s, PyObject *args)
 {
     PyObject *slotobj;
-    int slot, level;
+    const char *name;
+    int slot, level, digest;
     Py_buffer b;
-    if (!PyArg_ParseTuple(args, "Oiy*", &slotobj, &level, &b))
+    if (!PyArg_ParseTuple(args, "Osiy*p", &slotobj, &name, &level, &b, &digest))
         return NULL;
     if (store_check(s) || parse_slot(slotobj, &slot)) {
         PyBuffer_Release(&b);
         return NULL;
     }
-    ZSTD_CDict *cd;
-    ZSTD_DDict *dd;
-    Py_BEGIN_ALLOW_THREADS
-    cd = ZSTD_createCDict(b.buf, (size_t)b.len, level);
-    dd = ZSTD_createDDict(b.buf, (size_t)b.len);
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&b);
+    if (!*name || strlen(name) >= SLOT_NAME || b.len > DICT_MAX) {
+        PyBuffer_Release(&b);
+        return PyErr_Format(PyExc_ValueError, "a slot's codec is named in 1..%d bytes, with a "
+                            "dictionary of at most %d bytes", SLOT_NAME - 1, DICT_MAX);
+    }
+    ZSTD_CDict *cd = NULL;
+    ZSTD_DDict *dd = NULL;
+    if (digest) {
+        Py_BEGIN_ALLOW_THREADS
+        cd = ZSTD_createCDict(b.buf, (size_t)b.len, level);
+        dd = ZSTD_createDDict(b.buf, (size_t)b.len);
+        Py_END_ALLOW_THREADS
+    }
     SlotDict *sd = cd && dd ? slot_dict_new(cd, dd) : NULL;
-    if (!sd) {
+    if (digest && !sd) {
         ZSTD_freeCDict(cd);
         ZSTD_freeDDict(dd);
+        PyBuffer_Release(&b);
         return PyErr_NoMemory();
     }
     if (lock_enter(s->lock) != 0) {
         slot_dict_unpin(sd);
+        PyBuffer_Release(&b);
         return NULL;
     }
+    SlotRecord *r = &s->hdr->slots[slot];
+    /* S1: the record whole before its name says it is there */
+    __atomic_store_n(&r->name[0], 0, __ATOMIC_RELEASE);
+    memcpy((char *)s->hdr + s->hdr->off_dicts + (size_t)slot * DICT_MAX, b.buf, (size_t)b.len);
+    r->len = (uint32_t)b.len;
+    r->level = level;
+    memcpy(r->name + 1, name + 1, strlen(name));
+    __atomic_store_n(&r->name[0], name[0], __ATOMIC_RELEASE);
+    crash_point("slot.recorded");
     slot_dict_set(s, slot, sd);
     lock_give(s->lock);
+    PyBuffer_Release(&b);
     Py_RETURN_NONE;
 }
 
-/* _drop_slot(slot): slot *slot* is gone (store lock held by the caller); its dictionary goes
- * with the last reference (a step or a read that pinned it finishes with it first) */
+/* _drop_slot(slot): slot *slot* is gone (store lock held by the caller; no page names it any
+ * more: S2): its record cleared, its dictionary gone with the last reference (a step or a read
+ * that pinned it finishes with it first) */
 static PyObject *Store_drop_slot(StoreObject *s, PyObject *arg)
 {
     int slot;
     if (store_check(s) || require_held(s->lock, "_drop_slot") || parse_slot(arg, &slot))
         return NULL;
+    __atomic_store_n(&s->hdr->slots[slot].name[0], 0, __ATOMIC_RELEASE);
     slot_dict_set(s, slot, NULL);
     Py_RETURN_NONE;
+}
+
+/* _slot_record(slot) -> (name, level, dictionary) or None: what the region says slot *slot*
+ * holds (a store taken over rebuilds its codecs from it) */
+static PyObject *Store_slot_record(StoreObject *s, PyObject *arg)
+{
+    int slot;
+    if (!s->ready || parse_slot(arg, &slot))
+        return s->ready ? NULL : PyErr_Format(PyExc_RuntimeError, "store not set up");
+    const SlotRecord *r = &s->hdr->slots[slot];
+    if (!r->name[0])
+        Py_RETURN_NONE;
+    if (r->len > DICT_MAX || !memchr(r->name, 0, SLOT_NAME))
+        return PyErr_Format(PyExc_ValueError, "codec slot %d's record is damaged", slot);
+    return Py_BuildValue("(siy#)", r->name, r->level,
+                         (const char *)s->hdr + s->hdr->off_dicts + (size_t)slot * DICT_MAX,
+                         (Py_ssize_t)r->len);
 }
 
 /* outcomes of a background step on one page (recode_page, writeback_one) */
@@ -1217,8 +1386,8 @@ enum { STEP_DONE, STEP_SKIP, STEP_GONE, STEP_PYTHON, STEP_NOMEM };
 static int claim_page(StoreObject *s, uint32_t pn, uint32_t *entry, uint8_t *payload, int *len)
 {
     ASSERT_HELD(s->lock);
-    *entry = s->index[pn];
-    if (*entry >= FIRST_HANDLE && (s->meta[pn] & (SLOT_MASK | SHARED)))
+    *entry = IDX(s, pn);
+    if (*entry >= FIRST_HANDLE && (META(s, pn) & (SLOT_MASK | SHARED)))
         return STEP_PYTHON;
     if (*entry < FIRST_HANDLE) /* _claim: nothing held in the pool */
         return STEP_GONE;
@@ -1278,10 +1447,10 @@ static int recode_page(StoreObject *s, uint32_t pn, int slot, int min_gain, uint
 
     int rc;
     lock_take(s->lock);
-    uint32_t meta = s->meta[pn];
+    uint32_t meta = META(s, pn);
     /* a slot dropped (or given another dictionary) meanwhile must not gain the page */
     int slot_changed = s->dicts[slot] != sd;
-    if (inflight_take(s, pn) || s->index[pn] != entry || (meta & SHARED) || slot_changed) {
+    if (inflight_take(s, pn) || IDX(s, pn) != entry || (meta & SHARED) || slot_changed) {
         if (h) {
             lock_take(s->pool->lock);
             pool_free_locked(s->pool, h);
@@ -1289,19 +1458,21 @@ static int recode_page(StoreObject *s, uint32_t pn, int slot, int min_gain, uint
         }
         rc = STEP_GONE;
     } else if (!h) {
-        s->meta[pn] = meta | MARK;
-        s->recompress_not_worth++;
+        META(s, pn) = meta | MARK;
+        s->c->recompress_not_worth++;
         rc = STEP_SKIP;
-    } else if (store_swap(s, pn, (uint32_t)h, n, 0, 0) != 0) {
+    } else if (crash_point("recode.placed"),
+               store_swap(s, pn, (uint32_t)h,
+                          (meta & (AGE_MASK | DIRTY)) | (uint32_t)slot << SLOT_SHIFT, 0, n, 0,
+                          0) != 0) {
         lock_take(s->pool->lock);
         pool_free_locked(s->pool, h);
         lock_give(s->pool->lock);
         rc = STEP_PYTHON; /* the old handle is not live: the Python path raises it */
     } else {
-        s->meta[pn] = (meta & (AGE_MASK | DIRTY)) | (uint32_t)slot << SLOT_SHIFT;
         s->slot_pages[slot]++;
-        s->recompressions++;
-        s->recompress_saved_bytes += len - n;
+        s->c->recompressions++;
+        s->c->recompress_saved_bytes += len - n;
         rc = STEP_DONE;
     }
     lock_give(s->lock);
@@ -1383,7 +1554,7 @@ static int writeback_one(StoreObject *s, uint32_t pn, uint8_t *payload, uint8_t 
     int len;
     lock_take(s->lock);
     int claimed = claim_page(s, pn, &entry, payload, &len);
-    int clean = s->persistent && !(s->meta[pn] & DIRTY);
+    int clean = s->persistent && !(META(s, pn) & DIRTY);
     lock_give(s->lock);
     if (claimed != STEP_DONE) /* STEP_GONE: the reference's claim and let-go, nothing moved */
         return claimed;
@@ -1406,18 +1577,19 @@ static int writeback_one(StoreObject *s, uint32_t pn, uint8_t *payload, uint8_t 
         lock_give(s->file_lock);
     }
 
+    crash_point("writeback.written");
     int rc;
     lock_take(s->lock);
-    if (inflight_take(s, pn) || s->index[pn] != entry) {
+    if (inflight_take(s, pn) || IDX(s, pn) != entry) {
         rc = STEP_GONE; /* rewritten while we wrote: the pool copy is newer */
-    } else if (failed || (s->meta[pn] & (SLOT_MASK | SHARED)) ||
-               store_swap(s, pn, BACKED, 0, 0, 0) != 0) {
+    } else if (failed || (META(s, pn) & (SLOT_MASK | SHARED)) ||
+               store_swap(s, pn, BACKED, META(s, pn) & AGE_MASK /* clean, no codec */, 0, 0, 0,
+                          0) != 0) {
         rc = STEP_PYTHON;
     } else {
-        s->meta[pn] &= AGE_MASK; /* clean, no codec */
-        s->written_back_pages++;
+        s->c->written_back_pages++;
         if (!clean)
-            s->bd_writes++;
+            s->c->bd_writes++;
         rc = STEP_DONE;
     }
     lock_give(s->lock);
@@ -1454,7 +1626,7 @@ static int flush_one(StoreObject *s, uint32_t pn, uint8_t *payload, uint8_t *pag
     uint64_t word = 0;
     int len = -1;
     lock_take(s->lock);
-    uint32_t entry = s->index[pn], meta = s->meta[pn];
+    uint32_t entry = IDX(s, pn), meta = META(s, pn);
     int slot = (int)((meta & SLOT_MASK) >> SLOT_SHIFT);
     if (entry >= FIRST_HANDLE && slot && !s->dicts[slot]) {
         lock_give(s->lock);
@@ -1511,9 +1683,9 @@ static int flush_one(StoreObject *s, uint32_t pn, uint8_t *payload, uint8_t *pag
         rc = STEP_PYTHON;
     } else {
         if (!rewritten) { /* rewritten meanwhile: stays dirty for next time */
-            s->meta[pn] &= ~DIRTY;
+            META(s, pn) &= ~DIRTY;
             if (src)
-                s->bd_writes++;
+                s->c->bd_writes++;
         }
         rc = written ? STEP_DONE : STEP_SKIP;
     }
@@ -1560,7 +1732,7 @@ int store_flush_req(StoreObject *s)
     int failed = 0;
     for (uint64_t pn = 0; pn < s->npages && !failed; pn++) {
         /* a hint read without the lock, as store.py's flush picks its pages */
-        if (!(__atomic_load_n(&s->meta[pn], __ATOMIC_RELAXED) & DIRTY))
+        if (!(__atomic_load_n(&META(s, pn), __ATOMIC_RELAXED) & DIRTY))
             continue;
         int rc = flush_one(s, (uint32_t)pn, bufs, bufs + PAGE_SIZE);
         if (rc == STEP_PYTHON)
@@ -1575,7 +1747,7 @@ int store_flush_req(StoreObject *s)
     if (err) {
         PyGILState_STATE g = PyGILState_Ensure();
         lock_wait(s->lock);
-        s->bd_errors++;
+        s->c->bd_errors++;
         lock_give(s->lock);
         storage_failure("flush: fsync of the backing file: %s", strerror(err));
         PyGILState_Release(g);
@@ -1610,6 +1782,8 @@ static PyObject *Store_set_clock(StoreObject *s, PyObject *args)
     if (fixed > AGE_MASK)
         return PyErr_Format(PyExc_ValueError, "a clock reading is at most %u", AGE_MASK);
     s->t0 = t0;
+    if (s->hdr)
+        s->hdr->t0 = t0;
     __atomic_store_n(&s->fixed_now, (uint32_t)fixed, __ATOMIC_RELAXED);
     Py_RETURN_NONE;
 }
@@ -1635,26 +1809,45 @@ static PyObject *Store_get_inflight(StoreObject *s, void *c)
     return PyLong_FromSize_t(n);
 }
 
+static PyObject *Store_get_t0(StoreObject *s, void *c)
+{
+    return PyFloat_FromDouble(s->t0);
+}
+
+/* the counters: in the region once set up (a plain load or store: each is changed under the
+ * store lock, or with an atomic add for requests) */
+static PyObject *Store_get_counter(StoreObject *s, void *off)
+{
+    return PyLong_FromLongLong(*(long long *)((char *)s->c + (intptr_t)off));
+}
+
+static int Store_set_counter(StoreObject *s, PyObject *v, void *off)
+{
+    if (!v) {
+        PyErr_SetString(PyExc_AttributeError, "a counter cannot be deleted");
+        return -1;
+    }
+    long long x = PyLong_AsLongLong(v);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    *(long long *)((char *)s->c + (intptr_t)off) = x;
+    return 0;
+}
+
 static PyGetSetDef Store_getset[] = {
     {"_lock", (getter)Store_get_lock, NULL, "the store lock", NULL},
     {"_file_lock_c", (getter)Store_get_file_lock, NULL, "the backing-file write lock", NULL},
     {"_inflight_count", (getter)Store_get_inflight, NULL, "pages in flight (takes the store lock)",
      NULL},
+    {"_region_t0", (getter)Store_get_t0, NULL, "the clock's origin (the region's, once set up)",
+     NULL},
+#define COUNTER_GETSET(name)                                                                   \
+    {#name, (getter)Store_get_counter, (setter)Store_set_counter, NULL,                        \
+     (void *)(intptr_t)offsetof(Counters, name)},
+    STORE_COUNTERS(COUNTER_GETSET)
+#undef COUNTER_GETSET
     {NULL},
 };
-
-#define COUNTER(name) {#name, T_LONGLONG, offsetof(StoreObject, name), 0, NULL}
-static PyMemberDef Store_members[] = {
-    COUNTER(stored_pages), COUNTER(same_pages), COUNTER(huge_pages), COUNTER(compr_data_size),
-    COUNTER(failed_reads), COUNTER(failed_writes), COUNTER(invalid_io), COUNTER(bd_count),
-    COUNTER(bd_reads), COUNTER(bd_writes), COUNTER(bd_errors), COUNTER(written_back_pages),
-    COUNTER(pool_limit_hit), COUNTER(reject_compress_fail), COUNTER(reject_compress_poor),
-    COUNTER(reject_alloc_fail), COUNTER(reject_reclaim_fail), COUNTER(requests),
-    COUNTER(recompressions), COUNTER(recompress_saved_bytes), COUNTER(recompress_not_worth),
-    COUNTER(notify_free), COUNTER(discards),
-    {NULL},
-};
-#undef COUNTER
 
 static PyMethodDef Store_methods[] = {
     {"_setup", (PyCFunction)(void (*)(void))Store_setup, METH_VARARGS | METH_KEYWORDS, NULL},
@@ -1664,15 +1857,22 @@ static PyMethodDef Store_methods[] = {
     {"discard", (PyCFunction)Store_discard, METH_VARARGS,
      "discard(offset, length): whole pages freed (read as zeros), partial ones zeroed"},
     {"_swap_entry", (PyCFunction)Store_swap, METH_VARARGS,
-     "_swap_entry(pn, entry, size, keep_old=False): store.py's _swap in C; store lock held"},
+     "_swap_entry(pn, entry, size, meta, word=0, keep_old=False): store.py's _swap in C; "
+     "store lock held"},
     {"_peek", (PyCFunction)Store_peek, METH_O, "_peek(pn) -> (entry, payload or None)"},
     {"_rewritten", (PyCFunction)Store_rewritten, METH_O, "_rewritten(pn); store lock held"},
     {"_was_rewritten", (PyCFunction)Store_was_rewritten, METH_O, "store lock held"},
     {"_fill_word", (PyCFunction)Store_fill_word, METH_O,
      "_fill_word(pn) -> word; store lock held"},
     {"_fill_set", (PyCFunction)Store_fill_set, METH_VARARGS, "_fill_set(pn, word); store lock held"},
+    {"_commit", (PyCFunction)Store_commit, METH_VARARGS,
+     "_commit(pn, entry, meta): the page's word as it is; store lock held"},
+    {"_adopt", (PyCFunction)Store_adopt, METH_NOARGS,
+     "_adopt(): a store taken over made whole (the pool rebuilt)"},
+    {"_slot_record", (PyCFunction)Store_slot_record, METH_O,
+     "_slot_record(slot) -> (name, level, dictionary) or None"},
     {"_set_slot", (PyCFunction)Store_set_slot, METH_VARARGS,
-     "_set_slot(slot, level, dictionary); takes the store lock"},
+     "_set_slot(slot, name, level, dictionary, digest); takes the store lock"},
     {"_drop_slot", (PyCFunction)Store_drop_slot, METH_O, "_drop_slot(slot); store lock held"},
     {"_detach_backing", (PyCFunction)Store_detach_backing, METH_NOARGS, NULL},
     {"_set_clock", (PyCFunction)Store_set_clock, METH_VARARGS, "_set_clock(t0, fixed_now)"},
@@ -1695,6 +1895,5 @@ PyTypeObject StoreType = {
     .tp_traverse = (traverseproc)Store_traverse,
     .tp_clear = (inquiry)Store_clear,
     .tp_methods = Store_methods,
-    .tp_members = Store_members,
     .tp_getset = Store_getset,
 };

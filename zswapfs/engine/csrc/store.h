@@ -32,16 +32,93 @@ typedef struct {
     uint16_t owners; /* threads that have it in flight (see store.py's _rewritten) */
 } Inflight;
 
+/* The store's persistent region (docs/restart.md): one memfd a supervisor keeps, so that a new
+ * process takes the store over after a crash or an upgrade. It holds what cannot be derived:
+ *   - each page's entry and meta as ONE 64-bit word (entry in the low half, meta in the high:
+ *     store.py's table and meta are the two halves, seen from Python as strided views), so a
+ *     page changes where it lives, how it is coded and which codec slot decodes it in one
+ *     atomic store;
+ *   - the fill word of each same-filled page (a sparse array: only pages that hold a non-zero
+ *     word are ever touched);
+ *   - each recompression slot's codec (its name, level and dictionary);
+ *   - the event counters (failed_reads, bd_writes, recompressions, ...), the current slot and
+ *     the clock's origin (t0, CLOCK_MONOTONIC, which a new process shares).
+ * Counts that follow from the entries (stored_pages, same_pages, huge_pages, compr_data_size,
+ * bd_count, the slots' page counts, dedup's reference counts) are recomputed at a takeover.
+ *
+ * The store's invariants, which hold at any instant a process can die (with the pool's I1-I4,
+ * pool.h):
+ *   S1 a page's word is committed whole (store_commit) after everything it names is in place:
+ *      the pool object (written, its handle's location word set), the fill word, the slot's
+ *      codec record, the backing file's copy (BACKED);
+ *   S2 what the old word named is let go only after the commit (an object freed, a fill word
+ *      cleared, a slot's record dropped once no page names it): a crash in between leaves
+ *      garbage (a handle nobody names) that the takeover lets go, never a page naming
+ *      something gone;
+ *   S3 a background step (recompression, writeback, dedup, compaction, migration) never
+ *      changes what a page reads back, so a step cut short anywhere leaves every page
+ *      readable as it was; only a request changes contents, and a request not answered is
+ *      still in the kernel's queue, to be sent again to the new process (FUSE_NOTIFY_RESEND),
+ *      which redoes it whole (writes, discards and reads are idempotent).
+ * crash_point() marks the instants between the steps; the tests kill the process there. */
+#define STORE_MAGIC "zswstor\0"
+/* a new number for any change of the region a process of another build could misread */
+#define STORE_FORMAT 1
+#define STORE_HEADER_BYTES 16384
+/* a slot's dictionary at most (config.py's dict-size bound) */
+#define DICT_MAX (1 << 20)
+#define SLOT_NAME 40
+
+/* the counters kept in the region: store.py's names (zram's and zswap's); the first five are
+ * derived (recomputed at a takeover), the rest are events. current_slot rides along: it lives
+ * where the counters do. */
+#define STORE_COUNTERS(X)                                                                      \
+    X(stored_pages) X(same_pages) X(huge_pages) X(compr_data_size) X(bd_count)                  \
+    X(failed_reads) X(failed_writes) X(invalid_io) X(bd_reads) X(bd_writes) X(bd_errors)        \
+    X(written_back_pages) X(pool_limit_hit) X(reject_compress_fail) X(reject_compress_poor)     \
+    X(reject_alloc_fail) X(reject_reclaim_fail) X(requests) X(recompressions)                   \
+    X(recompress_saved_bytes) X(recompress_not_worth) X(pages_rewarmed) X(dedup_merges)         \
+    X(notify_free) X(discards) X(current_slot) X(takeovers)
+
+typedef struct {
+#define COUNTER_FIELD(name) long long name;
+    STORE_COUNTERS(COUNTER_FIELD)
+#undef COUNTER_FIELD
+} Counters;
+
+/* a recompression slot's codec: valid while name[0] (set last, cleared first) */
+typedef struct {
+    char name[SLOT_NAME]; /* the codec's name: "zstd:9+dict", "zstd:3", "lz4", "none" */
+    int32_t level;
+    uint32_t len; /* the dictionary's bytes, at off_dicts + slot * DICT_MAX */
+} SlotRecord;
+
+typedef struct {
+    char magic[8];
+    uint32_t format, codec;
+    int32_t level;
+    uint32_t persistent;
+    uint64_t npages, bytes, off_entries, off_fill, off_dicts;
+    /* what the other descriptors of this store must be (a foreign one is refused): the pool's
+     * region's and the backing file's device and inode (0: none) */
+    uint64_t pool_dev, pool_ino, backing_dev, backing_ino;
+    double t0;
+    Counters counters;
+    SlotRecord slots[SLOTS];
+} StoreHeader;
+
 typedef struct {
     PyObject_HEAD
     LockObject *lock;
     PoolObject *pool;
-    Py_buffer index_buf, meta_buf;
-    uint32_t *index, *meta;
+    /* the persistent region: a buffer of the mmap Python made over the memfd (held while the
+     * store lives), its header, the page words and the fill words */
+    Py_buffer region_buf;
+    StoreHeader *hdr;
+    uint64_t *ent;
+    uint64_t *fillw;
     uint64_t npages;
-    /* same-filled words other than 0: open addressing, key pn + 1 (0 = empty slot) */
-    uint64_t *fill_keys, *fill_vals;
-    size_t fill_cap, fill_count;
+    int needs_rebuild; /* taken over: _adopt() must run before anything else */
     Inflight *inflight;
     size_t inflight_n, inflight_cap;
     long long mem_limit, low_water;
@@ -51,19 +128,25 @@ typedef struct {
     LockObject *file_lock; /* store.py's _file_lock: around backing-file writes */
     double t0;          /* store.py's _t0: CLOCK_MONOTONIC seconds at the store's start */
     uint32_t fixed_now; /* when not 0, what store_now answers (set_clock: the tests' clock) */
-    /* counters: the names of store.py (zram's and zswap's) */
-    long long stored_pages, same_pages, huge_pages, compr_data_size, failed_reads, failed_writes,
-        invalid_io, bd_count, bd_reads, bd_writes, bd_errors, written_back_pages, pool_limit_hit,
-        reject_compress_fail, reject_compress_poor, reject_alloc_fail, reject_reclaim_fail;
-    long long requests; /* write and read calls (GIL held): the background loop's sign of load */
+    /* the counters: in the region once set up; here before (PageStore.__init__ sets them) */
+    Counters *c;
+    Counters local;
     /* recompression (store.py's _recode for pages in the write codec): the digested
-     * dictionary of each slot, and the counters store.py keeps for it */
+     * dictionary of each slot */
     SlotDict *dicts[SLOTS]; /* pinned (slot_dict_pin) for as long as a step or read uses one */
     Py_buffer slot_pages_buf;
     int64_t *slot_pages;
-    long long recompressions, recompress_saved_bytes, recompress_not_worth;
-    long long notify_free, discards; /* pages and requests discarded (zram's notify_free) */
 } StoreObject;
+
+/* page pn's entry and meta: the two halves of its word (little-endian: entry first) */
+#define IDX(s, pn) (((uint32_t *)(s)->ent)[2 * (size_t)(pn)])
+#define META(s, pn) (((uint32_t *)(s)->ent)[2 * (size_t)(pn) + 1])
+
+/* S1: page pn's entry and meta committed in one store (store lock held) */
+static inline void store_commit(StoreObject *s, uint32_t pn, uint32_t entry, uint32_t meta)
+{
+    __atomic_store_n(&s->ent[pn], (uint64_t)meta << 32 | entry, __ATOMIC_RELEASE);
+}
 
 /* The request cores (store.c): any thread, the GIL not held; 0, or -1 with a Python exception
  * set in this thread's state. The byte range must lie inside the image (range_ok). */
@@ -90,6 +173,9 @@ int store_check(StoreObject *s);
  * StoreError is left as it is. Returns NULL (GIL held). */
 PyObject *store_wrap_failure(StoreObject *s, int writing, unsigned long long offset,
                              Py_ssize_t size);
+
+/* _store_layout(npages) (module.c's table) */
+PyObject *py_store_layout(PyObject *mod, PyObject *arg);
 
 extern PyTypeObject StoreType;
 

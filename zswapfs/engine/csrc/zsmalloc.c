@@ -129,13 +129,14 @@ static int32_t zs_emptiest(PoolObject *p, SizeClass *cls)
 
 /* zspage life ----------------------------------------------------------------------------- */
 
+/* the per-pool-page tables cover every page handed out: page_owner grows here (page_next is
+ * in the region, whole), page_len follows the reference's growth rule for metadata_bytes */
 int track_pages(PoolObject *p)
 {
     size_t n = page_table_len(p, p->page_len);
     if (!n)
         return 0;
-    if (resize_zeroed((void **)&p->page_next, p->page_len, n, 4) ||
-        resize_zeroed((void **)&p->page_owner, p->page_len, n, 4))
+    if (resize_zeroed((void **)&p->page_owner, p->page_len, n, 4))
         return -1;
     p->page_len = n;
     return 0;
@@ -158,8 +159,8 @@ static int32_t zs_new(PoolObject *p, SizeClass *cls)
         z = (int32_t)p->zs_unused[--p->unused_count];
     } else {
         size_t n = p->zs_count + 1, c;
-        c = p->zs_cap;
-        if (grow((void **)&p->zs_class, &c, n, 2)) goto nomem;
+        if (n > p->hdr->max_zspages)
+            goto nomem;
         c = p->zs_cap;
         if (grow((void **)&p->zs_inuse, &c, n, 2)) goto nomem;
         c = p->zs_cap;
@@ -171,15 +172,15 @@ static int32_t zs_new(PoolObject *p, SizeClass *cls)
         c = p->zs_cap;
         if (grow((void **)&p->zs_next, &c, n, 4)) goto nomem;
         c = p->zs_cap;
-        if (grow((void **)&p->zs_first, &c, n, 4)) goto nomem;
-        c = p->zs_cap;
         if (grow((void **)&p->zs_group, &c, n, 1)) goto nomem;
         p->zs_cap = c;
         z = (int32_t)p->zs_count++;
+        __atomic_store_n(&p->hdr->zs_count, p->zs_count, __ATOMIC_RELEASE);
         p->zs_prev[z] = NONE;
         p->zs_next[z] = NONE;
         p->zs_group[z] = 0;
     }
+    /* zspage z and its pages are named by no handle yet (I1) */
     p->zs_class[z] = (uint16_t)cls->index;
     p->zs_inuse[z] = 0;
     p->zs_bump[z] = 0;
@@ -411,14 +412,17 @@ static int compact_class_step(PoolObject *p, SizeClass *cls, int budget)
         uint32_t nstart = (uint32_t)nidx * cls->size;
         zs_set_header(p, dst, nstart, (uint32_t)(h << 1 | 1));
         zs_copy_in(p, dst, nstart + HDR, data, len);
-        p->table[h] = (uint64_t)dst << 24 | (uint64_t)nidx << 13 | len;
-        p->objects_moved++;
+        /* I2: the copy is whole before the location word names it, the old slot let go after */
+        crash_point("zs.compact.copied");
+        loc_commit(&p->table[h], (uint64_t)dst << 24 | (uint64_t)nidx << 13 | len);
+        crash_point("zs.compact.switched");
+        p->hdr->objects_moved++;
         budget--;
         int released = p->zs_inuse[src] == 1;
         if (zs_drop_slot(p, cls, src, idx))
             return -1;
         if (released) {
-            p->pages_compacted += cls->pages;
+            p->hdr->pages_compacted += cls->pages;
             return cls->pages;
         }
     }
@@ -449,21 +453,144 @@ int zs_migrate_page_locked(PoolObject *p, uint32_t pn)
     if (owner & HUGE_OWNER) {
         uint64_t h = owner & ~HUGE_OWNER;
         uint64_t len = p->table[h] & LEN_MASK;
-        p->table[h] = HUGE_LOC | (uint64_t)nw << 13 | len;
+        crash_point("zs.migrate.copied");
+        loc_commit(&p->table[h], HUGE_LOC | (uint64_t)nw << 13 | len);
     } else {
+        /* I2: the copy links on to the rest of the chain before the chain links to it */
         int32_t z = (int32_t)owner;
+        p->page_next[nw] = p->page_next[pn];
         if (p->zs_first[z] == pn) {
-            p->zs_first[z] = (uint32_t)nw;
+            __atomic_store_n(&p->zs_first[z], (uint32_t)nw, __ATOMIC_RELEASE);
         } else {
             uint32_t prev = p->zs_first[z];
             while (p->page_next[prev] != pn)
                 prev = p->page_next[prev];
-            p->page_next[prev] = (uint32_t)nw;
+            __atomic_store_n(&p->page_next[prev], (uint32_t)nw, __ATOMIC_RELEASE);
         }
-        p->page_next[nw] = p->page_next[pn];
     }
+    crash_point("zs.migrate.switched");
     p->page_owner[nw] = owner;
     arena_free_page(a, pn);
-    p->migrated_pages++;
+    p->hdr->migrated_pages++;
     return 1;
+}
+
+/* rebuild after a takeover ----------------------------------------------------------------- */
+
+/* zsmalloc's derived state from the live handles (pool_rebuild has freed the others): every
+ * zspage a live handle names gets its pages (walked from zs_first along page_next), its use
+ * count, its bump and a free list through the headers of every slot below the bump that no
+ * live handle names (whatever a dead process left there: a ghost header would be moved by the
+ * next compaction); every other zspage id is unused. Pages in use are marked in *used*. */
+int zs_rebuild(PoolObject *p, uint8_t *used)
+{
+    size_t nz = p->zs_count, c = 0;
+    if (nz && (grow((void **)&p->zs_inuse, &c, nz, 2) ||
+               (c = 0, grow((void **)&p->zs_bump, &c, nz, 2)) ||
+               (c = 0, grow((void **)&p->zs_free, &c, nz, 4)) ||
+               (c = 0, grow((void **)&p->zs_prev, &c, nz, 4)) ||
+               (c = 0, grow((void **)&p->zs_next, &c, nz, 4)) ||
+               (c = 0, grow((void **)&p->zs_group, &c, nz, 1))))
+        return -1;
+    p->zs_cap = c ? c : p->zs_cap;
+    for (size_t z = 0; z < nz; z++) {
+        p->zs_inuse[z] = p->zs_bump[z] = 0;
+        p->zs_free[z] = p->zs_prev[z] = p->zs_next[z] = NONE;
+        p->zs_group[z] = NONE;
+    }
+    for (int i = 0; i < NGROUPS * p->nclasses; i++)
+        p->heads[i] = NONE;
+    for (int i = 0; i < p->nclasses; i++)
+        p->classes[i].zspages = p->classes[i].inuse = 0;
+    /* first pass: use counts and bumps; huge pages */
+    uint32_t max_pn = 0;
+    for (uint64_t h = 3; h < p->tlen; h++) {
+        uint64_t loc = p->table[h];
+        if (loc & FREE_TAG)
+            continue;
+        if (loc & HUGE_LOC) {
+            uint32_t pn = (uint32_t)((loc >> 13) & PN_MASK);
+            if (pn >= p->arena.max_pages || used[pn])
+                return -1;
+            used[pn] = 1;
+            max_pn = pn > max_pn ? pn : max_pn;
+            p->classes[0].zspages++;
+            p->classes[0].inuse++;
+            continue;
+        }
+        uint64_t z = loc >> 24;
+        uint32_t idx = (uint32_t)((loc >> 13) & IDX_MASK);
+        if (z >= nz || p->zs_class[z] >= p->nclasses ||
+            idx >= (uint32_t)p->classes[p->zs_class[z]].objs)
+            return -1;
+        p->zs_inuse[z]++;
+        if (idx + 1 > p->zs_bump[z])
+            p->zs_bump[z] = (uint16_t)(idx + 1);
+    }
+    /* the zspages in use: their pages, then their free lists */
+    p->unused_count = 0;
+    for (size_t z = nz; z-- > 0;) {
+        if (!p->zs_inuse[z]) {
+            if (grow((void **)&p->zs_unused, &p->unused_cap, p->unused_count + 1, 4))
+                return -1;
+            p->zs_unused[p->unused_count++] = (uint32_t)z;
+            continue;
+        }
+        SizeClass *cls = &p->classes[p->zs_class[z]];
+        uint32_t pn = p->zs_first[z];
+        for (int k = 0; k < cls->pages; k++) {
+            if (pn >= p->arena.max_pages || used[pn])
+                return -1;
+            used[pn] = 1;
+            max_pn = pn > max_pn ? pn : max_pn;
+            pn = p->page_next[pn];
+        }
+        cls->zspages++;
+        cls->inuse += p->zs_inuse[z];
+    }
+    /* page tables cover every page in use (the arena's high water is not set yet) */
+    p->arena.high_water = max_pn + 1;
+    if (track_pages(p) != 0)
+        return -1;
+    for (size_t z = 0; z < nz; z++) {
+        if (!p->zs_inuse[z])
+            continue;
+        SizeClass *cls = &p->classes[p->zs_class[z]];
+        uint32_t pn = p->zs_first[z];
+        for (int k = 0; k < cls->pages; k++) {
+            p->page_owner[pn] = (uint32_t)z;
+            pn = p->page_next[pn];
+        }
+        /* every slot below the bump: free, unless a live handle's header says it is its own */
+        for (int idx = p->zs_bump[z] - 1; idx >= 0; idx--) {
+            uint32_t hdr = zs_header(p, (int32_t)z, (uint32_t)idx * cls->size);
+            uint64_t h = hdr >> 1;
+            if ((hdr & 1) && h >= 3 && h < p->tlen && !(p->table[h] & FREE_TAG) &&
+                !(p->table[h] & HUGE_LOC) && (p->table[h] >> 24) == z &&
+                ((p->table[h] >> 13) & IDX_MASK) == (uint64_t)idx)
+                continue;
+            zs_set_header(p, (int32_t)z, (uint32_t)idx * cls->size,
+                          (uint32_t)(p->zs_free[z] + 1) << 1);
+            p->zs_free[z] = idx;
+        }
+        p->zs_group[z] = 0;
+        zs_link(p, (int32_t)z, cls->index, 0);
+        zs_regroup(p, (int32_t)z, cls);
+    }
+    for (uint64_t h = 3; h < p->tlen; h++) {
+        uint64_t loc = p->table[h];
+        if (!(loc & FREE_TAG) && (loc & HUGE_LOC))
+            p->page_owner[(loc >> 13) & PN_MASK] = HUGE_OWNER | (uint32_t)h;
+    }
+    /* a live object whose own header does not name it: the region contradicts itself */
+    for (uint64_t h = 3; h < p->tlen; h++) {
+        uint64_t loc = p->table[h];
+        if ((loc & FREE_TAG) || (loc & HUGE_LOC))
+            continue;
+        int32_t z = (int32_t)(loc >> 24);
+        uint32_t start = (uint32_t)((loc >> 13) & IDX_MASK) * p->classes[p->zs_class[z]].size;
+        if (zs_header(p, z, start) != (uint32_t)(h << 1 | 1))
+            return -1;
+    }
+    return 0;
 }
