@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -219,6 +220,29 @@ class Mounted:
 
     def log_text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
+
+    def server_pid(self) -> int:
+        """The process that serves the mount: the supervisor's child, or (no supervisor: the
+        pyfuse3 frontend, --no-supervise) the daemon itself."""
+        return int(self.stats()["pid"])
+
+    def kill_all(self) -> None:
+        """A crash of everything (kill -9 of the supervisor, then of the server): what a
+        machine's crash leaves, short of the kernel's own state."""
+        server = self.server_pid()
+        self.proc.kill()
+        self.proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server, signal.SIGKILL)
+        wait_for(lambda: not Path(f"/proc/{server}").exists() or _zombie(server),
+                 f"server {server} to die")  # fmt: skip
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except OSError:
+        return True
 
 
 def zswapfs_cmd(*args: str) -> list[str]:

@@ -221,15 +221,15 @@ def test_list_shows_every_mount_from_its_stats(
 def test_unreadable_stats_show_a_marker(mount: Callable[..., Mounted]) -> None:
     stopped = mount("--size", "8M")
     dead = mount("--size", "8M")
-    dead.proc.kill()
-    dead.proc.wait(timeout=30)
-    os.kill(stopped.proc.pid, signal.SIGSTOP)
+    dead.kill_all()
+    server = stopped.server_pid()
+    os.kill(server, signal.SIGSTOP)
     try:
         res = run(
             "list", "-o", "mountpoint,size,codec", str(stopped.mountpoint), str(dead.mountpoint)
         )
     finally:
-        os.kill(stopped.proc.pid, signal.SIGCONT)
+        os.kill(server, signal.SIGCONT)
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr
     assert res.stdout.splitlines()[1].split() == [str(stopped.mountpoint), "?", "?"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,27 +57,36 @@ OOM_WAIT = 60.0
 
 
 def hog_through(
-    mps: list[Path], mib: int, limit: int = 128 << 20
+    mps: list[Path],
+    mib: int,
+    limit: int = 128 << 20,
+    command: list[str] | None = None,
+    during: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Run the checksummed hog of *mib* MiB in a memory cgroup of *limit* bytes, so that it can
-    only finish by swapping through the mounts *mps*; its report, and each mount's stats when
-    its pool held most (the stats after it exits may show the pools emptied again by discard).
-    The cgroup waits for memory instead of OOM-killing (cgroup.MemoryCgroup says why); a wait
-    of OOM_WAIT seconds in a row, which no swap write in flight ended, fails the test."""
+    """Run the checksummed hog of *mib* MiB (or *command*) in a memory cgroup of *limit* bytes,
+    so that it can only finish by swapping through the mounts *mps*; its report, and each
+    mount's stats when its pool held most (the stats after it exits may show the pools emptied
+    again by discard). *during* is called with the mounts' latest stats while it runs. The
+    cgroup waits for memory instead of OOM-killing (cgroup.MemoryCgroup says why); a wait of
+    OOM_WAIT seconds in a row, which no swap write in flight ended, fails the test."""
     peaks = [json.loads((mp / "stats").read_text()) for mp in mps]
     with cgroup.memory_cgroup(f"zswapfs-test-{os.getpid()}", limit, oom_killer=False) as cg:
         hog = cg.popen(
-            [sys.executable, "-m", "zswapfs.lab.workloads.hog", str(mib)],
+            command or [sys.executable, "-m", "zswapfs.lab.workloads.hog", str(mib)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
         try:
             waiting_since = None
             while hog.poll() is None:
+                latest = []
                 for i, mp in enumerate(mps):
                     st = json.loads((mp / "stats").read_text())
+                    latest.append(st)
                     if st["stored_pages"] > peaks[i]["stored_pages"]:
                         peaks[i] = st
+                if during is not None:
+                    during(latest)
                 if not cg.under_oom():
                     waiting_since = None
                 elif waiting_since is None:
@@ -178,6 +188,88 @@ def test_a_program_that_exits_leaves_its_pages_to_discard(
     assert after["notify_free"] > 50_000 and after["discards"] > 0, after
     assert after["failed_reads"] == after["failed_writes"] == 0
     assert during["stored_pages"] > before["stored_pages"] + 20_000, during  # it did swap
+
+
+#: what the kernel logs when swap fails or a program is killed for memory
+KERNEL_TROUBLE = re.compile(
+    r"(read|write)-error on swap-device|I/O error|Killed process|Out of memory|oom-kill|"
+    r"SIGBUS|Bad swap|swap_(read|write)page|fuse.*(abort|timeout)",
+    re.IGNORECASE,
+)
+
+
+def kernel_log() -> list[str]:
+    return subprocess.run(["dmesg"], capture_output=True, text=True).stdout.splitlines()
+
+
+@pytest.fixture(scope="module")
+def real_memory(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A corpus of real memory: the heap of a Python program of dicts, captured (96 MiB)."""
+    from zswapfs.lab.bench.corpus import BUILTIN
+    from zswapfs.lab.capture import capture_command
+
+    out = tmp_path_factory.mktemp("corpus") / "py_dicts.pages"
+    capture_command(BUILTIN["py_dicts"](96), out)
+    assert out.stat().st_size > 32 << 20
+    return out
+
+
+@pytest.mark.system
+@needs_swap
+@pytest.mark.frontends("native")  # the pyfuse3 frontend runs without a supervisor
+@pytest.mark.parametrize("mode", ["swap", "image"])
+def test_swap_survives_a_kill_and_a_restart_of_its_server(
+    swap_config: Path, tmp_path: Path, real_memory: Path, mode: str
+) -> None:
+    """A program swaps 384 MiB of real memory (checksummed) through zswapfs in a 128 MiB
+    cgroup; once it has swapped ~40 MiB the server is killed (-9) and a new one must serve
+    within 10 s, and once ~160 MiB more went through, `zswapfs restart` replaces that one. The
+    program ends with every page right and exit status 0, nothing in the kernel log says a
+    swap read or write failed or a program was killed, the mount is still live. In image mode
+    the backing file ends up holding the image exactly (flushed at the unmount)."""
+    backing = tmp_path / "image.img"
+    if mode == "image":
+        with open(swap_config, "a") as f:
+            f.write(f'mode = "image"\nbacking = "{backing}"\n')
+    res = run("swapon", "--config", str(swap_config))
+    assert res.returncode == 0, res.stderr
+    mp = tmp_path / "mnt"
+    first = json.loads((mp / "stats").read_text())
+    before = len(kernel_log())
+    done: dict[str, Any] = {}
+
+    def step(latest: list[dict[str, Any]]) -> None:
+        st = latest[0]
+        stored = st["stored_pages"] - first["stored_pages"]
+        if "killed" not in done and stored > 10_000:
+            done["killed"] = st["pid"]
+            os.kill(st["pid"], 9)
+            pid = [st["pid"]]
+            wait_for(lambda: pid.__setitem__(0, json.loads((mp / "stats").read_text())["pid"])
+                     or pid[0] != st["pid"], "a new server", timeout=10)  # fmt: skip
+            done["after_kill"] = pid[0]
+        elif "killed" in done and "restarted" not in done and stored > 50_000:
+            res = run("restart", str(mp))
+            assert res.returncode == 0, res.stderr
+            done["restarted"] = res.stdout
+
+    command = [sys.executable, "-m", "zswapfs.lab.workloads.corpus_hog", str(real_memory), "384"]
+    report, _ = hog_through([mp], 384, command=command, during=step)
+    assert report["bad_pages"] == 0 and report["pages"] == 384 * 256
+    assert "killed" in done and "restarted" in done, done
+    st = json.loads((mp / "stats").read_text())
+    assert st["takeovers"] == 2 and st["pid"] not in (done["killed"], done["after_kill"])
+    assert st["failed_reads"] == st["failed_writes"] == 0
+    trouble = [line for line in kernel_log()[before:] if KERNEL_TROUBLE.search(line)]
+    assert not trouble, trouble
+    assert os.path.ismount(mp)
+    if mode == "image":
+        res = run("swapoff", "--keep-mount", "--config", str(swap_config))
+        assert res.returncode == 0, res.stderr
+        image = hashlib.sha256((mp / "swap.img").read_bytes()).hexdigest()
+        res = run("umount", str(mp))
+        assert res.returncode == 0, res.stderr
+        assert hashlib.sha256(backing.read_bytes()).hexdigest() == image
 
 
 @pytest.mark.system

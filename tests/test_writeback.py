@@ -8,7 +8,6 @@ import errno
 import json
 import os
 import random
-import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -342,8 +341,7 @@ def test_image_mode_survives_kill_and_remount(
     }
     m = mount(*args)
     write_pattern(m.image, pages)
-    os.kill(m.proc.pid, signal.SIGKILL)  # no unmount, no flush: only the fsync counts
-    m.proc.wait()
+    m.kill_all()  # supervisor and server: no unmount, no flush: only the fsync counts
     stop_daemon(m.mountpoint, None)
     m2 = mount(*args)
     assert read_pages(m2.image, list(pages)) == pages

@@ -65,6 +65,21 @@ class NativeFrontend:
         options = options | {f"max_read={native._native.FRONTEND_MAX_IO}"}
         self._fe.mount(mountpoint, ",".join(sorted(options)))
 
+    def adopt(self, fd: int, options: set[str], init_request: bytes) -> None:
+        """Take over the session of a mount another process made (docs/restart.md): *fd* its
+        /dev/fuse descriptor, *init_request* the kernel's FUSE_INIT as that process read it.
+        The requests the other process read and never answered are sent again."""
+        options = options | {f"max_read={native._native.FRONTEND_MAX_IO}"}
+        self._fe.adopt(fd, ",".join(sorted(options)), init_request)
+
+    @property
+    def init_request(self) -> bytes:
+        """The kernel's FUSE_INIT as mount() read it (a takeover replays it)."""
+        init = self._fe.init_request
+        if init is None:
+            raise RuntimeError("not mounted: no FUSE_INIT was read")
+        return init
+
     def serve(self) -> str | None:
         """Serve until a signal (its name is returned), stop() or an unmount (None)."""
         signum = self._fe.serve()
@@ -84,6 +99,11 @@ class NativeFrontend:
 
     def unmount(self) -> None:
         self._fe.unmount()
+
+    def disown(self) -> None:
+        """The mount is the supervisor's from now on: this process never unmounts it (its
+        end, or a handover, must leave the mount to the next server)."""
+        self._fe.disown()
 
     def close(self) -> None:
         self._fe.close()

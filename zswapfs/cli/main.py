@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="native frontend: a /dev/fuse descriptor of its own for each worker thread",
     )
+    m.add_argument(
+        "--no-supervise",
+        action="store_true",
+        help="no supervisor: a crash of the daemon ends the mount (default: a supervisor restarts"
+        " it and the new process takes the pool over; docs/restart.md)",
+    )
     m.add_argument("--name", help="image file name (default swap.img)")
     m.add_argument("--max-chain", type=int, help="longest zspage, in pages (default 8)")
     m.add_argument("--maintenance-interval", type=float, help="seconds between checks (1)")
@@ -134,6 +140,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="address the metrics port listens on (default 127.0.0.1)",
     )
     m.set_defaults(func=_verb("mount", "cmd_mount"))
+
+    rs = sub.add_parser(
+        "restart",
+        help="replace the process serving a mount with the installed version, live",
+        description="The supervisor of MOUNTPOINT starts the installed zswapfs, which checks that"
+        " it can take the mount's state over; then the serving process hands over and the new one"
+        " serves the same mount, pool and swap, with nothing unmounted or swapped off. A version"
+        " that cannot take the state over refuses and the old one goes on serving. The"
+        " configuration stays the one the mount was made with. See docs/restart.md.",
+    )
+    rs.add_argument("mountpoint", nargs="?", help="default: the mountpoint of --config")
+    rs.add_argument("--config", help="the TOML file the mount was made from (its mountpoint)")
+    rs.set_defaults(func=_verb("mount", "cmd_restart"))
+
+    sv = sub.add_parser("serve", help=argparse.SUPPRESS)  # a supervisor's child (supervisor.py)
+    sv.add_argument("mountpoint")
+    sv.add_argument("--resolved-config", required=True)
+    sv.add_argument("--channel-fd", type=int, required=True)
+    sv.add_argument("--takeover", action="store_true")
+    sv.add_argument("--verbose", "-v", action="store_true")
+    sv.set_defaults(func=_verb("mount", "cmd_serve"))
 
     u = sub.add_parser("umount", help="unmount and wait for the daemon to exit")
     u.add_argument("mountpoint")

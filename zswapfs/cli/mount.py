@@ -57,6 +57,8 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
         overrides["lock_memory"] = False
     if args.no_dedup:
         overrides["dedup"] = False
+    if args.no_supervise:
+        overrides["supervise"] = False
     if args.dict_size is not None:
         overrides["dict_size"] = cfgmod.parse_size(args.dict_size, "--dict-size")
     for flag in ("aggressive_maintenance", "writeback_huge_first", "force"):
@@ -129,12 +131,11 @@ def cmd_mount(args: argparse.Namespace) -> int:
         if args.ready_fd is None:
             print(_usage_lines(image) + "Ctrl-C unmounts.", flush=True)
         try:
-            daemon.run(mountpoint, cfg, ready_fd=args.ready_fd)
+            return daemon.run(mountpoint, cfg, ready_fd=args.ready_fd, verbose=args.verbose)
         except daemon.MountError as exc:
             if args.ready_fd is not None:
                 os.write(args.ready_fd, f"ERROR {exc}\n".encode())
             raise CliError(str(exc)) from None
-        return 0
     return _spawn(args, cfg, mountpoint, image)
 
 
@@ -192,6 +193,46 @@ def _spawn(args: argparse.Namespace, cfg: MountConfig, mountpoint: str, image: s
     raise CliError(f"mount failed: {reason} (log: {logfile})")
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The server a supervisor starts (supervisor.py); not for users."""
+    from zswapfs.service import daemon
+
+    _setup_logging(args.verbose)
+    cfg = MountConfig(**json.loads(args.resolved_config)).check()
+    try:
+        return daemon.serve_supervised(args.mountpoint, cfg, args.channel_fd, args.takeover)
+    except daemon.MountError as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    from zswapfs.service import supervisor
+
+    if args.mountpoint:
+        mountpoint = os.path.abspath(args.mountpoint)
+    elif args.config:
+        from zswapfs.service.swap import RUN_DIR
+
+        cfg = cfgmod.from_mapping(cfgmod.load_toml(args.config), where=f"{args.config}: ")
+        mountpoint = cfg.mountpoint or str(RUN_DIR / Path(args.config).stem)
+    else:
+        raise CliError("restart needs a MOUNTPOINT (or the --config it was mounted from)")
+    try:  # the supervisor first: a mount whose server hangs must still be restartable
+        answer = supervisor.request_restart(mountpoint)
+    except (ConnectionRefusedError, FileNotFoundError):
+        st = read_stats(mountpoint)  # says what is wrong if it is not a live zswapfs mount
+        raise CliError(
+            f"{mountpoint} is served without a supervisor (pid {st.get('pid')}): it cannot be "
+            "restarted live; see docs/restart.md"
+        ) from None
+    except OSError as exc:
+        raise CliError(f"the supervisor of {mountpoint} did not answer ({exc})") from None
+    if answer.startswith("OK"):
+        print(f"{mountpoint}: restarted, {answer[3:]}")
+        return 0
+    raise CliError(f"{mountpoint}: {answer.removeprefix('ERROR ')}")
+
+
 # -- umount, stats -------------------------------------------------------------------------------
 def read_stats(mountpoint: str) -> dict[str, Any]:
     path = os.path.join(mountpoint, "stats")
@@ -217,15 +258,17 @@ def read_stats(mountpoint: str) -> dict[str, Any]:
 
 def cmd_umount(args: argparse.Namespace) -> int:
     mountpoint = os.path.abspath(args.mountpoint)
-    pid = int(read_stats(mountpoint)["pid"])
+    st = read_stats(mountpoint)
+    pids = [int(st["pid"])] + ([int(st["supervisor_pid"])] if st.get("supervisor_pid") else [])
     res = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True)
     if res.returncode != 0:
         raise CliError(f"cannot unmount {mountpoint}: {res.stderr.strip() or 'fusermount3 failed'}")
     deadline = time.monotonic() + STOP_TIMEOUT
-    while process_alive(pid):
-        if time.monotonic() > deadline:
-            raise CliError(f"unmounted {mountpoint}, but daemon {pid} has not exited")
-        time.sleep(0.05)
+    for pid in pids:
+        while process_alive(pid):
+            if time.monotonic() > deadline:
+                raise CliError(f"unmounted {mountpoint}, but daemon {pid} has not exited")
+            time.sleep(0.05)
     return 0
 
 
@@ -239,6 +282,8 @@ def _human(n: float) -> str:
 
 def format_stats(st: dict[str, Any]) -> str:
     lines = [f"{st.get('image', '')}  codec {st['codec']}  pool {st['pool']}  pid {st.get('pid')}"]
+    if st.get("supervisor_pid"):
+        lines[0] += f"  supervisor {st['supervisor_pid']}  takeovers {st.get('takeovers', 0)}"
     sizes = (
         "disksize",
         "orig_data_size",

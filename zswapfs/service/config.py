@@ -73,6 +73,12 @@ class MountConfig:
     idle_writeback: float = 0.0
     lock_memory: bool = True
     swap_priority: int = 100
+    #: a supervisor process keeps the mount's descriptors and restarts the serving process when
+    #: it dies, taking its pool over (docs/restart.md); the native frontend and engine only
+    supervise: bool = True
+    #: servers that may die within 10 s before the supervisor gives the mount up (as systemd's
+    #: StartLimitBurst: a server that keeps dying, on a request it is sent again, must end)
+    restart_limit: int = 5
     #: swapon: swap on with --discard=pages, so slots swap frees reach the pool (docs/swap.md)
     discard: bool = True
     mountpoint: str = ""
@@ -136,6 +142,8 @@ class MountConfig:
             raise ConfigError(f"idle-writeback: {self.idle_writeback} s is negative")
         if (self.writeback_huge_first or self.idle_writeback) and not self.backing:
             raise ConfigError("writeback options need a backing file (backing)")
+        if not 1 <= self.restart_limit <= 1000:
+            raise ConfigError(f"restart-limit: {self.restart_limit} out of range 1..1000")
         if not -1 <= self.swap_priority <= 32767:
             raise ConfigError(f"swap-priority: {self.swap_priority} out of range -1..32767")
         if self.recompress != "off":
@@ -204,6 +212,8 @@ _KEYS = {
     "lock-memory": "lock_memory",
     "swap-priority": "swap_priority",
     "discard": "discard",
+    "supervise": "supervise",
+    "restart-limit": "restart_limit",
     "mountpoint": "mountpoint",
     "stripes": "stripes",
     "recompress": "recompress",
