@@ -25,6 +25,10 @@ memory), 8 bytes a page in all:
                      write codec); bit 31 (DIRTY): image mode only, the page is newer here
                      than in the backing file.
 The pool adds its handle table (8 bytes a live object) and its per-page tables (see pools/).
+The compiled engine keeps table and meta as the two halves of one 64-bit word a page, in a memfd
+that outlives its process (csrc/store.h; docs/restart.md): `table` and `meta` are then strided
+views of it, and _swap commits a page's entry and meta in one store before it lets the old
+object go.
 Shared objects (dedup) have a reference count in `shared` (handle -> references beyond the
 first); recompression slots count their pages in `slot_pages`, and a slot's codec (with its
 dictionary) is dropped when its last page leaves it and a newer slot has taken over.

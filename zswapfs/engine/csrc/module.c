@@ -8,13 +8,16 @@
  * the Python modules for the design (size classes, zspage geometry, fullness groups, buddy
  * placement, handle encoding, lock order); these files say only where they differ and why.
  *
- * Where it differs from the reference: arena segments are mapped with MAP_POPULATE (see
- * arena_map); a new segment is resident at once, which the mlocked daemon's are anyway.
+ * Where it differs from the reference: the arena is one memfd (arena.h), a segment populated
+ * at once when its first page is taken (the mlocked daemon would fault it in anyway); and
+ * what cannot be derived lives in memfds a new process takes over after a crash or an
+ * upgrade (pool.h, store.h: the invariants that keep it readable at any instant;
+ * docs/restart.md). The Python engine keeps everything in its process.
  *
  * The files, one object each, with a header saying what it owns and which lock guards what:
  *   common.h      system headers, page size, the reference's constants, the exception classes
  *   lock.c        Lock: a pthread mutex with an owner that Python can hold too
- *   arena.c       Arena: memfd segments, lowest-first free map, hole punching, warm pages
+ *   arena.c       Arena: one memfd, lowest-first free map, hole punching, warm pages
  *   pool.c        Pool: handle table, what both strategies share, the Python type; the
  *                 strategy is chosen at set-up and pool.h's pool_*_locked functions dispatch
  *   zsmalloc.c    zsmalloc's size classes, zspages and fullness groups
