@@ -423,7 +423,7 @@ def serve_supervised(mountpoint: str, cfg: MountConfig, channel_fd: int, takeove
             log.warning("%s: no metrics endpoint in this process", exc)
         log.info("took %s over in %.3f s: %d pages stored, takeover %d (supervisor %d)",
                  svc.describe(), time.monotonic() - t0, store.stored_pages,
-                 store.takeovers, os.getppid())  # type: ignore[attr-defined]  # fmt: skip
+                 store.takeovers, os.getppid())  # fmt: skip
     svc.start()
     handover = threading.Event()
 
