@@ -9,7 +9,7 @@ NATIVE_SRC := $(wildcard zswapfs/engine/csrc/*.c zswapfs/engine/csrc/*.h zswapfs
 # make (setup.py marks the extension optional only for users' pip installs)
 export ZSWAPFS_REQUIRE_NATIVE := 1
 
-.PHONY: setup run test lint bench sanitize clean
+.PHONY: setup run test lint bench bench-quick bench-docs sanitize clean
 
 $(STAMP): pyproject.toml setup.py scripts/install-deps.sh
 	./scripts/install-deps.sh
@@ -38,9 +38,18 @@ lint: setup
 test: lint
 	$(VENV)/bin/python -m pytest
 
-# not a set-up command: compare every pool and codec on a captured real corpus, beside zram
+# not set-up commands: the benchmark suite (bench/, docs/benchmarks.md). `bench` runs every
+# benchmark full size into docs/results/ (tens of minutes); `bench-quick` each once and small into
+# bench/out/ (a few minutes; the test suite runs it too); `bench-docs` rebuilds the tables of
+# docs/*.md from docs/results/. Two builds: `python -m bench compare OLD/bench/out NEW/bench/out`
 bench: setup
-	$(VENV)/bin/zswapfs bench --out bench/results
+	$(VENV)/bin/python -m bench run
+
+bench-quick: setup
+	$(VENV)/bin/python -m bench run --quick
+
+bench-docs: setup
+	$(VENV)/bin/python -m bench docs
 
 # not a set-up command (CI runs it after the tests): the compiled engine built with
 # AddressSanitizer and UBSan, and with ZS_DEBUG (every "lock held" rule asserted), into

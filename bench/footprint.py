@@ -1,30 +1,36 @@
-"""The daemon's own memory: its anonymous resident memory (RssAnon, what it holds beside the pool,
-which is shared memory: RssShmem) at start and after real memory has been written to its image.
+"""The daemon's own memory: what it holds beside the pool, at start and after real memory has
+gone through its image.
 
-A zswapfs mount of --size (2 GiB) on the default configuration; its RssAnon and RssShmem read
-from /proc right after the mount, then after each of --rounds passes that write a corpus of real
-memory (a `zswapfs capture` file, repeated to --write bytes) into the image with 1 MiB O_DIRECT
-writes, as swap-out of a big program does, then read it all back. The pool's pages are RssShmem
-(memfd segments); everything else the daemon holds is RssAnon.
-
-    python bench/footprint.py --corpus FILE [--size 2G] [--write 1536M] [--rounds 2]
-        [--frontend native|pyfuse3] [--out FILE.json]
+Each round mounts a fresh image (default configuration, native frontend) and reads the daemon's
+RssAnon and RssShmem from /proc right after the mount, then after passes that write a corpus of
+real memory (py_dicts, repeated to the write size) into the image with 1 MiB O_DIRECT writes, as
+the swap-out of a big program does, and read it all back. The pool's pages and the engine's
+tables live in memfds (RssShmem); everything else the daemon holds is RssAnon. The baseline is
+the same daemon right after its mount.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import mmap
 import os
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from zswapfs.service.config import parse_size
+from bench import harness
 
+NAME = "footprint"
+QUESTION = "how much memory the daemon holds beside the pool, and its tables per stored page"
+BASELINE = "at start"
+NEEDS = ("root", "fuse")
+ROUNDS = 3
+UNITS = {
+    "RssAnon": "MB",
+    "RssShmem": "MB",
+    "metadata per stored page": "B",
+    "stored pages": "pages",
+}
 ZS = [sys.executable, "-m", "zswapfs"]
 
 
@@ -33,36 +39,31 @@ def status(pid: int) -> dict[str, int]:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             key, _, value = line.partition(":")
-            if key in ("RssAnon", "RssShmem", "RssFile", "VmRSS", "Threads"):
-                fields = value.split()
-                out[key] = int(fields[0]) * (1024 if len(fields) > 1 else 1)
+            if key in ("RssAnon", "RssShmem"):
+                out[key] = int(value.split()[0]) * 1024
     return out
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--corpus", required=True)
-    ap.add_argument("--size", default="2G")
-    ap.add_argument("--write", default="1536M")
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--frontend", default="native")
-    ap.add_argument("--out")
-    args = ap.parse_args()
-    size, total = parse_size(args.size), parse_size(args.write)
-    corpus = Path(args.corpus).read_bytes()
-    corpus = corpus[: len(corpus) // (1 << 20) * (1 << 20)]
-    result: dict[str, Any] = {"size": size, "written": total, "frontend": args.frontend}
-    with tempfile.TemporaryDirectory(prefix="zswapfs-footprint-") as d:
-        mp = Path(d) / "mnt"
+def run(ctx: harness.Context) -> dict[str, Any]:
+    size, total = ctx.pick(256 << 20, 2 << 30), ctx.pick(64 << 20, 1536 << 20)
+    passes = ctx.pick(1, 2)
+    corpus_path, _ = harness.real_corpus(ctx, "py_dicts", ctx.pick(16, 96))
+    corpus = corpus_path.read_bytes()
+
+    def measure(target: str, r: int) -> dict[str, float]:
+        # one target: the daemon, measured at start and after the passes
+        mp = ctx.workdir / f"mnt{r}"
         mp.mkdir()
-        subprocess.run([*ZS, "mount", str(mp), "--size", str(size), "--frontend",
-                        args.frontend, "--log", f"{d}/daemon.log"], check=True,
-                       capture_output=True)  # fmt: skip
+        subprocess.run(
+            [*ZS, "mount", str(mp), "--size", str(size), "--log", str(ctx.workdir / "daemon.log")],
+            check=True,
+            capture_output=True,
+        )
         try:
             pid = json.loads((mp / "stats").read_text())["pid"]
-            result["start"] = status(pid)
+            start = status(pid)
             buf = mmap.mmap(-1, 1 << 20)
-            for r in range(args.rounds):
+            for _ in range(passes):
                 fd = os.open(mp / "swap.img", os.O_RDWR | os.O_DIRECT)
                 try:
                     for off in range(0, total, 1 << 20):
@@ -73,20 +74,62 @@ def main() -> int:
                         os.preadv(fd, [buf], off)
                 finally:
                     os.close(fd)
-                st = json.loads((mp / "stats").read_text())
-                result[f"after_round_{r + 1}"] = status(pid) | {
-                    "stored_pages": st["stored_pages"],
-                    "metadata_bytes": st["metadata_bytes"],
-                    "mem_used_total": st["mem_used_total"],
-                }
+            after = status(pid)
+            st = json.loads((mp / "stats").read_text())
         finally:
             subprocess.run([*ZS, "umount", str(mp)], capture_output=True)
-    text = json.dumps(result, indent=1)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
-    return 0
+        return {
+            "start RssAnon": start["RssAnon"] / 1e6,
+            "start RssShmem": start["RssShmem"] / 1e6,
+            "after RssAnon": after["RssAnon"] / 1e6,
+            "after RssShmem": after["RssShmem"] / 1e6,
+            "metadata": st["metadata_bytes"] / max(st["stored_pages"], 1),
+            "stored": st["stored_pages"],
+        }
+
+    raw = harness.interleave(["daemon"], ctx.rounds, measure, ctx.log)
+    # regrouped so that "at start" and "after writes" are targets of one metric
+    samples = {
+        "RssAnon": {
+            "at start": raw["start RssAnon"]["daemon"],
+            "after writes": raw["after RssAnon"]["daemon"],
+        },
+        "RssShmem": {
+            "at start": raw["start RssShmem"]["daemon"],
+            "after writes": raw["after RssShmem"]["daemon"],
+        },
+        "metadata per stored page": {"after writes": raw["metadata"]["daemon"]},
+        "stored pages": {"after writes": raw["stored"]["daemon"]},
+    }
+    params = {
+        "size": size,
+        "written": total,
+        "passes": passes,
+        "frontend": "native",
+        "corpus": "py_dicts",
+    }
+    return harness.make_result(sys.modules[__name__], ctx, params, samples)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def tables(doc: dict[str, Any]) -> dict[str, str]:
+    med, p = doc["medians"], doc["params"]
+    after = f"after {p['passes']} passes of {p['written'] / 2**20:,.0f} MiB written and read"
+    rows = [
+        [
+            "RssAnon (the daemon beside the pool), MB",
+            harness.fmt(med["RssAnon"]["at start"], 1),
+            harness.fmt(med["RssAnon"]["after writes"], 1),
+        ],
+        [
+            "RssShmem (pool pages and the engine's tables, memfds), MB",
+            harness.fmt(med["RssShmem"]["at start"], 1),
+            harness.fmt(med["RssShmem"]["after writes"], 1),
+        ],
+        [
+            "tables per stored page (`metadata_bytes` / `stored_pages`), B",
+            "",
+            harness.fmt(med["metadata per stored page"]["after writes"], 1),
+        ],
+        ["stored pages", "", harness.fmt(med["stored pages"]["after writes"])],
+    ]
+    return {"memory": harness.table(["", "right after the mount", after], rows)}

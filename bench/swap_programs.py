@@ -1,64 +1,73 @@
-"""Programs swapping through zswapfs beside the yardsticks, in one run: wall time and how much of
-a program's memory is left in the pool after it exits.
+"""Programs swapping through zswapfs beside the yardsticks: wall time, and how much of a
+program's memory is left in the pool 5 s after it exits (discard frees the rest).
 
-Programs (each in a memory cgroup smaller than its data, so it can only run by swapping):
-    bulk     fills MIB of memory and verifies it (with --corpus FILE: a corpus of real memory,
-             `python -m zswapfs.lab.workloads.corpus_hog`; else the synthetic hog)
-    dicts    a Python program with 320 MiB of dict records, 100,000 random lookups (160 MiB cgroup)
-    sqlite   an in-memory SQLite table of 128 MiB, 200,000 random queries (64 MiB cgroup)
-Swap devices, each the only swap on while a program runs (loop devices with direct I/O,
-`swapon --discard=pages`, priority 100), the rounds interleaved so drift on a shared machine
-hits them alike:
-    zswapfs          `zswapfs swapon` with the default native frontend (lz4, zsmalloc)
-    zswapfs-pyfuse3  the same served by the pyfuse3 reference frontend
-    c-ram            the minimal C libfuse file keeping pages in RAM (zswapfs.lab.ramfs)
-    py-ram           the minimal pyfuse3 file keeping pages in RAM (zswapfs.lab.nullfs)
-    zram             /dev/zram0, lz4
-Each program's checksum must be the same on every device (a page swapped in wrong shows). For
-zswapfs, the pages left in the pool 5 s after the program exits are recorded (discard frees
-the rest). A run the cgroup's OOM killer ends is counted per device and left out of the times.
-
-    python bench/swap_programs.py [--rounds 3] [--programs bulk,dicts,sqlite]
-        [--devices zswapfs,c-ram,zram,...] [--corpus FILE] [--mib 380] [--out FILE.json]
+Programs, each in a memory cgroup smaller than its data, so it can only run by swapping:
+    bulk     writes real captured memory (py_dicts) and verifies it twice (corpus_hog)
+    dicts    a Python program with dict records, random lookups
+    sqlite   an in-memory SQLite table, random queries
+Swap devices, each the only swap while a program runs (loop devices with direct I/O,
+`swapon --discard=pages`, priority 100), taking turns in every round:
+    zswapfs   `zswapfs swapon`, default configuration (native frontend, lz4, zsmalloc)
+    c-ram     the minimal C libfuse file keeping pages in RAM (zswapfs.lab.ramfs): the baseline
+    zram      /dev/zram0, lz4
+Every program's checksum must agree across devices (a page swapped in wrong shows). A run the
+cgroup's OOM killer ends is counted per device and left out of the times.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench import harness
 from zswapfs.lab import cgroup, kzram
 from zswapfs.lab.procs import reap
 from zswapfs.service.safepath import default_log
 
+NAME = "swap_programs"
+QUESTION = "how long programs take when they swap through zswapfs, against a C FUSE file and zram"
+BASELINE = "c-ram"
+NEEDS = ("root", "fuse", "zram", "cgroup", "swap-free")
+ROUNDS = 3
+PROGRAMS = ("bulk", "dicts", "sqlite")
+DEVICES = ("zswapfs", "c-ram", "zram")
+UNITS = {f"{p} wall": "s" for p in PROGRAMS} | {
+    f"{p} pages left after 5 s": "pages" for p in PROGRAMS
+}
 ZS = [sys.executable, "-m", "zswapfs"]
 IMAGE = 2 << 30
-DEVICES = ("zswapfs", "zswapfs-pyfuse3", "c-ram", "py-ram", "zram")
 
 
-def program(name: str, mib: int, corpus: str | None) -> tuple[list[str], int]:
-    """(command, cgroup limit) of a program."""
+def programs(ctx: harness.Context, corpus: Path) -> dict[str, tuple[list[str], int, str]]:
+    """name: (command, cgroup limit, what it is)."""
     mod = [sys.executable, "-m"]
-    if name == "bulk":
-        if corpus:
-            return [*mod, "zswapfs.lab.workloads.corpus_hog", corpus, str(mib)], 128 << 20
-        return [*mod, "zswapfs.lab.workloads.hog", str(mib)], 128 << 20
-    if name == "dicts":
-        return [*mod, "zswapfs.lab.workloads.random_access", "dicts", "320", "100000"], 160 << 20
-    if name == "sqlite":
-        return [*mod, "zswapfs.lab.workloads.random_access", "sqlite", "128", "200000"], 64 << 20
-    raise SystemExit(f"unknown program {name}")
+    bulk, dicts, sqlite = ctx.pick((64, 32, 24), (380, 320, 128))
+    lookups = ctx.pick(5000, 100_000)
+    lim = ctx.pick((24 << 20, 24 << 20, 16 << 20), (128 << 20, 160 << 20, 64 << 20))
+    return {
+        "bulk": (
+            [*mod, "zswapfs.lab.workloads.corpus_hog", str(corpus), str(bulk)],
+            lim[0],
+            f"{bulk} MiB of real memory written and verified",
+        ),
+        "dicts": (
+            [*mod, "zswapfs.lab.workloads.random_access", "dicts", str(dicts), str(lookups)],
+            lim[1],
+            f"{dicts} MiB of Python dicts, {lookups:,} lookups",
+        ),
+        "sqlite": (
+            [*mod, "zswapfs.lab.workloads.random_access", "sqlite", str(sqlite), str(2 * lookups)],
+            lim[2],
+            f"{sqlite} MiB SQLite table, {2 * lookups:,} queries",
+        ),
+    }
 
 
 def run_program(cmd: list[str], limit: int) -> tuple[float, dict[str, Any]]:
@@ -70,10 +79,10 @@ def run_program(cmd: list[str], limit: int) -> tuple[float, dict[str, Any]]:
     if proc.returncode == -9:  # the cgroup's OOM killer (docs/swap.md): counted, not timed
         return wall, {"oom_killed": True}
     if proc.returncode != 0:
-        raise SystemExit(f"{cmd} failed ({proc.returncode}): {err[-2000:]}")
-    report = json.loads(out)
+        raise RuntimeError(f"{cmd} failed ({proc.returncode}): {err[-2000:]!r}")
+    report = dict(json.loads(out))
     if report.get("bad_pages"):
-        raise SystemExit(f"{cmd}: {report['bad_pages']} pages read back wrong")
+        raise RuntimeError(f"{cmd}: {report['bad_pages']} pages read back wrong")
     return wall, report
 
 
@@ -83,10 +92,9 @@ def swap_on(dev: str) -> None:
 
 
 @contextlib.contextmanager
-def zswapfs_swap(tmp: Path, frontend: str) -> Iterator[Path]:
+def zswapfs_swap(tmp: Path) -> Iterator[Path]:
     config = tmp / "bench.toml"
-    config.write_text(f'size = "{IMAGE}"\nmountpoint = "{tmp}/mnt"\nfrontend = "{frontend}"\n'
-                      'swap-priority = 100\n')  # fmt: skip
+    config.write_text(f'size = "{IMAGE}"\nmountpoint = "{tmp}/mnt"\nswap-priority = 100\n')
     subprocess.run([*ZS, "swapon", "--config", str(config)], check=True, capture_output=True)
     try:
         yield tmp / "mnt"
@@ -96,21 +104,25 @@ def zswapfs_swap(tmp: Path, frontend: str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def yardstick_swap(tmp: Path, module: str, args: list[str]) -> Iterator[None]:
+def c_ram_swap(tmp: Path) -> Iterator[None]:
     mp = tmp / "mnt"
     mp.mkdir()
-    with open(tmp / "yardstick.log", "wb") as log:
-        cmd = [sys.executable, "-m", module, str(mp), "--size", str(IMAGE), *args]
+    with open(tmp / "c-ram.log", "wb") as log:
+        cmd = [*ZS[:2], "zswapfs.lab.ramfs", str(mp), "--size", str(IMAGE), "--threads", "4"]
         daemon = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     dev = ""
     try:
         deadline = time.monotonic() + 60
         while not os.path.ismount(mp):
             if daemon.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"{module} did not mount: {(tmp / 'yardstick.log').read_text()}")
+                raise RuntimeError(f"c-ram did not mount: {(tmp / 'c-ram.log').read_text()}")
             time.sleep(0.05)
-        dev = subprocess.run(["losetup", "--direct-io=on", "-f", "--show", str(mp / "swap.img")],
-                             check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+        dev = subprocess.run(
+            ["losetup", "--direct-io=on", "-f", "--show", str(mp / "swap.img")],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         swap_on(dev)
         yield
     finally:
@@ -131,99 +143,75 @@ def zram_swap() -> Iterator[None]:
             subprocess.run(["swapoff", str(dev)], capture_output=True)
 
 
-def one_run(device: str, cmd: list[str], limit: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="zswapfs-progbench-") as d:
-        tmp = Path(d)
-        if device.startswith("zswapfs"):
-            frontend = "pyfuse3" if device == "zswapfs-pyfuse3" else "native"
-            with zswapfs_swap(tmp, frontend) as mp:
-                before = json.loads((mp / "stats").read_text())
-                wall, report = run_program(cmd, limit)
-                time.sleep(5)
-                after = json.loads((mp / "stats").read_text())
-                left = after["stored_pages"] - before["stored_pages"]
-                return {"wall_s": wall, "report": report, "pages_left_after_5s": left,
-                        "notify_free": after["notify_free"]}  # fmt: skip
-        if device == "c-ram":
-            ctx: Any = yardstick_swap(tmp, "zswapfs.lab.ramfs", ["--threads", "4"])
-        elif device == "py-ram":
-            ctx = yardstick_swap(tmp, "zswapfs.lab.nullfs", ["--keep", "ram"])
-        else:
-            ctx = zram_swap()
-        with ctx:
-            wall, report = run_program(cmd, limit)
-        return {"wall_s": wall, "report": report}
+def run(ctx: harness.Context) -> dict[str, Any]:
+    corpus, _ = harness.real_corpus(ctx, "py_dicts", ctx.pick(16, 96))
+    progs = programs(ctx, corpus)
+    checksums: dict[str, set[Any]] = {p: set() for p in progs}
+    oom = {p: dict.fromkeys(DEVICES, 0) for p in progs}
 
+    def measure(device: str, r: int) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for prog, (cmd, limit, _) in progs.items():
+            tmp = ctx.workdir / f"{device}-{prog}-{r}"
+            tmp.mkdir()
+            if device == "zswapfs":
+                with zswapfs_swap(tmp) as mp:
+                    before = json.loads((mp / "stats").read_text())["stored_pages"]
+                    wall, report = run_program(cmd, limit)
+                    time.sleep(5)
+                    left = json.loads((mp / "stats").read_text())["stored_pages"] - before
+                out[f"{prog} pages left after 5 s"] = left
+            else:
+                with c_ram_swap(tmp) if device == "c-ram" else zram_swap():
+                    wall, report = run_program(cmd, limit)
+            if report.get("oom_killed"):
+                oom[prog][device] += 1
+            else:
+                out[f"{prog} wall"] = wall
+                checksums[prog].add(json.dumps(report.get("checksum")))
+            killed = " (OOM-killed)" if report.get("oom_killed") else ""
+            ctx.log(f"  {prog} on {device}: {wall:.2f} s{killed}")
+        return out
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--programs", default="bulk,dicts,sqlite")
-    ap.add_argument("--devices", default="zswapfs,c-ram,zram")
-    ap.add_argument("--corpus", help="a page corpus for the bulk program (zswapfs capture)")
-    ap.add_argument("--mib", type=int, default=380, help="the bulk program's memory")
-    ap.add_argument("--out", help="write the results (JSON) here too")
-    args = ap.parse_args()
-    programs = [p for p in args.programs.split(",") if p]
-    devices = [d for d in args.devices.split(",") if d]
-    for d in devices:
-        if d not in DEVICES:
-            raise SystemExit(f"unknown device {d} (known: {', '.join(DEVICES)})")
-    if Path("/proc/swaps").read_text().count("\n") > 1:
-        raise SystemExit("another swap device is on: the comparison needs ours alone")
-    why = cgroup.unavailable() or ("zram" in devices and kzram.unavailable())
-    if why:
-        raise SystemExit(str(why))
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
-        p: {d: [] for d in devices} for p in programs
-    }
-    for r in range(args.rounds):
-        for prog in programs:
-            cmd, limit = program(prog, args.mib, args.corpus)
-            for dev in devices:
-                res = one_run(dev, cmd, limit)
-                runs[prog][dev].append(res)
-                print(f"round {r + 1} {prog} {dev}: {res['wall_s']:.2f} s"
-                      + (f", {res['pages_left_after_5s']} pages left after 5 s"
-                         if "pages_left_after_5s" in res else ""),
-                      file=sys.stderr, flush=True)  # fmt: skip
-    summary: dict[str, Any] = {}
-    for prog in programs:
-        sums = {
-            res["report"]["checksum"]
-            for d in devices
-            for res in runs[prog][d]
-            if "checksum" in res["report"]
-        }
+    samples = harness.interleave(DEVICES, ctx.rounds, measure, ctx.log)
+    for prog, sums in checksums.items():
         if len(sums) > 1:
-            raise SystemExit(f"{prog}: checksums differ between devices: {sums}")
-        done = {d: [x for x in runs[prog][d] if not x["report"].get("oom_killed")] for d in devices}
-        summary[prog] = {"oom_killed": {d: len(runs[prog][d]) - len(done[d]) for d in devices}}
-        if not all(done.values()):
-            continue  # a device whose every run was killed: no time to quote
-        med = {d: statistics.median(x["wall_s"] for x in done[d]) for d in devices}
-        summary[prog]["median_s"] = med
-        for base in ("c-ram", "zram"):
-            if base in med:
-                summary[prog][f"vs_{base}"] = {d: med[d] / med[base] for d in devices}
-        left = [x["pages_left_after_5s"] for x in runs[prog].get("zswapfs", [])]
-        if left:
-            summary[prog]["zswapfs_pages_left_after_5s"] = max(left)
-    result = {
-        "bench": "swap_programs",
-        "machine": {"kernel": platform.release(), "cpus": os.cpu_count(),
-                    "loadavg_end": list(os.getloadavg())},
-        "rounds": args.rounds,
-        "corpus": args.corpus,
-        "summary": summary,
-        "runs": runs,
-    }  # fmt: skip
-    text = json.dumps(result, indent=1)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(json.dumps(summary, indent=1))
-    return 0
+            raise RuntimeError(f"{prog}: checksums differ between devices: {sums}")
+    params = {
+        "programs": {
+            p: {"command": c[2:], "cgroup_limit": lim, "what": what}
+            for p, (c, lim, what) in progs.items()
+        },
+        "devices": DEVICES,
+        "image": IMAGE,
+    }
+    return harness.make_result(sys.modules[__name__], ctx, params, samples, {"oom_killed": oom})
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def tables(doc: dict[str, Any]) -> dict[str, str]:
+    med, rat, p = doc["medians"], doc["ratios"], doc["params"]
+    oom = doc["extra"]["oom_killed"]
+    head = [
+        "program (seconds)",
+        *DEVICES,
+        "zswapfs / c-ram",
+        "zswapfs / zram",
+        "pages left 5 s after exit",
+        "OOM-killed (zswapfs / c-ram / zram)",
+    ]
+    rows = []
+    for prog, info in p["programs"].items():
+        m, r = med.get(f"{prog} wall", {}), rat.get(f"{prog} wall", {})
+        zr = m["zswapfs"] / m["zram"] if "zswapfs" in m and "zram" in m else None
+        left = doc["samples"].get(f"{prog} pages left after 5 s", {}).get("zswapfs", [])
+        rows.append(
+            [
+                f"{prog}: {info['what']}, {info['cgroup_limit'] >> 20} MiB cgroup",
+                *(harness.fmt(m.get(d), 1) for d in DEVICES),
+                harness.fmt(r.get("zswapfs"), 2),
+                harness.fmt(zr, 2),
+                "max " + harness.fmt(max(left)) if left else "-",
+                " / ".join(str(oom[prog][d]) for d in DEVICES),
+            ]
+        )
+    return {"programs": harness.table(head, rows)}
