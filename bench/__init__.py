@@ -19,7 +19,17 @@ import importlib
 from types import ModuleType
 
 # in the order `make bench` runs them: the quick in-process ones first
-NAMES = ("inproc", "fuse_iops", "big_writes", "footprint", "density", "swap_programs", "restart")
+NAMES = (
+    "inproc",
+    "fuse_iops",
+    "big_writes",
+    "footprint",
+    "density",
+    "loop_cost",
+    "compaction_latency",
+    "swap_programs",
+    "restart",
+)
 
 
 def load(name: str) -> ModuleType:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bench import NAMES, harness, load
 
-DOCS = ("performance.md", "density.md", "swap.md", "restart.md")
+DOCS = ("performance.md", "density.md", "swap.md", "restart.md", "maintenance.md")
 BLOCK = re.compile(r"<!-- bench:(\w+):(\w+) -->\n(.*?)<!-- /bench -->\n", re.S)
 REFERENCE = "<!-- reference table, not a measurement -->"
 

@@ -8,7 +8,7 @@ round trip itself (its fs.py included):
                   pyfuse3 session (`zswapfs bench --fio` mounts it for its "null-fuse" row)
     --keep ram    pages are kept in an anonymous mapping of the image's size, uncompressed, and
                   the daemon locks its memory: the ceiling of any swap served by one pyfuse3
-                  session (swap needs its pages back; bench/swap_wall.py uses it)
+                  session (swap needs its pages back)
 
     python -m zswapfs.lab.nullfs MOUNTPOINT [--size 1G] [--keep none|ram]
                                                    (serves until SIGTERM / Ctrl-C; always unmounts)
