@@ -233,7 +233,12 @@ def table(head: list[str], rows: list[list[str]], align: str = "") -> str:
 
 def source_line(doc: dict[str, Any], path: str) -> str:
     m = doc["machine"]
-    size = "quick run" if doc["quick"] else f"{doc['rounds']} interleaved rounds, medians"
+    if doc["quick"]:
+        size = "quick run"
+    elif doc["extra"].get("pyperf_file"):
+        size = f"pyperf ({' '.join(doc['params']['pyperf'])}), medians of the values"
+    else:
+        size = f"{doc['rounds']} interleaved round{'s' * (doc['rounds'] > 1)}, medians"
     dirty = " (uncommitted changes)" if m.get("dirty") else ""
     return (
         f"_`{path}`: {size}; commit {m['commit']}{dirty}, {m['date']}, kernel {m['kernel']},"
