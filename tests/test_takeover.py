@@ -168,6 +168,15 @@ def check_store(store: native.NativeStore, expect: dict[int, set[bytes]]) -> Non
     assert st["recompressed_pages"] == int(np.count_nonzero(slots))
 
 
+def take_over_and_check(run: Run) -> None:
+    """Take the run's store over, check every page it must hold, and close it."""
+    store = take_over(run)
+    try:
+        check_store(store, expected_pages(run))
+    finally:
+        store.close()
+
+
 def go_on(store: native.NativeStore, seed: int) -> dict[int, set[bytes]]:
     """Use the store taken over: every page written again (or discarded), the pool compacted
     and migrated; what each page must now read."""
@@ -271,11 +280,7 @@ def test_kills_at_random_instants_lose_nothing(tmp_path: Path) -> None:
         run = run_child(config(tmp_path, pool, mode, seed=i), kill_after=rnd.uniform(0.05, 1.0))
         killed += run.returncode == -signal.SIGKILL
         try:
-            store = take_over(run)
-            try:
-                check_store(store, expected_pages(run))
-            finally:
-                store.close()
+            take_over_and_check(run)
         finally:
             run.close()
     assert killed >= 12, f"only {killed} of 24 children were killed while they worked"
@@ -337,12 +342,7 @@ def test_a_check_changes_nothing_and_refusals_name_what_differs(tmp_path: Path) 
         os.pwrite(future, bytes(header), 0)
         msg = attempt(StateFds(future, os.dup(run.fds.pool), os.dup(run.fds.arena)))
         assert "format 99" in msg and "\n" not in msg
-        # and the real takeover still works after all that
-        store = take_over(run)
-        try:
-            check_store(store, expected_pages(run))
-        finally:
-            store.close()
+        take_over_and_check(run)  # and the real takeover still works after all that
     finally:
         run.close()
         other.close()
