@@ -50,7 +50,7 @@ def programs(ctx: harness.Context, corpus: Path) -> dict[str, tuple[list[str], i
     mod = [sys.executable, "-m"]
     bulk, dicts, sqlite = ctx.pick((64, 32, 24), (380, 320, 128))
     lookups = ctx.pick(5000, 100_000)
-    lim = ctx.pick((24 << 20, 24 << 20, 16 << 20), (128 << 20, 160 << 20, 64 << 20))
+    lim = ctx.pick((24 << 20, 24 << 20, 16 << 20), (128 << 20, 200 << 20, 64 << 20))
     return {
         "bulk": (
             [*mod, "zswapfs.lab.workloads.corpus_hog", str(corpus), str(bulk)],
