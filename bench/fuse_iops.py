@@ -29,7 +29,7 @@ NAME = "fuse_iops"
 QUESTION = "how many requests a second a mount serves, against a minimal C libfuse file and zram"
 BASELINE = "c-ram"
 NEEDS = ("root", "fuse", "fio", "zram")
-ROUNDS = 3
+ROUNDS = 5
 JOBS = [  # metric, fio rw, block size, iodepth
     ("4k-randwrite-qd1", "randwrite", "4k", 1),
     ("4k-randread-qd1", "randread", "4k", 1),
