@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import harness
-from zswapfs.lab import bench, kzram
+from zswapfs.lab import bench
 
 NAME = "big_writes"
 QUESTION = "how fast big writes of real memory go in, against zram"
@@ -49,20 +49,11 @@ def run(ctx: harness.Context) -> dict[str, Any]:
     corpus, pages = harness.real_corpus(ctx, "py_dicts", mib)
     tmp = ctx.workdir
     with contextlib.ExitStack() as st:
-        dev: dict[str, Path] = {}
+        dev = {}
         for name in TARGETS:
-            mnt, log = tmp / f"mnt-{name}", tmp / f"{name}.log"
-            mnt.mkdir()
-            if name == "zram":
-                dev[name] = st.enter_context(kzram.configured(size, "lz4"))
-            elif name == "null":
-                dev[name] = st.enter_context(bench.fio.null_mounted(mnt, size, log))
-            else:
-                workers = ("--page-workers", "0") if name == "native-w0" else ()
-                extra = ("--frontend", "native", "--recompress", "off", *workers)
-                dev[name] = st.enter_context(
-                    bench.fio.zswapfs_mounted(mnt, size, "zsmalloc", "lz4", log, extra)
-                )
+            workers = ("--page-workers", "0") if name == "native-w0" else ()
+            opts = ("--frontend", "native", "--recompress", "off", *workers)
+            dev[name] = harness.target(st, "py-null" if name == "null" else name, tmp, size, opts)
 
         def measure(target: str, _round: int) -> dict[str, float]:
             iops = bench.fio.fio_iops(dev[target], "write", "128k", 16, runtime, tmp, region)

@@ -18,12 +18,10 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 from bench import harness
-from zswapfs.lab import bench, kzram
-from zswapfs.lab.ramfs import ramfs_mounted
+from zswapfs.lab import bench
 
 NAME = "fuse_iops"
 QUESTION = "how many requests a second a mount serves, against a minimal C libfuse file and zram"
@@ -48,22 +46,8 @@ def run(ctx: harness.Context) -> dict[str, Any]:
     runtime = ctx.pick(1, 3)  # whole seconds: fio reads 0.5 as 0
     tmp = ctx.workdir
     with contextlib.ExitStack() as st:
-        images: dict[str, Path] = {}
-        for name in TARGETS:
-            mnt, log = tmp / f"mnt-{name}", tmp / f"{name}.log"
-            mnt.mkdir()
-            if name.startswith("c-ram"):
-                threads = 1 if name == "c-ram-1" else 4
-                images[name] = st.enter_context(ramfs_mounted(mnt, size, log, threads=threads))
-            elif name == "py-null":
-                images[name] = st.enter_context(bench.fio.null_mounted(mnt, size, log))
-            elif name == "zram":
-                images[name] = st.enter_context(kzram.configured(size, "lz4"))
-            else:
-                extra = ("--frontend", name)
-                images[name] = st.enter_context(
-                    bench.fio.zswapfs_mounted(mnt, size, "zsmalloc", "lz4", log, extra)
-                )
+        images = {name: harness.target(st, name, tmp, size, ("--frontend", name))
+                  for name in TARGETS}  # fmt: skip
         for image in images.values():  # reads find data everywhere
             subprocess.run(
                 [

@@ -246,6 +246,33 @@ def source_line(doc: dict[str, Any], path: str) -> str:
     )
 
 
+def target(
+    st: contextlib.ExitStack,
+    name: str,
+    workdir: Path,
+    size: int,
+    zswapfs_options: Iterable[str] = (),
+) -> Path:
+    """The image of one target, set up for the rest of *st* (always torn down):
+    "zram" (/dev/zram0, lz4), "c-ram" / "c-ram-1" (the minimal C libfuse file keeping pages in
+    RAM, 4 threads / 1), "py-null" (the minimal pyfuse3 file, writes dropped), anything else a
+    zswapfs mount (zsmalloc, lz4) with *zswapfs_options*."""
+    from zswapfs.lab.bench import fio
+    from zswapfs.lab.ramfs import ramfs_mounted
+
+    if name == "zram":
+        return Path(st.enter_context(kzram.configured(size, "lz4")))
+    mnt, log = workdir / f"mnt-{name}", workdir / f"{name}.log"
+    mnt.mkdir()
+    if name in ("c-ram", "c-ram-1"):
+        threads = 1 if name == "c-ram-1" else 4
+        return Path(st.enter_context(ramfs_mounted(mnt, size, log, threads=threads)))
+    if name == "py-null":
+        return Path(st.enter_context(fio.null_mounted(mnt, size, log)))
+    opts = tuple(zswapfs_options)
+    return Path(st.enter_context(fio.zswapfs_mounted(mnt, size, "zsmalloc", "lz4", log, opts)))
+
+
 def real_corpus(ctx: Context, name: str, mib: int) -> tuple[Path, int]:
     """A captured bundled workload's memory (zswapfs.lab.bench.corpus) as a file of whole MiBs
     in the work directory, read once so it sits in the page cache; (path, pages)."""
