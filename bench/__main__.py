@@ -122,7 +122,7 @@ def _overlap(a: list[float], b: list[float]) -> bool:
 def compare(old: Path, new: Path) -> int:
     """Per-benchmark ratios new / old: pyperf's compare_to (with its significance test) for the
     in-process timings; for the whole-system ones, a change counts as significant only when
-    the two runs' rounds do not overlap."""
+    both runs have three rounds or more and their rounds do not overlap."""
     seen = 0
     for path in sorted(new.glob("*.pyperf.json")):
         other = old / path.name
@@ -152,7 +152,12 @@ def compare(old: Path, new: Path) -> int:
                 if not before:
                     continue
                 ma, mb = a["medians"][metric][target], b["medians"][metric][target]
-                sig = "within noise (rounds overlap)" if _overlap(before, values) else "significant"
+                if min(len(before), len(values)) < 3:
+                    sig = "too few rounds to tell"
+                elif _overlap(before, values):
+                    sig = "within noise (rounds overlap)"
+                else:
+                    sig = "significant"
                 ratio = f"{mb / ma:.3f}x" if ma else "-"
                 print(
                     f"   {metric:28} {target:22} {ma:12.4g} -> {mb:12.4g} {b['units'][metric]:8}"

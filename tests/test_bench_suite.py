@@ -84,6 +84,12 @@ def test_compare_says_when_rounds_overlap(
     assert "1.182x" in quiet and "within noise" in quiet
     assert "0.417x" in kill and "significant" in kill
     assert cli.compare(old, tmp_path / "empty") == 1
+    one = tmp_path / "one"
+    harness.write_result(
+        fake_result("restart", {"longest read": {"quiet": [9.0], "kill": [9.0]}}), one
+    )
+    assert cli.compare(old, one) == 0
+    assert "too few rounds to tell" in capsys.readouterr().out
 
 
 @pytest.mark.unit
