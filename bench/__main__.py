@@ -39,9 +39,10 @@ def run(names: list[str], quick: bool, out: Path, rounds: int | None) -> int:
                 failed.append(name)
                 continue
             errors = harness.check_result(doc)
-            if errors:
+            if errors:  # never written over a good result
                 print(f"   malformed result: {'; '.join(errors)}", file=sys.stderr)
                 failed.append(name)
+                continue
             path = harness.write_result(doc, out)
             side = doc["extra"].get("pyperf_file")
             if side:

@@ -16,6 +16,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -58,7 +59,7 @@ def needs(*what: str) -> None:
             why = "needs root"
         elif need == "fuse" and not os.path.exists("/dev/fuse"):
             why = "needs /dev/fuse"
-        elif need == "fio" and not _which("fio"):
+        elif need == "fio" and not shutil.which("fio"):
             why = "needs fio (scripts/install-deps.sh installs it)"
         elif need == "zram":
             why = kzram.unavailable()
@@ -68,12 +69,6 @@ def needs(*what: str) -> None:
             why = "another swap device is on: the comparison needs ours alone"
         if why:
             raise Skipped(why)
-
-
-def _which(cmd: str) -> bool:
-    import shutil
-
-    return shutil.which(cmd) is not None
 
 
 def interleave(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from typing import Any
 
 from bench import harness
 from zswapfs.lab import cgroup, kzram
-from zswapfs.lab.procs import reap
+from zswapfs.lab.ramfs import ramfs_mounted
 from zswapfs.service.safepath import default_log
 
 NAME = "swap_programs"
@@ -105,32 +104,15 @@ def zswapfs_swap(tmp: Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def c_ram_swap(tmp: Path) -> Iterator[None]:
-    mp = tmp / "mnt"
-    mp.mkdir()
-    with open(tmp / "c-ram.log", "wb") as log:
-        cmd = [*ZS[:2], "zswapfs.lab.ramfs", str(mp), "--size", str(IMAGE), "--threads", "4"]
-        daemon = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    dev = ""
-    try:
-        deadline = time.monotonic() + 60
-        while not os.path.ismount(mp):
-            if daemon.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"c-ram did not mount: {(tmp / 'c-ram.log').read_text()}")
-            time.sleep(0.05)
-        dev = subprocess.run(
-            ["losetup", "--direct-io=on", "-f", "--show", str(mp / "swap.img")],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        swap_on(dev)
-        yield
-    finally:
-        if dev:
+    with ramfs_mounted(tmp / "mnt", IMAGE, tmp / "c-ram.log") as image:
+        dev = subprocess.run(["losetup", "--direct-io=on", "-f", "--show", str(image)],
+                             check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+        try:
+            swap_on(dev)
+            yield
+        finally:
             subprocess.run(["swapoff", dev], capture_output=True)
             subprocess.run(["losetup", "-d", dev], capture_output=True)
-        subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
-        reap(daemon, wait=10)
 
 
 @contextlib.contextmanager
