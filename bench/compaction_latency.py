@@ -53,7 +53,7 @@ def one_run(mp: Path, size: int, pool: str, on: bool, seconds: int) -> dict[str,
         else ["--maintenance-interval", "3600"]
     )
     subprocess.run(
-        [*ZS, "mount", str(mp), "--size", str(size), "--pool", pool, *extra],
+        [*ZS, "mount", str(mp), "--size", str(size), "--pool", pool, "--log", f"{mp}.log", *extra],
         capture_output=True,
         text=True,
         check=True,
