@@ -11,6 +11,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import threading
 from collections.abc import Callable
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HANG, Mounted, needs_fio, needs_mount, wait_for, zswapfs_cmd
+from tests.conftest import HANG, Mounted, _zombie, needs_fio, needs_mount, wait_for, zswapfs_cmd
+from tests.state_pages import keepers_of, unlocked_state_pages
 from zswapfs.engine.native import TakeoverRefused
 from zswapfs.service.daemon import check_session_fd
 
@@ -200,6 +202,57 @@ def test_a_stop_through_the_supervisor_unmounts_and_flushes(
         assert f.read(len(data)) == data
 
 
+@pytest.mark.mount
+@needs_mount
+@pytest.mark.frontends("native")
+@pytest.mark.parametrize("pool", ["zsmalloc", "zbud", "z3fold"])
+def test_the_states_pages_stay_locked_between_two_servers(
+    mount: Callable[..., Mounted], pool: str
+) -> None:
+    """Every page of the state is mapped and locked at every instant: in the server; after a
+    kill -9, while no server runs (the supervisor held up before it starts the next one), in
+    the dead server's keeper; after the takeover, in the new server, which faulted in and
+    locked every page it took over (the keeper is reaped then); after a restart too. A page
+    left unlocked between two servers can be reclaimed to the swap on this very mount, and the
+    next server then deadlocks on it (docs/restart.md, "Between two servers")."""
+    m = mount("--size", "64M", "--pool", pool)
+    m.expect_errors.append(DIED)
+    rnd = random.Random(3)
+    data = b"".join(rnd.randbytes(1024) * 4 for _ in range(8192))  # compressible 4:1
+    with open(m.image, "r+b") as f:
+        f.write(data)
+        os.fsync(f.fileno())
+    sup, server = m.proc.pid, m.server_pid()
+    total, unlocked = unlocked_state_pages(server, sup)
+    assert total > len(data) // 4 // 4096 and unlocked == 0, (total, unlocked)
+    [keeper] = keepers_of(sup)
+
+    os.kill(sup, signal.SIGSTOP)
+    try:
+        os.kill(server, signal.SIGKILL)
+        wait_for(lambda: _zombie(server), f"server {server} to die")
+        assert keepers_of(sup) == [keeper]
+        between = unlocked_state_pages(keeper, sup)
+    finally:
+        os.kill(sup, signal.SIGCONT)
+    assert between[0] >= total and between[1] == 0, between
+
+    new = next_server(m, server)
+    wait_for(lambda: keepers_of(sup) != [keeper], "the old keeper to be reaped")
+    assert len(keepers_of(sup)) == 1
+    total, unlocked = unlocked_state_pages(new, sup)
+    assert unlocked == 0, (total, unlocked)
+    assert re.search(r"took .* over in .* MiB of state locked", m.log_text())  # the server's
+
+    res = run("restart", str(m.mountpoint))
+    assert res.returncode == 0, res.stderr
+    newer = m.server_pid()
+    assert newer != new and unlocked_state_pages(newer, sup)[1] == 0
+    assert len(keepers_of(sup)) == 1
+    with open(m.image, "rb") as f:
+        assert f.read(len(data)) == data
+
+
 @pytest.mark.unit
 def test_a_session_descriptor_is_checked(tmp_path: Path) -> None:
     """What a new server is handed as the /dev/fuse session: not a FUSE descriptor, or one
@@ -219,3 +272,64 @@ def test_a_session_descriptor_is_checked(tmp_path: Path) -> None:
             check_session_fd(fd, str(tmp_path))
     finally:
         os.close(fd)
+
+
+class _StuckProcess:
+    """A server that SIGKILL does not end: one stuck in the kernel (D state) on something that
+    waits for a server, as a takeover faulting in a page of its state from this mount's own
+    swap did."""
+
+    pid = 2**22 + 1  # above any pid_max: never a live process's
+    returncode = None
+
+    def __init__(self) -> None:
+        self.killed = False
+
+    def wait(self, timeout: float | None = None) -> int:
+        raise subprocess.TimeoutExpired("zswapfs serve", timeout or 0)
+
+    def kill(self) -> None:
+        self.killed = True
+
+    def poll(self) -> None:
+        return None
+
+
+@pytest.mark.unit
+def test_a_takeover_stuck_in_the_kernel_ends_the_mount(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A new server that does not answer and does not end even killed is not followed by
+    another (it would hang the same way): the supervisor aborts the mount's FUSE connection
+    (which fails what waits on it and frees the stuck process), lets the state go, and ends
+    the mount, with lines saying so. Before, it waited for the killed server for ever."""
+    from zswapfs.service import supervisor as sup
+    from zswapfs.service.config import MountConfig
+
+    calls: list[tuple[str, object]] = []
+    monkeypatch.setattr(sup, "connection_of", lambda mp: 42)
+    monkeypatch.setattr(sup, "abort_connection", lambda c: calls.append(("abort", c)))
+    monkeypatch.setattr(sup, "unmount_lazily", lambda mp: calls.append(("unmount", mp)))
+    s = sup.Supervisor(str(tmp_path), MountConfig())
+    s.connection = 42
+    fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(4)]
+    s.state = sup.State(*fds, None, "00")
+    spawned: list[_StuckProcess] = []
+
+    def spawn(takeover: bool) -> sup.Server:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        theirs.close()  # it never answers
+        spawned.append(_StuckProcess())
+        return sup.Server(spawned[-1], ours)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(s, "_spawn", spawn)
+    monkeypatch.setattr(s, "_hand_state", lambda server, check: None)
+    with caplog.at_level("INFO"):
+        s._recover("server 1 died (signal SIGKILL)")
+    assert len(spawned) == 1 and spawned[0].killed
+    assert calls == [("abort", 42), ("unmount", str(tmp_path))]
+    assert s.failed and s.state is None and s._stopping
+    for fd in fds:
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    assert "stuck in the kernel" in caplog.text and "giving" in caplog.text

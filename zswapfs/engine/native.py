@@ -43,6 +43,7 @@ them in order; see csrc/workers.h.
 
 from __future__ import annotations
 
+import errno
 import logging
 import mmap
 import os
@@ -113,6 +114,16 @@ def workers() -> dict[str, int]:
 
 def available() -> bool:
     return _native is not None
+
+
+def spawn_keeper(channel_fd: int) -> int:
+    """A keeper of this process's memory (csrc/keeper.c): a process sharing its address space,
+    so that the state's pages stay mapped and locked after this process dies, until the
+    channel *channel_fd* is hung up at the other end. Its pid (the caller's parent's child);
+    OSError when there is none (no compiled engine: ENOSYS)."""
+    if _native is None:
+        raise OSError(errno.ENOSYS, "no compiled engine")
+    return int(_native._spawn_keeper(channel_fd))
 
 
 @dataclass(frozen=True)
@@ -362,15 +373,20 @@ if _native is not None:
             pool_fd, arena_fd = self.pool._descriptors()  # type: ignore[attr-defined]
             return StateFds(self._region_fd, pool_fd, arena_fd)
 
-        def take_over(self) -> None:
+        def take_over(self) -> int:
             """Make a store set up over another process's state whole (csrc/store.c's _adopt:
-            counters recomputed, the pool rebuilt), then rebuild what lives in Python: the
-            slots' codecs from their records, the slots' page counts, dedup's references.
-            TakeoverRefused when the state contradicts itself."""
+            counters recomputed, the pool rebuilt, every page of the state faulted in and so
+            locked in this process), then rebuild what lives in Python: the slots' codecs
+            from their records, the slots' page counts, dedup's references.
+            TakeoverRefused when the state contradicts itself. The bytes of state faulted in."""
+            resident = 0
             try:
-                self._adopt()
+                resident = self._adopt(self._region_fd)
             except ValueError as exc:
                 raise TakeoverRefused(str(exc)) from None
+            except OSError as exc:  # whole, but not all of it resident: say so, serve anyway
+                log.error("the state taken over could not all be faulted in and locked (%s): "
+                          "pages of it may go to swap", exc)  # fmt: skip
             for slot in range(1, SLOTS):
                 record = self._slot_record(slot)
                 if record is None:
@@ -406,6 +422,7 @@ if _native is not None:
                         self.codecs[slot] = None
                         self.slot_bytes[slot] = 0
                         self._drop_slot(slot)
+            return resident
 
         # -- one call a request: write(offset, data) and read(offset, size) are the C
         # methods themselves (a failure that is not a StoreError is counted and raised as

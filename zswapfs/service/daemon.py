@@ -21,7 +21,7 @@ from zswapfs import nativefs
 from zswapfs.engine.backing import BackingError, BackingFile
 from zswapfs.engine.codec import make_codec
 from zswapfs.engine.maintenance import Maintenance
-from zswapfs.engine.native import make_store, set_workers
+from zswapfs.engine.native import make_store, set_workers, spawn_keeper
 from zswapfs.engine.recompress import Recompression
 from zswapfs.engine.store import PageStore, StoreError
 from zswapfs.files import ImageFiles, UnknownCommand
@@ -337,6 +337,13 @@ def serve_supervised(mountpoint: str, cfg: MountConfig, channel_fd: int, takeove
     chan = socket.socket(fileno=channel_fd)
     nativefs.block_exit_signals()
     harden(lock_memory=cfg.lock_memory)
+    # the keeper holds this process's memory, the state's pages locked, from its death until
+    # the next server has taken them over (csrc/keeper.c); the supervisor reaps it
+    try:
+        sup.send(chan, {"keeper": spawn_keeper(channel_fd)})
+    except OSError as exc:
+        log.warning("no keeper (%s): if this process dies, the state's pages are not locked "
+                    "until the next one maps them", exc)  # fmt: skip
     metrics = None
     if not takeover:
         try:
@@ -404,7 +411,7 @@ def serve_supervised(mountpoint: str, cfg: MountConfig, channel_fd: int, takeove
         set_workers(None if cfg.page_workers < 0 else cfg.page_workers)
         t0 = time.monotonic()
         try:
-            store.take_over()  # type: ignore[attr-defined]
+            resident = store.take_over()  # type: ignore[attr-defined]
         except TakeoverRefused as exc:
             log.error("refusing to take %s over: %s", mountpoint, exc)
             sup.send(chan, {"refused": str(exc)})
@@ -421,9 +428,10 @@ def serve_supervised(mountpoint: str, cfg: MountConfig, channel_fd: int, takeove
             svc.metrics = _metrics_server(cfg, lambda: svc.stats())
         except MountError as exc:  # the old server may hold the port a moment longer
             log.warning("%s: no metrics endpoint in this process", exc)
-        log.info("took %s over in %.3f s: %d pages stored, takeover %d (supervisor %d)",
-                 svc.describe(), time.monotonic() - t0, store.stored_pages,
-                 store.takeovers, os.getppid())  # fmt: skip
+        log.info("took %s over in %.3f s: %d pages stored, %.1f MiB of state locked, "
+                 "takeover %d (supervisor %d)", svc.describe(), time.monotonic() - t0,
+                 store.stored_pages, resident / 2**20, store.takeovers,
+                 os.getppid())  # fmt: skip
     svc.start()
     handover = threading.Event()
 

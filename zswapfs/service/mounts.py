@@ -36,6 +36,7 @@ class MountEntry:
     mountpoint: str
     fstype: str
     source: str
+    device: str = ""  # "major:minor" (a FUSE mount's minor names its connection in fusectl)
 
 
 def mountinfo(path: str = "/proc/self/mountinfo") -> list[MountEntry]:
@@ -47,7 +48,9 @@ def mountinfo(path: str = "/proc/self/mountinfo") -> list[MountEntry]:
             try:
                 sep = fields.index("-", 6)  # optional fields end at a lone "-"
                 entries.append(
-                    MountEntry(unescape(fields[4]), fields[sep + 1], unescape(fields[sep + 2]))
+                    MountEntry(
+                        unescape(fields[4]), fields[sep + 1], unescape(fields[sep + 2]), fields[2]
+                    )
                 )
             except (ValueError, IndexError):
                 continue  # not a line of the documented shape

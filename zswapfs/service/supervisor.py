@@ -22,6 +22,15 @@ Control: an abstract Unix socket named after the mountpoint (control_address), w
 root (the supervisor's own uid) may use (SO_PEERCRED), answering one line a request:
 "restart" -> "OK pid N" or "ERROR why"; a second restart while one runs is refused.
 
+Between two servers nothing maps the state's pages but the dead server's keeper (csrc/keeper.c:
+a process sharing the server's address space, our child, announced by the server's first
+message): the rule is that a server's channel, and with it its keeper, is let go (release) only
+once the next server answered "ready" (it locked every page of the state in its takeover) or
+nobody is left to take over. Otherwise a reclaimer could page the state out to the swap on this
+very mount, and the next server would hang faulting it in (docs/restart.md, "Between two
+servers"). A server that SIGKILL does not end is stuck in the kernel: no other is started, the
+mount's FUSE connection is aborted (fusectl) and the mount given up.
+
 Exits: the server exits 0 when the mount ended (an unmount, or SIGTERM: it unmounts itself);
 the supervisor then ends too. SIGTERM, SIGINT or SIGHUP here is passed on to the server. A
 server that keeps dying (the config's restart-limit deaths in CRASH_WINDOW seconds: a request
@@ -66,6 +75,8 @@ CRASH_WINDOW = 10.0
 #: seconds to wait for a server to start, check, hand over or stop (only a hang reaches them)
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 60.0
+#: seconds a killed server may take to end before it is known to be stuck in the kernel
+KILL_TIMEOUT = 10.0
 #: the largest message on a channel (JSON; the INIT is ~100 bytes)
 MESSAGE_MAX = 1 << 16
 #: descriptors a state message carries at most: fuse, store, pool, arena, backing
@@ -134,14 +145,30 @@ class Server:
     proc: subprocess.Popen[bytes]
     chan: socket.socket
     started: float = field(default_factory=time.monotonic)
+    #: its keeper (csrc/keeper.c), our child too: it holds the server's memory, the state's
+    #: pages locked, until the channel is let go (release)
+    keeper: int | None = None
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
+    def release(self) -> None:
+        """Let the server's channel go, and with it its keeper, reaped here: called once a
+        server is gone *and* its state is locked by the next one, or nobody is left to take
+        it over."""
+        self.chan.close()
+        keeper, self.keeper = self.keeper, None
+        if keeper is not None:
+            with contextlib.suppress(ChildProcessError, ProcessLookupError):
+                os.kill(keeper, signal.SIGKILL)  # not reaped yet: the pid is still its own
+                os.waitpid(keeper, 0)
+
 
 class StartFailed(Exception):
-    pass
+    def __init__(self, why: str, hung: bool = False) -> None:
+        super().__init__(why)
+        self.hung = hung  # a server that SIGKILL did not end: stuck in the kernel
 
 
 class Supervisor:
@@ -158,6 +185,7 @@ class Supervisor:
         self._stopping = False
         self.failed = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.connection: int | None = None  # the FUSE connection's number (fusectl)
 
     # -- servers -----------------------------------------------------------------------------
     def _spawn(self, takeover: bool) -> Server:
@@ -170,15 +198,27 @@ class Supervisor:
         if self.verbose:
             cmd.append("--verbose")
         try:
-            proc = subprocess.Popen(cmd, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(cmd, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                                    stderr=log_stream())  # fmt: skip
         finally:
             theirs.close()
         return Server(proc, ours)
 
+    def _recv(self, server: Server, timeout: float) -> tuple[dict[str, Any], list[int]]:
+        """The server's next message but the one naming its keeper (noted on the way)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            msg, fds = recv(server.chan, max(0.0, deadline - time.monotonic()))
+            if "keeper" not in msg:
+                return msg, fds
+            for fd in fds:
+                os.close(fd)
+            server.keeper = int(msg["keeper"])
+
     def _expect(self, server: Server, key: str, timeout: float = START_TIMEOUT) -> dict[str, Any]:
         """The server's next message, which must carry *key*; StartFailed otherwise."""
         try:
-            msg, fds = recv(server.chan, timeout)
+            msg, fds = self._recv(server, timeout)
         except (EOFError, TimeoutError, OSError) as exc:
             raise StartFailed(f"server {server.pid} did not answer ({exc or 'it ended'})") from None
         for fd in fds:
@@ -191,15 +231,21 @@ class Supervisor:
             raise StartFailed(f"server {server.pid} said {msg} instead of {key}")
         return msg
 
-    def _end(self, server: Server, timeout: float = STOP_TIMEOUT) -> int:
+    def _end(self, server: Server, timeout: float = STOP_TIMEOUT) -> int | None:
+        """Wait for *server* to end, killing it after *timeout*: its exit status, or None when
+        even SIGKILL did not end it (a process stuck in the kernel, in D state). The channel
+        stays open (release)."""
         try:
             return server.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             log.error("supervisor: server %d did not end; killing it", server.pid)
             server.proc.kill()
-            return server.proc.wait()
-        finally:
-            server.chan.close()
+        try:
+            return server.proc.wait(KILL_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            log.critical("supervisor: server %d does not end even killed: it is stuck in the "
+                         "kernel (%s)", server.pid, wait_channel(server.pid))  # fmt: skip
+            return None
 
     def _hand_state(self, server: Server, check: bool) -> None:
         assert self.state is not None
@@ -211,20 +257,23 @@ class Supervisor:
         the mount could not be made."""
         server = self._spawn(takeover=False)
         try:
-            msg, fds = recv(server.chan, START_TIMEOUT)
+            msg, fds = self._recv(server, START_TIMEOUT)
         except (EOFError, TimeoutError) as exc:
             self._end(server, 5)
+            server.release()
             why = f"the daemon ended before the mount was live ({exc or 'no state'})"
             raise StartFailed(why) from None
         if "error" in msg or len(fds) < 4:
             for fd in fds:
                 os.close(fd)
             self._end(server)
+            server.release()
             raise StartFailed(msg.get("error", "the daemon sent no state"))
         backing = fds[4] if len(fds) > 4 else None
         fuse, store, pool, arena = fds[:4]
         self.state = State(fuse, store, pool, arena, backing, msg["state"]["init"])
         self.server = server
+        self.connection = connection_of(self.mountpoint)
         log.info("supervisor %d: server %d serves %s", os.getpid(), server.pid, self.mountpoint)
 
     def _take_over(self, reason: str) -> None:
@@ -234,8 +283,9 @@ class Supervisor:
             self._hand_state(server, check=False)
             self._expect(server, "ready")
         except (StartFailed, OSError) as exc:
-            self._end(server, 10)
-            raise StartFailed(str(exc)) from None
+            hung = self._end(server, 10) is None
+            server.release()
+            raise StartFailed(str(exc), hung) from None
         self.server = server
         self.restarts += 1
         log.info("supervisor: server %d took %s over (%s)", server.pid, self.mountpoint, reason)
@@ -261,6 +311,7 @@ class Supervisor:
                     self._expect(new, "checked")
                 except (StartFailed, OSError) as exc:
                     self._end(new, 10)
+                    new.release()
                     log.error("supervisor: restart refused, server %d goes on serving: %s",
                               old.pid, exc)  # fmt: skip
                     return f"ERROR {exc}; server {old.pid} goes on serving"
@@ -268,18 +319,22 @@ class Supervisor:
                 with contextlib.suppress(OSError):
                     send(old.chan, {"handover": True})
                 status = self._end(old)
-                if status not in (HANDED_OVER, 0) and status >= 0:
+                if status is not None and status not in (HANDED_OVER, 0) and status >= 0:
                     log.warning("supervisor: server %d ended with %d at the handover", old.pid,
                                 status)  # fmt: skip
                 self.server = None
+                # old's keeper holds the state's pages until new has them (released below)
                 try:
                     send(new.chan, {"go": True})
                     self._expect(new, "ready")
                 except (StartFailed, OSError) as exc:
-                    self._end(new, 10)
+                    hung = self._end(new, 10) is None
+                    new.release()
                     log.error("supervisor: the new server failed after the handover: %s", exc)
-                    self._recover(f"the new server failed after a restart: {exc}")
+                    self._recover(f"the new server failed after a restart: {exc}", hung)
+                    old.release()
                     return f"ERROR {exc}"
+                old.release()
                 self.server = new
                 self.restarts += 1
                 stall = time.monotonic() - t0
@@ -289,13 +344,23 @@ class Supervisor:
         finally:
             self._restarting.release()
 
-    def _recover(self, reason: str) -> None:
-        """The server is gone unasked: a new one takes over, unless they keep dying."""
+    def _recover(self, reason: str, hung: bool = False) -> None:
+        """The server is gone unasked: a new one takes over, unless they keep dying or one
+        hangs in the kernel (then the next would too: whatever it waits for waits for a
+        server)."""
         now = time.monotonic()
         while True:
             self.crashes.append(now)
             while self.crashes and now - self.crashes[0] > CRASH_WINDOW:
                 self.crashes.popleft()
+            if hung:
+                log.critical(
+                    "supervisor: a server is stuck in the kernel; giving %s up: the mount ends "
+                    "as a crash without a supervisor would (its waiting requests fail)",
+                    self.mountpoint,
+                )  # fmt: skip
+                self._give_up()
+                return
             if len(self.crashes) >= self.cfg.restart_limit:
                 log.critical(
                     "supervisor: %d servers died in %.0f s; giving %s up: the mount ends as a "
@@ -309,12 +374,20 @@ class Supervisor:
                 return
             except StartFailed as exc:
                 log.error("supervisor: %s", exc)
-                reason = str(exc)
+                reason, hung = str(exc), exc.hung
                 now = time.monotonic()
+
+    def _abort(self) -> None:
+        """Abort this mount's FUSE connection, if the mount there is still the one made."""
+        if self.connection is not None and connection_of(self.mountpoint) == self.connection:
+            abort_connection(self.connection)
 
     def _give_up(self) -> None:
         self.server = None
         self.failed = True
+        # a process that holds a descriptor of the session (one stuck in the kernel) would
+        # keep it, and everything waiting on it, alive: the kernel is told to end it first
+        self._abort()
         if self.state is not None:
             self.state.close()  # the last descriptors of the session: the kernel ends it
             self.state = None
@@ -371,21 +444,25 @@ class Supervisor:
             if server is None or server.proc.poll() is None:
                 return
             status = server.proc.returncode
-            server.chan.close()
             self.server = None
             if status == 0:
+                server.release()
                 log.info("supervisor: server %d ended the mount; exiting", server.pid)
                 self._stopping = True
                 return
             how = f"signal {signal.Signals(-status).name}" if status < 0 else f"status {status}"
             if status == REFUSED:
+                server.release()
                 log.critical("supervisor: server %d refused the state; nothing more to try",
                              server.pid)  # fmt: skip
                 self._give_up()
                 return
             log.error("supervisor: server %d died (%s); a new one takes %s over", server.pid,
                       how, self.mountpoint)  # fmt: skip
-            self._recover(f"server {server.pid} died ({how})")
+            try:
+                self._recover(f"server {server.pid} died ({how})")
+            finally:
+                server.release()  # its keeper held the state until the next one locked it
 
     def loop(self) -> int:
         self._stop_signal = 0
@@ -429,14 +506,72 @@ class Supervisor:
             if server is not None and server.proc.poll() is None:
                 log.info("supervisor: %s: stopping server %d", why, server.pid)
                 server.proc.send_signal(signal.SIGTERM)
-                self._end(server)
+                if self._end(server) is None:
+                    self._abort()
             elif self.state is not None:
                 unmount_lazily(self.mountpoint)
+            if server is not None:
+                server.release()
             self.server = None
             if self.state is not None:
                 self.state.close()
                 self.state = None
             self._stopping = True
+
+
+def log_stream() -> int | None:
+    """The descriptor this process logs to when it is a file of its own (`--log`), for the
+    servers' stderr, so that their lines land beside the supervisor's; None: stderr, shared
+    already."""
+    for handler in logging.getLogger().handlers:
+        stream = getattr(handler, "stream", None)
+        if stream is not None and stream is not sys.stderr:
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                return int(stream.fileno())
+    return None
+
+
+def connection_of(mountpoint: str) -> int | None:
+    """The number of the zswapfs FUSE connection mounted at *mountpoint* (its device's minor,
+    the name of its directory under /sys/fs/fuse/connections), read from mountinfo without a
+    request to the mount; None when there is no such mount."""
+    from zswapfs.service.mounts import FSTYPE, mountinfo
+
+    path = os.path.abspath(mountpoint)  # not realpath: a stat of a dead mount would hang
+    found = [e.device for e in mountinfo() if e.mountpoint == path and e.fstype == FSTYPE]
+    return int(found[-1].split(":")[1]) if found else None
+
+
+def abort_connection(connection: int | None) -> None:
+    """End FUSE connection *connection* whatever holds it open (fusectl's abort: every request
+    waiting on it fails at once), mounting fusectl for the moment if it is not mounted."""
+    if connection is None:
+        return
+    import ctypes
+
+    root = "/sys/fs/fuse/connections"
+    libc = ctypes.CDLL(None, use_errno=True)
+    mounted = False
+    if not os.path.exists(f"{root}/{connection}") and os.path.isdir(root):
+        mounted = libc.mount(b"fusectl", root.encode(), b"fusectl", 0, None) == 0
+    try:
+        with open(f"{root}/{connection}/abort", "w") as f:
+            f.write("1")
+        log.critical("supervisor: FUSE connection %d aborted", connection)
+    except OSError as exc:
+        log.error("supervisor: cannot abort FUSE connection %d: %s", connection, exc)
+    finally:
+        if mounted:
+            libc.umount2(root.encode(), 0)
+
+
+def wait_channel(pid: int) -> str:
+    """Where process *pid* waits in the kernel (its wchan), for a log line."""
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            return f"waiting in {f.read().strip() or '?'}"
+    except OSError:
+        return "gone"
 
 
 def unmount_lazily(mountpoint: str) -> None:

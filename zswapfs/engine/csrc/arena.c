@@ -6,6 +6,10 @@
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
 #endif
+#ifndef SEEK_DATA
+#define SEEK_DATA 3
+#define SEEK_HOLE 4
+#endif
 
 int arena_init(Arena *a, uint32_t max_pages, int fd)
 {
@@ -234,4 +238,31 @@ uint32_t arena_segments_live(const Arena *a)
     for (uint32_t s = 0; s < a->nseg; s++)
         n += a->seg_live[s];
     return n;
+}
+
+long long memfd_populate(void *base, size_t bytes, int fd)
+{
+    long long done = 0;
+    off_t end = (off_t)bytes, at = 0;
+    while (at < end) {
+        off_t data = lseek(fd, at, SEEK_DATA);
+        if (data < 0)
+            return errno == ENXIO ? done : -1; /* ENXIO: no data past *at* */
+        if (data >= end)
+            break;
+        off_t hole = lseek(fd, data, SEEK_HOLE);
+        if (hole < 0)
+            return -1;
+        if (hole > end)
+            hole = end;
+        if (madvise((char *)base + data, (size_t)(hole - data), MADV_POPULATE_WRITE) != 0) {
+            if (errno != EINVAL)
+                return -1;
+            for (off_t o = data; o < hole; o += PAGE_SIZE) /* a kernel before 5.14 */
+                (void)*(volatile char *)((char *)base + o);
+        }
+        done += hole - data;
+        at = hole;
+    }
+    return done;
 }

@@ -49,6 +49,10 @@ long arena_release_empty_segments(Arena *a);
 /* after a takeover: the free map and counts from *used* (1 a page in use, max_pages bytes);
  * every page not in use is punched (a process that died may have left anything there) */
 void arena_rebuild(Arena *a, const uint8_t *used);
+/* every page memfd *fd* holds (its data extents: SEEK_DATA to SEEK_HOLE; holes stay holes)
+ * faulted into its mapping at *base* (*bytes* long), so that this process, mlocked, locks each
+ * one (keeper.c: what holds them before this). The bytes populated, or -1 with errno set. */
+long long memfd_populate(void *base, size_t bytes, int fd);
 /* segments populated now */
 uint32_t arena_segments_live(const Arena *a);
 

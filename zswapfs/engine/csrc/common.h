@@ -75,6 +75,9 @@ enum { CODEC_NONE = 0, CODEC_LZ4 = 1, CODEC_ZSTD = 2 };
  * pass through crash_point("name") kills the process (SIGKILL, as kill -9 does), so a test
  * can take the state over from exactly there. Unarmed, a crash point is one predictable
  * branch. */
+/* keeper.c: _spawn_keeper(channel_fd) */
+PyObject *py_spawn_keeper(PyObject *mod, PyObject *arg);
+
 extern int crash_armed;
 void crash_hit(const char *name);
 static inline void crash_point(const char *name)

@@ -26,6 +26,8 @@
  *   workers.c     the page workers that compress a big write's pages on spare cores
  *   store.c       Store: the index, the request cores, writeback, flush and recompression
  *   frontend.c    Frontend: the mount served in C by libfuse's worker threads
+ *   keeper.c      the keeper: holds a supervised server's memory (the state's pages locked)
+ *                 while no server is there to (between a crash and the takeover)
  *   module.c      this file: the module, its functions and the exception classes
  *
  * GIL and locks. Lock order: file lock -> store lock -> pool lock (store.py). A request
@@ -127,6 +129,8 @@ static PyMethodDef module_methods[] = {
     {"_store_layout", py_store_layout, METH_O,
      "_store_layout(npages) -> (bytes, off_entries, off_fill): the store's persistent region"},
     {"_crash_point", py_crash_point, METH_O, "_crash_point(name): see common.h"},
+    {"_spawn_keeper", py_spawn_keeper, METH_O,
+     "_spawn_keeper(channel_fd) -> pid: a process holding this one's memory (keeper.c)"},
     {"_set_errors", set_errors, METH_VARARGS, "_set_errors(PoolFull, StorageFailure, StoreError)"},
     {NULL},
 };

@@ -659,11 +659,18 @@ static PyObject *Store_setup(StoreObject *s, PyObject *args, PyObject *kw)
     Py_RETURN_NONE;
 }
 
-/* _adopt(): the state of a store taken over made whole: the derived counters recomputed from
- * the pages' words, the pool rebuilt from the handles they name (everything else a dead
- * process left in the pool let go). ValueError when the region contradicts itself. */
-static PyObject *Store_adopt(StoreObject *s, PyObject *unused)
+/* _adopt(region_fd) -> bytes: the state of a store taken over made whole: the derived
+ * counters recomputed from the pages' words, the pool rebuilt from the handles they name
+ * (everything else a dead process left in the pool let go), then every page of the three
+ * memfds (region, pool region, arena) faulted into this process, so that it holds them all
+ * locked before the keeper of the one before lets them go (keeper.c). ValueError when the
+ * region contradicts itself; OSError when the pages could not all be populated (the store is
+ * whole then all the same); the bytes populated. */
+static PyObject *Store_adopt(StoreObject *s, PyObject *arg)
 {
+    int region_fd = PyLong_AsLong(arg);
+    if (region_fd == -1 && PyErr_Occurred())
+        return NULL;
     if (!s->ready || !s->needs_rebuild)
         return PyErr_Format(PyExc_RuntimeError, "only a store taken over is adopted");
     PoolObject *p = s->pool;
@@ -733,7 +740,21 @@ static PyObject *Store_adopt(StoreObject *s, PyObject *unused)
     free(live);
     if (bad)
         return NULL;
-    Py_RETURN_NONE;
+    long long done = 0, n = 0;
+    Py_BEGIN_ALLOW_THREADS
+    n = memfd_populate(s->region_buf.buf, (size_t)s->region_buf.len, region_fd);
+    if (n >= 0) {
+        done += n;
+        n = memfd_populate(p->hdr, p->hdr->bytes, p->state_fd);
+    }
+    if (n >= 0) {
+        done += n;
+        n = memfd_populate(p->arena.base, (size_t)p->arena.nseg * SEG_BYTES, p->arena.fd);
+    }
+    Py_END_ALLOW_THREADS
+    if (n < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromLongLong(done + n);
 }
 
 
@@ -1867,7 +1888,7 @@ static PyMethodDef Store_methods[] = {
     {"_fill_set", (PyCFunction)Store_fill_set, METH_VARARGS, "_fill_set(pn, word); store lock held"},
     {"_commit", (PyCFunction)Store_commit, METH_VARARGS,
      "_commit(pn, entry, meta): the page's word as it is; store lock held"},
-    {"_adopt", (PyCFunction)Store_adopt, METH_NOARGS,
+    {"_adopt", (PyCFunction)Store_adopt, METH_O,
      "_adopt(): a store taken over made whole (the pool rebuilt)"},
     {"_slot_record", (PyCFunction)Store_slot_record, METH_O,
      "_slot_record(slot) -> (name, level, dictionary) or None"},
