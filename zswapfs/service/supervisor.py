@@ -159,9 +159,10 @@ class Server:
         it over."""
         self.chan.close()
         keeper, self.keeper = self.keeper, None
-        if keeper is not None:
+        if keeper is not None and parent_of(keeper) == os.getpid():
+            # our child, not reaped yet: the pid is still its own
             with contextlib.suppress(ChildProcessError, ProcessLookupError):
-                os.kill(keeper, signal.SIGKILL)  # not reaped yet: the pid is still its own
+                os.kill(keeper, signal.SIGKILL)
                 os.waitpid(keeper, 0)
 
 
@@ -517,6 +518,16 @@ class Supervisor:
                 self.state.close()
                 self.state = None
             self._stopping = True
+
+
+def parent_of(pid: int) -> int | None:
+    """The parent of process *pid*, None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
 
 
 def log_stream() -> int | None:
