@@ -16,6 +16,7 @@ import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -333,3 +334,30 @@ def test_a_takeover_stuck_in_the_kernel_ends_the_mount(
         with pytest.raises(OSError):
             os.fstat(fd)
     assert "stuck in the kernel" in caplog.text and "giving" in caplog.text
+
+
+@pytest.mark.unit
+def test_the_control_address_never_asks_the_mount(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The supervisor names its control socket after the mountpoint when its loop starts, by
+    which time the first server may already be dead: a stat of the mountpoint would wait for
+    ever on the mount (a server killed by ThreadSanitizer at its start hung the supervisor so).
+    Only the parent is resolved; the client resolves the same way, so both name one socket."""
+    from zswapfs.service.supervisor import control_address
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    mountpoint = tmp_path / "link" / "mnt"
+    asked: list[str] = []
+    real_lstat = os.lstat
+
+    def lstat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        asked.append(os.fspath(path))
+        return real_lstat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "lstat", lstat)
+    monkeypatch.setattr(os, "stat", lstat)
+    address = control_address(str(mountpoint))
+    assert str(mountpoint) not in asked and not any(p.endswith("/mnt") for p in asked), asked
+    assert address == control_address(str(tmp_path / "real" / "mnt"))

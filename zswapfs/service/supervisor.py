@@ -84,8 +84,12 @@ MAX_FDS = 5
 
 
 def control_address(mountpoint: str) -> bytes:
-    """The abstract socket of the supervisor of *mountpoint* (no file: nothing to plant)."""
-    digest = hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:32]
+    """The abstract socket of the supervisor of *mountpoint* (no file: nothing to plant). The
+    path is resolved up to the mountpoint's parent only: a stat of the mountpoint itself is a
+    request to the mount, which waits for ever while no server answers."""
+    path = os.path.abspath(mountpoint)
+    path = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+    digest = hashlib.sha256(path.encode()).hexdigest()[:32]
     return b"\0zswapfs-supervisor/" + digest.encode()
 
 
