@@ -1889,7 +1889,8 @@ static PyMethodDef Store_methods[] = {
     {"_commit", (PyCFunction)Store_commit, METH_VARARGS,
      "_commit(pn, entry, meta): the page's word as it is; store lock held"},
     {"_adopt", (PyCFunction)Store_adopt, METH_O,
-     "_adopt(): a store taken over made whole (the pool rebuilt)"},
+     "_adopt(region_fd) -> bytes: a store taken over made whole (the pool rebuilt, every "
+     "page of the state faulted in)"},
     {"_slot_record", (PyCFunction)Store_slot_record, METH_O,
      "_slot_record(slot) -> (name, level, dictionary) or None"},
     {"_set_slot", (PyCFunction)Store_set_slot, METH_VARARGS,
