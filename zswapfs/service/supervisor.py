@@ -83,13 +83,17 @@ MESSAGE_MAX = 1 << 16
 MAX_FDS = 5
 
 
-def control_address(mountpoint: str) -> bytes:
-    """The abstract socket of the supervisor of *mountpoint* (no file: nothing to plant). The
-    path is resolved up to the mountpoint's parent only: a stat of the mountpoint itself is a
-    request to the mount, which waits for ever while no server answers."""
+def resolved(mountpoint: str) -> str:
+    """*mountpoint* as mountinfo names it, resolved up to its parent only: a stat of the
+    mountpoint itself is a request to the mount, which waits for ever while no server
+    answers."""
     path = os.path.abspath(mountpoint)
-    path = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
-    digest = hashlib.sha256(path.encode()).hexdigest()[:32]
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+
+
+def control_address(mountpoint: str) -> bytes:
+    """The abstract socket of the supervisor of *mountpoint* (no file: nothing to plant)."""
+    digest = hashlib.sha256(resolved(mountpoint).encode()).hexdigest()[:32]
     return b"\0zswapfs-supervisor/" + digest.encode()
 
 
@@ -213,7 +217,10 @@ class Supervisor:
         """The server's next message but the one naming its keeper (noted on the way)."""
         deadline = time.monotonic() + timeout
         while True:
-            msg, fds = recv(server.chan, max(0.0, deadline - time.monotonic()))
+            left = deadline - time.monotonic()
+            if left <= 0:  # (a timeout of 0 would make the socket non-blocking instead)
+                raise TimeoutError("no answer on the channel")
+            msg, fds = recv(server.chan, left)
             if "keeper" not in msg:
                 return msg, fds
             for fd in fds:
@@ -552,7 +559,7 @@ def connection_of(mountpoint: str) -> int | None:
     request to the mount; None when there is no such mount."""
     from zswapfs.service.mounts import FSTYPE, mountinfo
 
-    path = os.path.abspath(mountpoint)  # not realpath: a stat of a dead mount would hang
+    path = resolved(mountpoint)
     found = [e.device for e in mountinfo() if e.mountpoint == path and e.fstype == FSTYPE]
     return int(found[-1].split(":")[1]) if found else None
 
